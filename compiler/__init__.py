@@ -1,0 +1,1 @@
+"""Hexarch policy compiler: hexarch.yaml -> validated model -> IR -> OPA bundle."""

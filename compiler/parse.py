@@ -1,0 +1,143 @@
+"""Stage 1: YAML text -> a tree of located nodes (value, line, column, YAML path).
+
+PyYAML's composer keeps marks on every node; we turn its graph into frozen `Node`s so later stages
+can report `FILE:LINE:COL` for any value, and we reject duplicate mapping keys (PyYAML silently
+keeps the last one, which could turn a guardrail file into a weaker policy).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Union
+
+import yaml
+
+from compiler.diagnostics import Diagnostic
+from compiler.errors import PolicyError
+
+Scalar = Union[str, int, float, bool, None]
+
+
+@dataclass(frozen=True)
+class Node:
+    """One YAML value with where it was written. Mappings keep key order."""
+
+    value: Scalar | tuple[Node, ...] | tuple[tuple[Node, Node], ...]
+    kind: str  # "scalar" | "sequence" | "mapping"
+    line: int  # 1-based
+    col: int  # 1-based
+    path: str
+    file: str = field(compare=False)
+
+    # --- mapping helpers -------------------------------------------------------------------
+    def items(self) -> Iterator[tuple[Node, Node]]:
+        """(key node, value node) pairs of a mapping."""
+        assert self.kind == "mapping"
+        yield from self.value  # type: ignore[misc]
+
+    def get(self, key: str) -> Node | None:
+        if self.kind != "mapping":
+            return None
+        for k, v in self.items():
+            if k.value == key:
+                return v
+        return None
+
+    def keys(self) -> list[str]:
+        return [str(k.value) for k, _ in self.items()] if self.kind == "mapping" else []
+
+    def elements(self) -> tuple[Node, ...]:
+        assert self.kind == "sequence"
+        return self.value  # type: ignore[return-value]
+
+    def to_python(self) -> object:
+        """Plain Python value (dicts, lists, scalars) without locations."""
+        if self.kind == "mapping":
+            return {str(k.value): v.to_python() for k, v in self.items()}
+        if self.kind == "sequence":
+            return [n.to_python() for n in self.elements()]
+        return self.value
+
+    def diag(self, message: str, hint: str | None = None) -> Diagnostic:
+        return Diagnostic(self.file, self.line, self.col, self.path, message, hint)
+
+
+def _child_path(parent: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{parent}[{key}]"
+    return f"{parent}.{key}" if parent else key
+
+
+class _ScalarResolver(yaml.SafeLoader):
+    """SafeLoader whose only job here is turning a ScalarNode into int/float/bool/None/str."""
+
+
+def _scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Scalar:
+    value = loader.construct_object(node, deep=True)
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    # Timestamps, binary...: keep the text the user wrote; validation decides what it may be.
+    return str(node.value)
+
+
+def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, file: str, errors: list[Diagnostic]) -> Node:
+    line, col = node.start_mark.line + 1, node.start_mark.column + 1
+    if isinstance(node, yaml.ScalarNode):
+        return Node(_scalar(loader, node), "scalar", line, col, path, file)
+    if isinstance(node, yaml.SequenceNode):
+        items = tuple(_convert(loader, child, _child_path(path, i), file, errors) for i, child in enumerate(node.value))
+        return Node(items, "sequence", line, col, path, file)
+    if isinstance(node, yaml.MappingNode):
+        pairs: list[tuple[Node, Node]] = []
+        seen: dict[str, Node] = {}
+        for key_node, value_node in node.value:
+            key = _convert(loader, key_node, path, file, errors)
+            if key.kind != "scalar":
+                errors.append(key.diag("mapping keys must be plain strings"))
+                continue
+            name = str(key.value)
+            if name in seen:
+                first = seen[name]
+                errors.append(key.diag(f"duplicate key '{name}'", f"first given at line {first.line}"))
+                continue
+            seen[name] = key
+            pairs.append((key, _convert(loader, value_node, _child_path(path, name), file, errors)))
+        return Node(tuple(pairs), "mapping", line, col, path, file)
+    raise PolicyError([Diagnostic(file, line, col, path, f"unsupported YAML node {type(node).__name__}")])
+
+
+def parse_text(text: str, file: str) -> Node:
+    """Parse YAML text into located nodes. Raises PolicyError with every syntax/duplicate problem."""
+    loader = _ScalarResolver(text)
+    try:
+        root = loader.get_single_node()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise PolicyError(
+            [Diagnostic(file, line, col, "", f"malformed YAML: {problem}", "check indentation and quoting")]
+        ) from exc
+    except yaml.YAMLError as exc:
+        raise PolicyError([Diagnostic(file, 1, 1, "", f"malformed YAML: {exc}")]) from exc
+    finally:
+        loader.dispose()
+    if root is None:
+        raise PolicyError([Diagnostic(file, 1, 1, "", "the policy file is empty", "start with 'policies:'")])
+    errors: list[Diagnostic] = []
+    tree = _convert(_ScalarResolver(""), root, "", file, errors)
+    if errors:
+        raise PolicyError(errors)
+    return tree
+
+
+def parse_file(path: str) -> Node:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise PolicyError([Diagnostic(path, 1, 1, "", f"cannot read policy file: {exc.strerror}")]) from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError([Diagnostic(path, 1, 1, "", "policy file is not UTF-8 text")]) from exc
+    return parse_text(text, path)

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything Hexarch needs on a fresh machine, idempotently:
+#   - a virtualenv in .venv with the project (editable) and its dev extras
+#   - the pinned OPA release, built as a Go module into .tools/bin
+#   - redis-server from Debian, when it is not on PATH
+# Fast when everything is already there: each step checks before it works.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+# shellcheck source=versions.env
+source scripts/versions.env
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- Python -----------------------------------------------------------------
+if [ ! -x .venv/bin/python ]; then
+  log "creating .venv"
+  python3 -m venv .venv
+fi
+stamp=.venv/.hexarch-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  log "installing Python packages"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
+
+# --- OPA (pinned, built from the Go module proxy) -----------------------------
+mkdir -p .tools/bin
+opa_bin=.tools/bin/opa
+if [ ! -x "$opa_bin" ] || ! "$opa_bin" version 2>/dev/null | grep -q "^Version: ${OPA_VERSION#v}\$"; then
+  command -v go >/dev/null || { log "Go is required to build OPA ${OPA_VERSION}"; exit 1; }
+  log "building OPA ${OPA_VERSION} (takes about two minutes the first time)"
+  GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install "github.com/open-policy-agent/opa@${OPA_VERSION}"
+fi
+"$opa_bin" version | grep -q "^Version: ${OPA_VERSION#v}\$" || { log "OPA at $opa_bin is not ${OPA_VERSION}"; exit 1; }
+
+# --- redis-server (Debian) ----------------------------------------------------
+if ! command -v redis-server >/dev/null; then
+  log "installing redis-server from Debian"
+  if [ "$(id -u)" -eq 0 ]; then sudo_cmd=(); else sudo_cmd=(sudo); fi
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq redis-server >/dev/null
+fi
+command -v redis-server >/dev/null || { log "redis-server is still missing"; exit 1; }
+
+log "ready: $("$opa_bin" version | head -1), $(redis-server --version | cut -d' ' -f1-3), $(.venv/bin/python --version)"

@@ -1,0 +1,136 @@
+"""Real `opa` and `redis-server` processes on loopback for the test suite.
+
+Every server binds 127.0.0.1 on a free port, is bounded (Redis: maxmemory, no persistence) and is
+stopped by the fixture that started it. A missing binary is an error, never a skip: CI installs both
+through scripts/setup.sh.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def find_binary(name: str, env_var: str) -> str:
+    """The binary from $env_var, then .tools/bin (set-up script), then PATH. Raises when absent."""
+    candidates = [os.environ.get(env_var), str(ROOT / ".tools" / "bin" / name), shutil.which(name)]
+    for cand in candidates:
+        if cand and os.access(cand, os.X_OK):
+            return cand
+    raise RuntimeError(f"{name} not found (set {env_var} or run scripts/setup.sh)")
+
+
+def wait_for(check: object, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            if check():  # type: ignore[operator]
+                return
+        except (OSError, urllib.error.URLError) as exc:
+            last = exc
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not become ready in {timeout}s ({last})")
+
+
+@dataclass
+class RedisServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def ping(self) -> bool:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(16).startswith(b"+PONG")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_redis(port: int | None = None, extra: list[str] | None = None) -> RedisServer:
+    binary = find_binary("redis-server", "HEXARCH_REDIS_SERVER")
+    port = port or free_port()
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--maxmemory", "64mb", "--daemonize", "no", "--loglevel", "warning", *(extra or [])]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = RedisServer(port, proc)
+    wait_for(server.ping, 10, f"redis-server on {port}")
+    return server
+
+
+@dataclass
+class OpaServer:
+    port: int
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def healthy(self, bundles: bool = False) -> bool:
+        suffix = "?bundles" if bundles else ""
+        with urllib.request.urlopen(f"{self.url}/health{suffix}", timeout=1) as resp:
+            return resp.status == 200
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+
+def start_opa(args: list[str], log_dir: Path, wait_bundles: bool = False) -> OpaServer:
+    """`opa run --server` with extra `args` (bundle paths or --set flags) on a free loopback port."""
+    binary = find_binary("opa", "HEXARCH_OPA")
+    port = free_port()
+    log = log_dir / f"opa-{port}.log"
+    cmd = [binary, "run", "--server", "--addr", f"127.0.0.1:{port}", "--log-level", "error", *args]
+    with log.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+    server = OpaServer(port, proc, log)
+    try:
+        wait_for(lambda: server.healthy(wait_bundles), 20, f"opa on {port}")
+    except RuntimeError:
+        server.stop()
+        raise RuntimeError(f"opa failed to start: {log.read_text()[-2000:]}") from None
+    return server
+
+
+@contextlib.contextmanager
+def running_redis() -> Iterator[RedisServer]:
+    server = start_redis()
+    try:
+        yield server
+    finally:
+        server.stop()
