@@ -1,0 +1,1 @@
+"""Reproducible benchmarks with JSON output (`python -m bench.latency`)."""

@@ -1,0 +1,247 @@
+"""Added latency of the sidecar over a direct call to the model: `python -m bench.latency`.
+
+It starts its own stack as separate processes on loopback, like production (redis-server, the demo
+model with zero latency, the sidecar serving the compiled bundle, OPA polling it: `sidecar.stack`),
+from a copy of examples/hexarch.yaml whose rate, token and budget limits are raised so nothing is
+throttled while every rule is still evaluated. After a warm-up it sends the same chat completion
+directly to the demo model and through the sidecar, interleaved in the same run so both see the
+same machine state:
+
+* sequential: alternate direct / sidecar calls, one at a time;
+* concurrent: rounds of `--batch` calls at `--concurrency` in flight, direct then sidecar (the order
+  alternates each round).
+
+It prints one JSON document (and writes it to `--out` when given): p50/p99 of each path in ms, the
+added p50/p99 (sidecar minus direct) and the versions of everything measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Coroutine
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from sidecar.stack import ROOT, Stack, StackOptions, find_binary, free_port
+
+EXAMPLE = ROOT / "examples" / "hexarch.yaml"
+HUGE = 1_000_000_000
+BODY = {
+    "model": "tinyllama",
+    "messages": [{"role": "user", "content": "What is Python? Answer in one sentence."}],
+    "temperature": 0.7,
+    "max_tokens": 16,
+}
+PATH = "/v1/chat/completions"
+
+
+def unthrottled_policy(source: Path, target: Path) -> None:
+    """The example with every rate/token/budget limit raised far above what a benchmark sends."""
+    doc = yaml.safe_load(source.read_text())
+    for policy in doc.get("policies", []):
+        for rule in policy.get("rules", []):
+            for key in list(rule):
+                if (
+                    key.startswith(("requests_per_", "max_tokens_per_")) and key != "max_tokens_per_request"
+                ) or key.endswith("_budget_usd"):
+                    rule[key] = HUGE
+    doc.pop("logging", None)  # its log file is relative to the cwd; the benchmark writes only to its temp dir
+    target.write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
+def percentile(samples: list[float], pct: float) -> float:
+    """Nearest-rank percentile (no interpolation), in the unit of `samples`."""
+    ordered = sorted(samples)
+    rank = max(1, round(pct / 100 * len(ordered) + 0.5 - 1e-9))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def summary(direct: list[float], sidecar: list[float]) -> dict[str, Any]:
+    def stats(samples: list[float]) -> dict[str, float]:
+        return {
+            "p50_ms": round(percentile(samples, 50), 3),
+            "p99_ms": round(percentile(samples, 99), 3),
+            "mean_ms": round(statistics.fmean(samples), 3),
+            "count": len(samples),
+        }
+
+    d, s = stats(direct), stats(sidecar)
+    return {
+        "direct": d,
+        "sidecar": s,
+        "added_p50_ms": round(s["p50_ms"] - d["p50_ms"], 3),
+        "added_p99_ms": round(s["p99_ms"] - d["p99_ms"], 3),
+    }
+
+
+Call = Callable[[], Coroutine[Any, Any, float]]
+
+
+def caller(session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> Call:
+    payload = json.dumps(BODY).encode()
+    url = base + PATH
+
+    async def call() -> float:
+        began = time.perf_counter()
+        async with session.post(url, data=payload, headers=headers) as resp:
+            await resp.read()
+            if resp.status != 200:
+                raise RuntimeError(f"{url} answered {resp.status}: {(await resp.text())[:300]}")
+        return (time.perf_counter() - began) * 1000
+
+    return call
+
+
+async def sequential(direct: Call, sidecar: Call, requests: int) -> dict[str, Any]:
+    d: list[float] = []
+    s: list[float] = []
+    for i in range(requests):
+        # Alternate which goes first so neither path always follows the other.
+        if i % 2:
+            d.append(await direct())
+            s.append(await sidecar())
+        else:
+            s.append(await sidecar())
+            d.append(await direct())
+    return summary(d, s)
+
+
+async def concurrent(
+    direct: Call, sidecar: Call, requests: int, concurrency: int, batch: int
+) -> dict[str, Any]:
+    d: list[float] = []
+    s: list[float] = []
+
+    async def run_batch(call: Call, out: list[float]) -> None:
+        remaining = batch
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                out.append(await call())
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+    rounds = max(1, requests // batch)
+    for i in range(rounds):
+        first, second = ((direct, d), (sidecar, s)) if i % 2 else ((sidecar, s), (direct, d))
+        await run_batch(*first)
+        await run_batch(*second)
+    result = summary(d, s)
+    result["concurrency"] = concurrency
+    return result
+
+
+def versions(stack: Stack) -> dict[str, str]:
+    def output(cmd: list[str]) -> str:
+        try:
+            return subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=False).stdout.strip()
+        except OSError as exc:
+            return f"unavailable: {exc}"
+
+    opa = output([find_binary("opa", "HEXARCH_OPA"), "version"]).splitlines()
+    redis = output([find_binary("redis-server", "HEXARCH_REDIS_SERVER"), "--version"])
+    found: dict[str, str] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": str(len(os.sched_getaffinity(0))),
+        "opa": opa[0].removeprefix("Version: ") if opa else "unknown",
+        "redis": next((p.removeprefix("v=") for p in redis.split() if p.startswith("v=")), redis),
+    }
+    for dist in ("hexarch", "aiohttp", "uvloop", "orjson", "redis"):
+        try:
+            found[dist if dist != "redis" else "redis-py"] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            found[dist] = "not installed"
+    return found
+
+
+async def measure(stack: Stack, requests: int, concurrency: int, batch: int, warmup: int) -> dict[str, Any]:
+    assert stack.demo_url is not None
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=concurrency)
+    headers = {"Content-Type": "application/json"}
+    async with aiohttp.ClientSession(connector=connector) as session:
+        direct = caller(session, stack.demo_url, headers)
+        sidecar = caller(session, stack.sidecar_url, headers)
+        # Warm-up: connections, OPA's compiled query cache, Redis script cache, Python code paths.
+        for _ in range(warmup):
+            await direct()
+            await sidecar()
+        await concurrent(direct, sidecar, batch * 2, concurrency, batch)
+        began = time.monotonic()
+        seq = await sequential(direct, sidecar, requests)
+        conc = await concurrent(direct, sidecar, requests, concurrency, batch)
+        elapsed = time.monotonic() - began
+    return {"sequential": seq, "concurrent": conc, "elapsed_seconds": round(elapsed, 1)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.latency",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="calls per path and mode (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=16, help="calls in flight (default 16)")
+    parser.add_argument("--batch", type=int, default=200, help="calls per concurrent round (default 200)")
+    parser.add_argument("--warmup", type=int, default=200, help="sequential warm-up calls per path")
+    parser.add_argument("--policy", type=Path, default=EXAMPLE, help="policy to copy (limits are raised)")
+    parser.add_argument("--out", type=Path, help="also write the JSON here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="hexarch-bench-") as tmp:
+        policy = Path(tmp) / "hexarch.yaml"
+        unthrottled_policy(args.policy, policy)
+        options = StackOptions(
+            policy=policy,
+            demo=True,
+            port=free_port(),
+            opa_port=free_port(),
+            redis_port=free_port(),
+            demo_port=free_port(),
+            work_dir=Path(tmp) / "run",
+            sidecar_log_file=True,
+        )
+        stack = Stack(options)
+        stack.start()
+        try:
+            try:
+                import uvloop
+
+                runner: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]] = uvloop.run
+            except ImportError:
+                runner = asyncio.run
+            result = runner(measure(stack, args.requests, args.concurrency, args.batch, args.warmup))
+            result = {
+                "sequential": result["sequential"],
+                "concurrent": result["concurrent"],
+                "requests": args.requests,
+                "endpoint": f"POST {PATH} (non-streaming, max_tokens {BODY['max_tokens']})",
+                "elapsed_seconds": result["elapsed_seconds"],
+                "versions": versions(stack),
+            }
+        finally:
+            stack.stop()
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
