@@ -158,11 +158,11 @@ def opa_config(sidecar_url: str, min_delay: int, max_delay: int) -> str:
     )
 
 
-def _anonymous_needed(policy: Path) -> bool:
+def _anonymous_needed(policy: Path, env: Mapping[str, str]) -> bool:
     """True when the policy file declares no API keys, so the demo must work without one."""
     from sidecar.settings import load_settings
 
-    settings = load_settings(str(policy))
+    settings = load_settings(str(policy), env={**os.environ, **env})
     return not settings.api_keys and not settings.trusted_headers.enabled
 
 
@@ -345,7 +345,7 @@ class Stack:
         }
         if self.demo_url is not None:
             env["HEXARCH_UPSTREAM_URL"] = self.demo_url
-            if _anonymous_needed(self.options.policy):
+            if _anonymous_needed(self.options.policy, self.options.extra_env):
                 env["HEXARCH_ANONYMOUS"] = "true"
         env.update(self.options.extra_env)
         return env

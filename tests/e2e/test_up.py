@@ -1,0 +1,214 @@
+"""`hexarch up` as a user runs it: one command, a working stack, live policy edits, clean Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from sidecar.stack import free_port
+from tests.e2e.conftest import e2e_policy
+from tests.support.servers import ROOT
+
+HEXARCH = [sys.executable, "-m", "sidecar.cli"]
+CHAT = {
+    "model": "tinyllama",
+    "messages": [{"role": "user", "content": "Hi"}],
+    "temperature": 0.8,
+    "max_tokens": 4,
+}
+
+
+def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object]]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+
+
+def children_of(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # Field 4 (after the parenthesised command name) is the parent pid.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+@dataclass
+class Up:
+    proc: subprocess.Popen[bytes]
+    port: int
+    policy: Path
+    output: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    policy = e2e_policy(tmp_path / "hexarch.yaml", api_key=False)
+    port = free_port()
+    output = tmp_path / "up.out"
+    cmd = [
+        *HEXARCH,
+        "up",
+        "--policy",
+        str(policy),
+        "--demo",
+        "--port",
+        str(port),
+        "--work-dir",
+        str(tmp_path / "run"),
+    ]
+    with output.open("wb") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
+    running = Up(proc, port, policy, output)
+    try:
+        deadline = time.monotonic() + 60
+        while "the stack is ready" not in running.text():
+            assert proc.poll() is None, f"hexarch up exited early:\n{running.text()}"
+            assert time.monotonic() < deadline, f"hexarch up not ready:\n{running.text()}"
+            time.sleep(0.1)
+        yield running
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+@dataclass
+class Traffic:
+    """A background loop of chat requests recording (time, status) or (time, error)."""
+
+    url: str
+    results: list[tuple[float, int | str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            now = time.monotonic()
+            try:
+                status, _ = post(f"{self.url}/v1/chat/completions", CHAT)
+                self.results.append((now, status))
+            except (OSError, ValueError) as exc:
+                self.results.append((now, f"{type(exc).__name__}: {exc}"))
+            time.sleep(0.02)
+
+
+def test_up_serves_without_a_key_and_reloads_policy_edits_live(up: Up) -> None:
+    assert "curl" in up.text() and f"http://127.0.0.1:{up.port}" in up.text()
+    # No API keys in the file: --demo lets anonymous callers in, as the README's curl does.
+    status, body = post(f"{up.url}/v1/chat/completions", CHAT)
+    assert status == 200, body
+
+    traffic = Traffic(up.url)
+    thread = threading.Thread(target=traffic.run, daemon=True)
+    thread.start()
+    time.sleep(1.0)
+    edited_at = time.monotonic()
+    e2e_policy(up.policy, temperature_max=0.5, api_key=False)  # rewrites the file in place, like an editor
+    deadline = edited_at + 15
+    while time.monotonic() < deadline and not any(s == 400 for _, s in traffic.results):
+        time.sleep(0.1)
+    time.sleep(1.0)
+    traffic.stop.set()
+    thread.join(15)
+
+    statuses = [s for _, s in traffic.results]
+    errors = [s for s in statuses if s not in (200, 400)]
+    assert not errors, f"requests failed during the reload: {errors[:5]}"
+    first_denied = next((t for t, s in traffic.results if s == 400), None)
+    assert first_denied is not None, "the edited policy never took effect"
+    assert first_denied - edited_at < 10
+    before = [s for t, s in traffic.results if t < edited_at]
+    after = [s for t, s in traffic.results if t > first_denied]
+    assert before and set(before) == {200}
+    assert after and set(after) == {400}  # OPA swaps bundles atomically: no flapping back
+    status, body = post(f"{up.url}/v1/chat/completions", CHAT)
+    error = body["error"]
+    assert status == 400 and isinstance(error, dict)
+    assert "above the maximum 0.5" in str(error["message"])
+
+
+def test_ctrl_c_stops_every_child(up: Up) -> None:
+    children = children_of(up.proc.pid)
+    assert len(children) == 4, children  # redis, demo model, sidecar, opa
+    up.proc.send_signal(signal.SIGINT)
+    assert up.proc.wait(15) == 0
+    deadline = time.monotonic() + 5
+    while any(alive(pid) for pid in children) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in children if alive(pid)]
+    assert not listening(up.port)
+    assert "stopped" in up.text()
+
+
+def test_up_refuses_a_busy_port_and_a_missing_policy(tmp_path: Path) -> None:
+    policy = e2e_policy(tmp_path / "hexarch.yaml", api_key=False)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = subprocess.run(
+            [*HEXARCH, "up", "--policy", str(policy), "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=ROOT,
+            env={**os.environ},
+        )
+    assert done.returncode == 1
+    assert f"port {port}" in done.stderr and "in use" in done.stderr
+    missing = subprocess.run(
+        [*HEXARCH, "up", "--policy", str(tmp_path / "nope.yaml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=ROOT,
+    )
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr
