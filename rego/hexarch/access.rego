@@ -1,0 +1,37 @@
+# METADATA
+# title: Access control
+# description: >-
+#   An applying access rule is violated unless input.principal.id is one of its users or one of
+#   input.principal.roles is one of its roles. A missing principal is never permitted.
+package hexarch.lib.access
+
+import data.hexarch.lib.applies
+import data.hexarch.lib.compiled
+import data.hexarch.lib.request
+
+# METADATA
+# title: Access findings
+# description: Findings with code access_denied (403).
+findings contains applies.finding(rule, "access_denied", 403, _message(rule)) if {
+	some rule in compiled.access_rules
+	applies.active(rule)
+	not permitted(rule)
+}
+
+# METADATA
+# title: Permitted
+# description: True when the principal is listed by id, or holds one of the listed roles.
+permitted(rule) if request.principal_id in rule.users
+
+permitted(rule) if {
+	some role in request.principal_roles
+	role in rule.roles
+}
+
+_target(rule) := sprintf("resource %v", [object.get(rule, "resource", "*")]) if {
+	object.get(rule, "operation", "*") == "*"
+} else := sprintf("%v on resource %v", [applies.operation_label(rule), object.get(rule, "resource", "*")])
+
+_message(rule) := sprintf("principal %q may not use %v", [request.principal_id, _target(rule)]) if {
+	request.principal_id
+} else := sprintf("an unidentified principal may not use %v", [_target(rule)])

@@ -1,0 +1,47 @@
+package hexarch.lib.access
+
+_rule := {
+	"policy": "access_control", "rule": 0, "resource": "stats", "operation": "*",
+	"users": ["ops-bot"], "roles": ["admin"], "action": "block",
+}
+
+_messages(rule, doc) := messages if {
+	messages := [f.message | some f in findings] with data.hexarch.config as {"access_rules": [rule]}
+		with input as doc
+}
+
+test_listed_user_is_permitted if {
+	_messages(_rule, {"resources": ["stats"], "principal": {"id": "ops-bot"}}) == []
+}
+
+test_listed_role_is_permitted if {
+	_messages(_rule, {"resources": ["stats"], "principal": {"id": "carol", "roles": ["dev", "admin"]}}) == []
+}
+
+test_other_principal_is_denied if {
+	fs := findings with data.hexarch.config as {"access_rules": [_rule]}
+		with input as {"resources": ["stats"], "principal": {"id": "alice", "roles": ["dev"]}}
+	fs == {{
+		"policy": "access_control", "rule": 0, "code": "access_denied", "status": 403, "action": "block",
+		"message": "principal \"alice\" may not use resource stats",
+	}}
+}
+
+test_missing_principal_is_denied if {
+	_messages(_rule, {"resources": ["stats"]}) == ["an unidentified principal may not use resource stats"]
+	_messages(_rule, {"resources": ["stats"], "principal": {"id": "", "roles": "admin"}}) != []
+}
+
+test_other_resources_are_not_restricted if {
+	_messages(_rule, {"resources": ["tinyllama", "*"], "principal": {"id": "alice"}}) == []
+}
+
+test_missing_resources_apply_the_rule if {
+	_messages(_rule, {"principal": {"id": "alice"}}) != []
+}
+
+test_operation_scoped_rule if {
+	r := object.union(_rule, {"operation": "delete"})
+	_messages(r, {"resources": ["stats"], "operation": "read", "principal": {"id": "alice"}}) == []
+	_messages(r, {"resources": ["stats"], "operation": "delete", "principal": {"id": "alice"}}) == ["principal \"alice\" may not use operation delete on resource stats"]
+}

@@ -1,0 +1,81 @@
+# METADATA
+# title: Rule applicability
+# description: >-
+#   Which compiled rules apply to the request (resource and operation matching), the normalised
+#   action of a rule, and the finding record every check package emits.
+package hexarch.lib.applies
+
+import data.hexarch.lib.request
+
+# METADATA
+# title: Resource matches
+# description: >-
+#   True when the rule's resource is "*", is one of input.resources, or input.resources is
+#   missing (a missing field makes every rule apply).
+resource_matches(resource) if resource == "*"
+
+resource_matches(_) if not request.resources_known
+
+resource_matches(resource) if resource in request.resource_set
+
+# METADATA
+# title: Operation matches
+# description: >-
+#   True when the rule's operation is "*", equals input.operation, or input.operation is missing.
+operation_matches(operation) if operation == "*"
+
+operation_matches(_) if not request.operation_known
+
+operation_matches(operation) if operation == request.operation
+
+# METADATA
+# title: Rule applies
+# description: True when the rule's resource and operation (default "*") match the request.
+applies(rule) if {
+	resource_matches(object.get(rule, "resource", "*"))
+	operation_matches(object.get(rule, "operation", "*"))
+}
+
+# METADATA
+# title: Rule action
+# description: >-
+#   block, warn, allow or require_confirmation; a missing or unknown action is block, so a
+#   malformed entry never weakens a rule.
+rule_action(rule) := action if {
+	action := rule.action
+	action in {"block", "warn", "allow", "require_confirmation"}
+} else := "block"
+
+# METADATA
+# title: Rule active
+# description: True when the rule applies and its action is not allow (allow adds nothing).
+active(rule) if {
+	rule_action(rule) != "allow"
+	applies(rule)
+}
+
+# METADATA
+# title: Finding
+# description: >-
+#   The record a check emits for a failed rule; findings.rego turns it into a violation or a
+#   warning according to the action.
+finding(rule, code, status, message) := {
+	"policy": object.get(rule, "policy", ""),
+	"rule": object.get(rule, "rule", 0),
+	"code": code,
+	"message": message,
+	"status": status,
+	"action": rule_action(rule),
+}
+
+# METADATA
+# title: Operation label
+# description: Subject of a message about a rule's operation ("operation batch" or "requests").
+operation_label(rule) := sprintf("operation %v", [rule.operation]) if {
+	rule.operation != "*"
+} else := "requests"
+
+# METADATA
+# title: Join for messages
+# description: Items of any type joined with ", " (always defined, unlike concat on non-strings).
+join(items) := concat(", ", [sprintf("%v", [item]) | some item in items])

@@ -1,0 +1,95 @@
+# METADATA
+# title: Hexarch decision
+# description: >-
+#   The decision document the sidecar asks for on every request (data.hexarch.decision): whether
+#   the request is allowed, the violations and warnings of every rule, the limits the sidecar
+#   must enforce with their costs, and the model's pricing. It is defined for every input.
+package hexarch
+
+import data.hexarch.lib.compiled
+import data.hexarch.lib.findings
+import data.hexarch.lib.limits as limit_rules
+import data.hexarch.lib.pricing as price_rules
+
+# METADATA
+# title: Enforcement
+# description: strict (violations block), warn (violations become warnings) or monitor (report only).
+enforcement := compiled.enforcement
+
+# A bundle without compiled data fails closed (503, like an unavailable policy engine).
+_config_violations contains {
+	"policy": "hexarch",
+	"rule": 0,
+	"code": "config_missing",
+	"message": "the policy bundle has no compiled configuration (data.hexarch.config)",
+	"action": "block",
+	"status": 503,
+} if {
+	not compiled.present
+}
+
+_violations := findings.violations | _config_violations
+
+# METADATA
+# title: Allow
+# description: >-
+#   strict: true when there is no violation; warn and monitor: always true.
+default allow := false
+
+allow if {
+	enforcement == "strict"
+	count(_violations) == 0
+}
+
+allow if enforcement != "strict"
+
+# METADATA
+# title: Violations
+# description: >-
+#   Blocking findings, sorted by policy, rule, code and message; empty under warn enforcement
+#   (they move to warnings), still reported under monitor.
+violations := _sorted(_violations) if enforcement != "warn"
+
+else := []
+
+# METADATA
+# title: Warnings
+# description: >-
+#   Warning findings, sorted; under warn enforcement also every violation, with action warn.
+warnings := _sorted(findings.warnings) if enforcement != "warn"
+
+else := _sorted(findings.warnings | {object.union(violation, {"action": "warn"}) | some violation in _violations})
+
+# METADATA
+# title: Limits
+# description: The limits the sidecar enforces for this request (see package hexarch.lib.limits).
+limits := limit_rules.limits
+
+# METADATA
+# title: Pricing
+# description: USD per million input and output tokens for the requested model.
+pricing := price_rules.pricing
+
+# METADATA
+# title: Decision
+# description: The decision document of DESIGN.md, always an object.
+decision := {
+	"allow": allow,
+	"enforcement": enforcement,
+	"violations": violations,
+	"warnings": warnings,
+	"limits": limits,
+	"pricing": pricing,
+}
+
+_sorted(items) := [row[6] | some row in sort([_sort_key(item) | some item in items])]
+
+_sort_key(item) := [
+	object.get(item, "policy", ""),
+	object.get(item, "rule", 0),
+	object.get(item, "code", ""),
+	object.get(item, "message", ""),
+	object.get(item, "action", ""),
+	object.get(item, "status", 0),
+	item,
+]

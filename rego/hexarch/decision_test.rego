@@ -1,0 +1,137 @@
+package hexarch
+
+import data.hexarch.lib.fixtures
+
+_decide(doc, config) := result if {
+	result := decision with input as doc
+		with data.hexarch.config as config
+		with time.now_ns as fixtures.at(1, 12, 0)
+}
+
+_bad_request := object.union(fixtures.input_doc, {
+	"params": {"temperature": 1.5},
+	"model": "gpt-4o",
+})
+
+test_example_request_is_allowed_with_its_limits if {
+	d := _decide(fixtures.input_doc, fixtures.config)
+	d.allow == true
+	d.enforcement == "strict"
+	d.violations == []
+	d.warnings == []
+	d.pricing == {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}
+	[l.id | some l in d.limits] == [
+		"api_budget/0/month", "rate_limit/0/rpm",
+		"token_management/0/request", "token_management/0/tph",
+	]
+	d.limits[0] == {
+		"id": "api_budget/0/month", "policy": "api_budget", "unit": "usd_micros", "period": "month",
+		"limit": 100000000, "cost": 30, "warn_at": 0.75, "action": "block",
+		"scope": "global", "subject": "tinyllama",
+	}
+	d.limits[1] == {
+		"id": "rate_limit/0/rpm", "policy": "rate_limit", "unit": "requests", "window_seconds": 60,
+		"limit": 30, "cost": 1, "warn_at": null, "action": "block",
+		"scope": "global", "subject": "tinyllama",
+	}
+}
+
+test_strict_violations_block_and_are_sorted if {
+	d := _decide(_bad_request, fixtures.config)
+	d.allow == false
+	d.violations == [
+		{
+			"policy": "model_selection", "rule": 0, "code": "model_not_allowed", "status": 403,
+			"action": "block",
+			"message": "model \"gpt-4o\" is not allowed by policy model_selection (allowed: tinyllama, tinyllama:*)",
+		},
+		{
+			"policy": "quality_control", "rule": 0, "code": "invalid_parameter", "status": 400,
+			"action": "block", "message": "temperature 1.5 is above the maximum 1.0",
+		},
+	]
+	d.warnings == []
+}
+
+test_warn_enforcement_moves_violations_to_warnings if {
+	d := _decide(_bad_request, object.union(fixtures.config, {"enforcement": "warn"}))
+	d.allow == true
+	d.enforcement == "warn"
+	d.violations == []
+	[[w.code, w.action, w.status] | some w in d.warnings] == [
+		["model_not_allowed", "warn", 403],
+		["invalid_parameter", "warn", 400],
+	]
+	every l in d.limits {
+		l.action == "warn"
+	}
+}
+
+test_monitor_enforcement_reports_but_allows if {
+	d := _decide(_bad_request, object.union(fixtures.config, {"enforcement": "monitor"}))
+	d.allow == true
+	d.enforcement == "monitor"
+	[v.code | some v in d.violations] == ["model_not_allowed", "invalid_parameter"]
+	d.warnings == []
+	count(d.limits) == 4
+	every l in d.limits {
+		l.action == "warn"
+	}
+}
+
+test_unknown_enforcement_is_strict if {
+	d := _decide(_bad_request, object.union(fixtures.config, {"enforcement": "relaxed"}))
+	d.enforcement == "strict"
+	d.allow == false
+}
+
+test_empty_input_is_defined_and_fails_closed if {
+	d := _decide({}, fixtures.config)
+	d.allow == false
+	{v.code | some v in d.violations} == {"access_denied", "confirmation_required", "model_not_allowed", "time_restricted"}
+	count(d.limits) == 4
+	d.pricing == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
+}
+
+test_non_object_input_is_defined if {
+	d := _decide("not an object", fixtures.config)
+	d.allow == false
+}
+
+test_missing_config_fails_closed if {
+	d := decision with input as fixtures.input_doc
+	d.allow == false
+	[v.code | some v in d.violations] == ["config_missing"]
+	d.violations[0].status == 503
+	d.limits == []
+}
+
+test_empty_config_allows if {
+	d := _decide(fixtures.input_doc, {})
+	d.allow == true
+	d.limits == []
+	d.pricing == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
+}
+
+test_warning_rules_do_not_block if {
+	bounds := [object.union(fixtures.config.param_bounds[0], {"action": "warn"})]
+	d := _decide(_bad_request, object.union(fixtures.config, {"param_bounds": bounds, "model_rules": []}))
+	d.allow == true
+	d.violations == []
+	d.warnings == [{
+		"policy": "quality_control", "rule": 0, "code": "invalid_parameter", "status": 400,
+		"action": "warn", "message": "temperature 1.5 is above the maximum 1.0",
+	}]
+}
+
+test_custom_violations_block if {
+	d := decision with input as fixtures.input_doc
+		with data.hexarch.config as fixtures.config
+		with data.hexarch.custom as {"pii": {"violations": {{"message": "prompt contains an e-mail address"}}}}
+		with time.now_ns as fixtures.at(1, 12, 0)
+	d.allow == false
+	d.violations == [{
+		"policy": "pii", "rule": 0, "code": "custom_violation", "status": 403, "action": "block",
+		"message": "prompt contains an e-mail address",
+	}]
+}

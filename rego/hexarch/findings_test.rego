@@ -1,0 +1,58 @@
+package hexarch.lib.findings
+
+_bound(action) := {
+	"policy": "quality_control", "rule": 0, "parameter": "temperature", "min": null, "max": 1,
+	"max_length": null, "allowed_values": null, "resource": "*", "operation": "*", "action": action,
+}
+
+_hot := {"params": {"temperature": 2}}
+
+test_block_action_is_a_violation if {
+	vs := violations with data.hexarch.config as {"param_bounds": [_bound("block")]} with input as _hot
+	[[v.code, v.status, v.action] | some v in vs] == [["invalid_parameter", 400, "block"]]
+	ws := warnings with data.hexarch.config as {"param_bounds": [_bound("block")]} with input as _hot
+	ws == set()
+}
+
+test_unknown_action_blocks if {
+	vs := violations with data.hexarch.config as {"param_bounds": [_bound("warn_at_80%")]} with input as _hot
+	[v.action | some v in vs] == ["block"]
+}
+
+test_warn_action_is_a_warning if {
+	ws := warnings with data.hexarch.config as {"param_bounds": [_bound("warn")]} with input as _hot
+	[[w.code, w.status, w.action] | some w in ws] == [["invalid_parameter", 400, "warn"]]
+	vs := violations with data.hexarch.config as {"param_bounds": [_bound("warn")]} with input as _hot
+	vs == set()
+}
+
+test_require_confirmation_action if {
+	vs := violations with data.hexarch.config as {"param_bounds": [_bound("require_confirmation")]} with input as _hot
+	vs == {{
+		"policy": "quality_control", "rule": 0, "code": "confirmation_required", "status": 428,
+		"action": "require_confirmation",
+		"message": "temperature 2 is above the maximum 1; confirm the request to proceed",
+	}}
+	confirmed := violations with data.hexarch.config as {"param_bounds": [_bound("require_confirmation")]}
+		with input as object.union(_hot, {"confirmed": true})
+	confirmed == set()
+}
+
+test_confirmation_rule_with_block_action if {
+	rule := {
+		"policy": "confirmations", "rule": 0, "operation": "delete", "resource": "*",
+		"resource_types": ["*"], "action": "block",
+	}
+	vs := violations with data.hexarch.config as {"confirmations": [rule]} with input as {"operation": "delete"}
+	[[v.code, v.status, v.action] | some v in vs] == [["confirmation_required", 428, "block"]]
+}
+
+test_custom_violations_are_included if {
+	vs := violations with data.hexarch.config as {}
+		with data.hexarch.custom as {"pii": {"violations": ["no e-mail addresses"]}}
+		with input as {}
+	vs == {{
+		"policy": "pii", "rule": 0, "code": "custom_violation", "status": 403, "action": "block",
+		"message": "no e-mail addresses",
+	}}
+}

@@ -1,0 +1,89 @@
+# METADATA
+# title: Model allow and deny lists
+# description: >-
+#   For each policy with applying allow-list rules the model must match one of their patterns;
+#   any applying deny-list rule whose pattern matches denies. Globs use glob.match with no
+#   delimiters ("*" any run, "?" one character). glob.match reads an empty delimiter list as
+#   ["."]; only null means none, so "tinyllama:*" matches "tinyllama:1.1b".
+package hexarch.lib.models
+
+import data.hexarch.lib.applies
+import data.hexarch.lib.compiled
+import data.hexarch.lib.request
+
+_active contains rule if {
+	some rule in compiled.model_rules
+	applies.active(rule)
+}
+
+_allow_rules contains rule if {
+	some rule in _active
+	object.get(rule, "allowed", true) != false
+}
+
+_deny_rules contains rule if {
+	some rule in _active
+	object.get(rule, "allowed", true) == false
+}
+
+_patterns(rule) := rule.patterns if {
+	is_array(rule.patterns)
+} else := [rule.patterns] if {
+	is_string(rule.patterns)
+} else := []
+
+_matches(rule) if {
+	some pattern in _patterns(rule)
+	glob.match(pattern, null, request.model)
+}
+
+_allow_policies := {rule.policy | some rule in _allow_rules}
+
+_satisfied_policies := {rule.policy | some rule in _allow_rules; _matches(rule)}
+
+# The lowest-numbered applying allow rule of a policy speaks for the policy's allow-list.
+_first_allow_rule(policy) := sort([[object.get(rule, "rule", 0), rule] | some rule in _allow_rules; rule.policy == policy])[0][1]
+
+_allowed_patterns(policy) := applies.join(sort({pattern |
+	some rule in _allow_rules
+	rule.policy == policy
+	some pattern in _patterns(rule)
+}))
+
+# METADATA
+# title: Model findings
+# description: Findings with code model_not_allowed (403).
+findings contains applies.finding(rule, "model_not_allowed", 403, message) if {
+	some policy in _allow_policies
+	not policy in _satisfied_policies
+	rule := _first_allow_rule(policy)
+	message := _allow_list_message(policy)
+}
+
+findings contains applies.finding(rule, "model_not_allowed", 403, _deny_message(rule)) if {
+	some rule in _deny_rules
+	_denied(rule)
+}
+
+_denied(rule) if _matches(rule)
+
+# Without a model name a deny-list cannot be checked, so it fails closed like an allow-list.
+_denied(_) if not request.model
+
+_allow_list_message(policy) := sprintf(
+	"model %q is not allowed by policy %v (allowed: %v)",
+	[request.model, policy, _allowed_patterns(policy)],
+) if {
+	request.model
+} else := sprintf(
+	"the request names no model; policy %v allows only: %v",
+	[policy, _allowed_patterns(policy)],
+)
+
+_deny_message(rule) := sprintf("model %q is not allowed by policy %v (denied: %v)", [
+	request.model,
+	rule.policy,
+	applies.join(_patterns(rule)),
+]) if {
+	request.model
+} else := sprintf("the request names no model; policy %v denies: %v", [rule.policy, applies.join(_patterns(rule))])

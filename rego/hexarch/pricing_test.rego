@@ -1,0 +1,32 @@
+package hexarch.lib.pricing
+
+_config := {
+	"pricing": [
+		{"model": "tinyllama*", "input_per_million_usd": 0.1, "output_per_million_usd": 0.2},
+		{"model": "*", "input_per_million_usd": 1, "output_per_million_usd": 2},
+	],
+	"default_pricing": {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5},
+}
+
+test_first_matching_entry_wins if {
+	p := pricing with data.hexarch.config as _config with input as {"model": "tinyllama:1.1b"}
+	p == {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}
+	q := pricing with data.hexarch.config as _config with input as {"model": "gpt-4o"}
+	q == {"input_per_million_usd": 1, "output_per_million_usd": 2}
+}
+
+test_default_pricing_without_match if {
+	p := pricing with data.hexarch.config as {"pricing": [_config.pricing[0]], "default_pricing": _config.default_pricing}
+		with input as {"model": "phi3"}
+	p == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
+	q := pricing with data.hexarch.config as _config with input as {}
+	q == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
+}
+
+test_builtin_default_without_config if {
+	p := pricing with data.hexarch.config as {"default_pricing": {"input_per_million_usd": "free"}} with input as {"model": "x"}
+	p == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
+	q := pricing with data.hexarch.config as {"default_pricing": {"input_per_million_usd": 2, "output_per_million_usd": 3, "note": "x"}}
+		with input as {"model": "x"}
+	q == {"input_per_million_usd": 2, "output_per_million_usd": 3}
+}
