@@ -1,0 +1,145 @@
+"""The sidecar application: `create_app(settings)`.
+
+Routes: the configured ones, then the OpenAI/Ollama-compatible built-ins, plus `/metrics`,
+`/healthz` (the process is alive), `/readyz` (OPA has its bundle and Redis answers) and, when a
+policy file is configured, `/bundles/hexarch.tar.gz`. Every client (Redis, the OPA session, the
+upstream session) is opened and closed by the cleanup context, so tests can run several apps in one
+process.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+
+import orjson
+from aiohttp import web
+
+from sidecar.bundle_server import BundleServer
+from sidecar.counters import Counters, CounterStore
+from sidecar.errors import CounterStoreError
+from sidecar.errors_http import JSON, error_response
+from sidecar.ingress import resolve_endpoints
+from sidecar.local_counters import LocalCounters
+from sidecar.metrics import CONTENT_TYPE, Metrics
+from sidecar.opa_client import OpaClient
+from sidecar.principal import PrincipalResolver
+from sidecar.proxy import Handler, Proxy, Services
+from sidecar.redis_client import create_redis, redact
+from sidecar.settings import Settings
+from sidecar.upstream import UpstreamClient
+
+logger = logging.getLogger("hexarch.sidecar")
+
+SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings", Settings)
+METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+SERVICES_KEY: web.AppKey[Services] = web.AppKey("services", Services)
+BUNDLE_PATH = "/bundles/hexarch.tar.gz"
+
+
+@web.middleware
+async def _error_shape(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """aiohttp's own 404/405 in the DESIGN.md error shape (everything else is answered by handlers)."""
+    try:
+        return await handler(request)
+    except web.HTTPNotFound:
+        return error_response(
+            404, f"no route for {request.method} {request.path}", code="not_found", type_="not_found_error"
+        )
+    except web.HTTPMethodNotAllowed as exc:
+        return error_response(
+            405,
+            f"{request.method} is not allowed on {request.path}",
+            code="method_not_allowed",
+            type_="invalid_request_error",
+            headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+        )
+
+
+def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.Application:
+    """The sidecar app for `settings`; `env` supplies upstream secrets (default: os.environ)."""
+    # client_max_size makes aiohttp stop reading an oversized body: the handler turns it into 413.
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_shape])
+    metrics = Metrics()
+    proxy = Proxy(settings)
+    app[SETTINGS_KEY] = settings
+    app[METRICS_KEY] = metrics
+
+    bundle: BundleServer | None = None
+    if settings.serve_bundle and settings.policy_file:
+        bundle = BundleServer(settings.policy_file, metrics, settings.bundle_check_seconds)
+        app.router.add_get(BUNDLE_PATH, bundle.handle)
+        app.cleanup_ctx.append(_bundle_ctx(bundle))
+    app.cleanup_ctx.append(_services_ctx(settings, metrics, proxy, env))
+
+    async def healthz(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+
+    async def readyz(request: web.Request) -> web.StreamResponse:
+        services = request.app[SERVICES_KEY]
+        opa_ok = await services.opa.ready()
+        redis_ok = await services.counters.ping()
+        checks = {"opa": opa_ok, "redis": redis_ok}
+        if bundle is not None:
+            checks["bundle"] = bundle.revision is not None
+        ready = all(checks.values())
+        body = orjson.dumps({"status": "ready" if ready else "not_ready", "checks": checks})
+        return web.Response(status=200 if ready else 503, body=body, content_type=JSON)
+
+    async def metrics_handler(request: web.Request) -> web.StreamResponse:
+        resp = web.Response(body=metrics.render())
+        resp.headers["Content-Type"] = CONTENT_TYPE
+        return resp
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_handler)
+
+    for endpoint in resolve_endpoints(settings):
+        handler = proxy.handler(endpoint)
+        for method in endpoint.methods:
+            app.router.add_route(method, endpoint.path, handler)
+    return app
+
+
+def _bundle_ctx(bundle: BundleServer) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        # A broken policy at start-up stops the sidecar with the compiler's diagnostics.
+        bundle.build()
+        yield
+
+    return ctx
+
+
+def _services_ctx(
+    settings: Settings, metrics: Metrics, proxy: Proxy, env: Mapping[str, str] | None
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        opa = OpaClient(settings.opa_url, settings.opa_timeout_ms, settings.opa_decision_path)
+        upstream = UpstreamClient(settings, metrics, env)
+        counters: CounterStore = Counters(create_redis(settings.redis_url), timezone=settings.timezone)
+        fallback: CounterStore | None = (
+            LocalCounters(timezone=settings.timezone) if settings.fail_mode == "fail_open" else None
+        )
+        await opa.start()
+        await upstream.start()
+        try:
+            await counters.load_scripts()
+        except CounterStoreError as exc:
+            # Not fatal: EVALSHA reloads scripts on NOSCRIPT once Redis is back; /readyz reports it.
+            metrics.redis_errors.inc()
+            logger.warning("Redis at %s is not answering yet: %s", redact(settings.redis_url), exc)
+        services = Services(settings, metrics, PrincipalResolver(settings), opa, counters, fallback, upstream)
+        app[SERVICES_KEY] = services
+        proxy.attach(services)
+        try:
+            yield
+        finally:
+            proxy.attach(None)
+            await upstream.close()
+            await opa.close()
+            await counters.close()
+            if fallback is not None:
+                await fallback.close()
+
+    return ctx

@@ -1,0 +1,93 @@
+"""Error responses in the one shape every client gets (DESIGN.md), OpenAI-compatible.
+
+`{"error": {"message", "type", "code", "param", "policy", "details", "decision_id"}}`; SDKs built
+for OpenAI surface `message`. Header values are kept to printable ASCII.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sidecar.errors import RequestError, UpstreamError
+
+JSON = "application/json"
+
+
+def error_body(
+    status: int,
+    message: str,
+    *,
+    code: str,
+    type_: str | None = None,
+    param: str | None = None,
+    policy: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    decision_id: str | None = None,
+) -> bytes:
+    return orjson.dumps(
+        {
+            "error": {
+                "message": message,
+                "type": type_ or code,
+                "code": code,
+                "param": param,
+                "policy": policy,
+                "details": dict(details) if details else {},
+                "decision_id": decision_id,
+            }
+        }
+    )
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    code: str,
+    type_: str | None = None,
+    param: str | None = None,
+    policy: str | None = None,
+    details: Mapping[str, Any] | None = None,
+    decision_id: str | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    body = error_body(
+        status,
+        message,
+        code=code,
+        type_=type_,
+        param=param,
+        policy=policy,
+        details=details,
+        decision_id=decision_id,
+    )
+    return web.Response(status=status, body=body, content_type=JSON, headers=headers)
+
+
+def request_error_response(exc: RequestError, decision_id: str | None = None) -> web.Response:
+    return error_response(
+        exc.status, exc.message, code=exc.code, type_=exc.type, param=exc.param, decision_id=decision_id
+    )
+
+
+def upstream_error_response(
+    exc: UpstreamError, decision_id: str | None, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    return error_response(
+        exc.status,
+        str(exc) or "the model upstream failed",
+        code=exc.code,
+        type_="upstream_error",
+        decision_id=decision_id,
+        headers=headers,
+    )
+
+
+def header_value(text: str, limit: int = 400) -> str:
+    """A header-safe rendering of a message: printable ASCII, bounded length."""
+    cleaned = "".join(ch if 32 <= ord(ch) < 127 else "?" for ch in text)
+    return cleaned[:limit]

@@ -1,0 +1,71 @@
+"""Prometheus metrics of one sidecar app, `hexarch_<thing>_<unit>`.
+
+Each app owns a CollectorRegistry, so two apps in one process (tests, benchmarks) never clash.
+Labels carry outcomes, policy ids, limit ids and upstream names: never keys, prompts or headers.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Decisions take ~0.5 ms on loopback; the buckets resolve that range and the OPA timeout.
+_DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "hexarch_requests_total",
+            "Requests by outcome and the policy that decided them",
+            ["outcome", "policy"],
+            registry=r,
+        )
+        self.decision_seconds = Histogram(
+            "hexarch_decision_duration_seconds",
+            "Time to get a decision from OPA",
+            buckets=_DECISION_BUCKETS,
+            registry=r,
+        )
+        self.upstream_seconds = Histogram(
+            "hexarch_upstream_duration_seconds",
+            "Time of the upstream call, to the last byte",
+            ["upstream"],
+            buckets=_UPSTREAM_BUCKETS,
+            registry=r,
+        )
+        self.tokens = Counter(
+            "hexarch_tokens_total", "Tokens settled, by kind (prompt|completion)", ["kind"], registry=r
+        )
+        self.cost = Counter("hexarch_cost_usd_micros_total", "Settled cost in micro-USD", registry=r)
+        self.budget_remaining = Gauge(
+            "hexarch_budget_remaining_usd_micros",
+            "Remaining budget after the last admission",
+            ["limit", "subject"],
+            registry=r,
+        )
+        self.opa_errors = Counter("hexarch_opa_errors_total", "Failed decision calls", registry=r)
+        self.redis_errors = Counter("hexarch_redis_errors_total", "Failed counter store calls", registry=r)
+        self.fail_open = Counter(
+            "hexarch_fail_open_total",
+            "Requests let through by fail_open, by dependency",
+            ["dependency"],
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "hexarch_upstream_errors_total", "Failed upstream attempts", ["upstream", "reason"], registry=r
+        )
+        self.warnings = Counter(
+            "hexarch_warnings_total", "Warnings sent with allowed requests", ["policy"], registry=r
+        )
+        self.bundle_reloads = Counter(
+            "hexarch_bundle_reloads_total", "Bundle rebuilds by result", ["result"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,218 @@
+"""Forwarding to model upstreams: retries with backoff, the fallback chain, timeouts, pass-through.
+
+Retries and fallbacks happen only before the first byte reaches the client: a connection error, a
+timeout or a 5xx moves to the next attempt; any other status is the upstream's answer and is passed
+on unchanged. When every attempt failed the caller gets UpstreamTimeout (504) if the last failure
+was a timeout, else UpstreamUnavailable (502). Replies that stream (SSE, NDJSON, or a request with
+`stream: true`) are relayed chunk by chunk as they arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sidecar.metrics import Metrics
+from sidecar.reply_usage import StreamScanner, TokenCounts, counts_of_body
+from sidecar.settings import Settings, UpstreamSettings, upstream_secret
+
+_HOP_BY_HOP = frozenset(
+    h.lower()
+    for h in (
+        "Connection",
+        "Keep-Alive",
+        "Proxy-Authenticate",
+        "Proxy-Authorization",
+        "TE",
+        "Trailers",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Host",
+        "Content-Length",
+    )
+)
+# Never forwarded upstream: the caller's sidecar credentials, and encodings we would have to undo.
+_REQUEST_DROP = _HOP_BY_HOP | {"authorization", "x-api-key", "accept-encoding", "cookie"}
+_RESPONSE_DROP = _HOP_BY_HOP | {"content-encoding"}
+_RETRY_STATUSES = frozenset({500, 502, 503, 504})
+_STREAM_TYPES = ("text/event-stream", "application/x-ndjson", "application/jsonl")
+
+
+@dataclass
+class Reply:
+    response: web.StreamResponse
+    status: int
+    upstream: str
+    counts: TokenCounts | None
+    complete: bool  # False when the client went away or the upstream broke mid-stream
+    seconds: float
+
+
+@dataclass
+class _Attempts:
+    last: UpstreamError | None = None
+    tried: list[str] = field(default_factory=list)
+
+
+class UpstreamClient:
+    def __init__(self, settings: Settings, metrics: Metrics, env: Mapping[str, str] | None = None) -> None:
+        self._upstreams = settings.upstreams
+        self._metrics = metrics
+        self._secrets = {name: s for name, u in settings.upstreams.items() if (s := upstream_secret(u, env))}
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
+        # auto_decompress: usage is read from the bytes we relay, so they must be plain.
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None)
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _url(self, upstream: UpstreamSettings, path: str, query: str) -> str:
+        base = upstream.base_url
+        # Accept base URLs written with the API prefix (https://api.example.com/v1).
+        if base.endswith("/v1") and (path.startswith("/v1/") or path == "/v1"):
+            base = base[:-3]
+        return f"{base}{path}?{query}" if query else f"{base}{path}"
+
+    def _headers(self, upstream: UpstreamSettings, incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in incoming.items() if k.lower() not in _REQUEST_DROP
+        )
+        headers["Accept-Encoding"] = "identity"
+        secret = self._secrets.get(upstream.name)
+        if secret:
+            headers["Authorization"] = f"Bearer {secret}"
+        return headers
+
+    async def open(
+        self,
+        upstream: UpstreamSettings,
+        method: str,
+        path: str,
+        query: str,
+        incoming: CIMultiDictProxy[str],
+        body: bytes | None,
+        stream: bool,
+    ) -> tuple[aiohttp.ClientResponse, UpstreamSettings, float]:
+        """Send the request through the retry/fallback chain; the response is open, headers read."""
+        assert self._session is not None, "UpstreamClient.start() was not awaited"
+        chain = [upstream, *(self._upstreams[n] for n in upstream.fallback if n in self._upstreams)]
+        attempts = _Attempts()
+        for target in chain:
+            headers = self._headers(target, incoming)
+            timeout = aiohttp.ClientTimeout(
+                total=None if stream else target.timeout_seconds,
+                connect=target.connect_timeout_seconds,
+                sock_read=target.timeout_seconds,
+            )
+            for attempt in range(target.retries + 1):
+                if attempt:
+                    await asyncio.sleep(min(1.0, 0.05 * 2 ** (attempt - 1)))
+                attempts.tried.append(target.name)
+                started = time.perf_counter()
+                try:
+                    resp = await self._session.request(
+                        method,
+                        self._url(target, path, query),
+                        data=body,
+                        headers=headers,
+                        timeout=timeout,
+                        allow_redirects=False,
+                    )
+                except TimeoutError as exc:
+                    self._metrics.upstream_errors.labels(target.name, "timeout").inc()
+                    attempts.last = UpstreamTimeout(f"upstream '{target.name}' timed out")
+                    attempts.last.__cause__ = exc
+                    continue
+                except aiohttp.ClientError as exc:
+                    self._metrics.upstream_errors.labels(target.name, "connection").inc()
+                    attempts.last = UpstreamUnavailable(
+                        f"upstream '{target.name}' is unreachable ({type(exc).__name__})"
+                    )
+                    attempts.last.__cause__ = exc
+                    continue
+                if resp.status in _RETRY_STATUSES:
+                    self._metrics.upstream_errors.labels(target.name, f"http_{resp.status}").inc()
+                    resp.release()
+                    attempts.last = UpstreamUnavailable(
+                        f"upstream '{target.name}' answered HTTP {resp.status}"
+                    )
+                    continue
+                return resp, target, started
+        assert attempts.last is not None
+        raise attempts.last
+
+    async def relay(
+        self,
+        request: web.Request,
+        resp: aiohttp.ClientResponse,
+        upstream: UpstreamSettings,
+        started: float,
+        extra_headers: Mapping[str, str] | CIMultiDict[str],
+        stream_requested: bool,
+    ) -> Reply:
+        """Pass the reply to the client (streamed or whole) and read its token counts on the way."""
+        headers: CIMultiDict[str] = CIMultiDict(
+            (k, v) for k, v in resp.headers.items() if k.lower() not in _RESPONSE_DROP
+        )
+        headers.extend(extra_headers)
+        content_type = resp.headers.get("Content-Type", "")
+        streaming = stream_requested or content_type.startswith(_STREAM_TYPES)
+        try:
+            if not streaming:
+                try:
+                    raw = await resp.read()
+                except (TimeoutError, aiohttp.ClientError) as exc:
+                    self._metrics.upstream_errors.labels(upstream.name, "read").inc()
+                    error: UpstreamError = (
+                        UpstreamTimeout if isinstance(exc, asyncio.TimeoutError) else UpstreamUnavailable
+                    )(f"upstream '{upstream.name}' broke off its reply")
+                    raise error from exc
+                seconds = time.perf_counter() - started
+                self._metrics.upstream_seconds.labels(upstream.name).observe(seconds)
+                counts = counts_of_body(raw) if resp.status < 400 else None
+                out = web.Response(status=resp.status, body=raw, headers=headers)
+                return Reply(out, resp.status, upstream.name, counts, True, seconds)
+            return await self._stream(request, resp, upstream, started, headers)
+        finally:
+            resp.release()
+
+    async def _stream(
+        self,
+        request: web.Request,
+        resp: aiohttp.ClientResponse,
+        upstream: UpstreamSettings,
+        started: float,
+        headers: CIMultiDict[str],
+    ) -> Reply:
+        out = web.StreamResponse(status=resp.status, headers=headers)
+        scanner = StreamScanner()
+        complete = False
+        try:
+            await out.prepare(request)
+            async for chunk in resp.content.iter_any():
+                scanner.feed(chunk)
+                await out.write(chunk)
+            scanner.finish()
+            await out.write_eof()
+            complete = True
+        except (ConnectionResetError, ConnectionError):
+            pass  # the client went away: settle with what we saw
+        except (TimeoutError, aiohttp.ClientError):
+            self._metrics.upstream_errors.labels(upstream.name, "stream").inc()
+        seconds = time.perf_counter() - started
+        self._metrics.upstream_seconds.labels(upstream.name).observe(seconds)
+        return Reply(out, resp.status, upstream.name, scanner.counts, complete, seconds)
