@@ -1,0 +1,48 @@
+"""The compiler as a library: hexarch.yaml -> a bundle, for the CLI and for the sidecar.
+
+parse -> validate -> lower -> emit -> bundle, each a small pure stage; this module only chains
+them. User mistakes raise PolicyError (with every diagnostic); compiler or I/O failures raise the
+other CompilerError subclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compiler.bundle import CUSTOM_DIR, DATA_PATH, Bundle, build_bundle, library_files
+from compiler.emit import emit_tests
+from compiler.lower import config_json, lower
+from compiler.model import PolicyFile
+from compiler.parse import parse_file
+from compiler.validate import validate
+
+
+@dataclass(frozen=True)
+class CompiledBundle:
+    data: bytes  # the bundle, tar.gz
+    revision: str
+    config: dict[str, Any]  # the compiled data (data.hexarch.config)
+    model: PolicyFile
+    bundle: Bundle
+
+
+def load_policy(path: str | Path) -> PolicyFile:
+    """Parse and validate only (what `hexarch check` does)."""
+    return validate(parse_file(str(path)))
+
+
+def compile_policy(
+    path: str | Path, *, signing_key: str | None = None, signing_alg: str = "RS256"
+) -> CompiledBundle:
+    model = load_policy(path)
+    config = lower(model)
+    files: dict[str, bytes] = {DATA_PATH: config_json(config)}
+    files.update(library_files())
+    for name, source in emit_tests(model, config).items():
+        files[name] = source.encode("utf-8")
+    for custom in model.custom:
+        files[f"{CUSTOM_DIR}/{custom.id}.rego"] = custom.source.encode("utf-8")
+    bundle = build_bundle(files, signing_key=signing_key, signing_alg=signing_alg)
+    return CompiledBundle(bundle.data, bundle.revision, config, model, bundle)

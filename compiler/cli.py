@@ -1,0 +1,108 @@
+"""`hexarch compile | check | test`: the compiler's sub-commands of the `hexarch` console command.
+
+User mistakes (PolicyError) print one `FILE:LINE:COL: error: MESSAGE` line each on stderr and exit
+1, never a traceback, and never leave a bundle behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from compiler.errors import CompilerError, PolicyError
+from compiler.model import PolicyFile
+
+
+def register(subparsers: Any) -> None:
+    compile_p = subparsers.add_parser(
+        "compile", help="compile hexarch.yaml into an OPA bundle", description="Compile a policy file."
+    )
+    compile_p.add_argument("policy", help="the policy file (hexarch.yaml)")
+    compile_p.add_argument("-o", "--output", required=True, help="the bundle to write (.tar.gz)")
+    compile_p.add_argument("--signing-key", help="sign the bundle: PEM private key file, or HMAC secret")
+    compile_p.add_argument(
+        "--signing-alg", default="RS256", help="JWT algorithm of the signature (default RS256)"
+    )
+    compile_p.set_defaults(func=run_compile)
+
+    check_p = subparsers.add_parser(
+        "check", help="validate hexarch.yaml", description="Validate a policy file."
+    )
+    check_p.add_argument("policy", help="the policy file (hexarch.yaml)")
+    check_p.set_defaults(func=run_check)
+
+    test_p = subparsers.add_parser(
+        "test", help="compile and run `opa test` on the bundle", description="Compile and test a policy file."
+    )
+    test_p.add_argument("policy", help="the policy file (hexarch.yaml)")
+    test_p.add_argument("-v", "--verbose", action="store_true", help="list every test")
+    test_p.set_defaults(func=run_test)
+
+
+def _fail(exc: CompilerError) -> int:
+    if isinstance(exc, PolicyError):
+        print(str(exc), file=sys.stderr)
+        count = len(exc.diagnostics)
+        print(f"{count} error{'s' if count != 1 else ''}; nothing written", file=sys.stderr)
+    else:
+        print(f"hexarch: error: {exc}", file=sys.stderr)
+    return 1
+
+
+def _summary(model: PolicyFile) -> str:
+    enabled = model.enabled_policies
+    rules = sum(len(p.rules) for p in enabled)
+    disabled = len(model.policies) - len(enabled)
+    text = f"{len(enabled)} policies, {rules} rules"
+    return text + (f" ({disabled} disabled)" if disabled else "")
+
+
+def run_compile(args: argparse.Namespace) -> int:
+    from compiler.api import compile_policy
+    from compiler.bundle import write_bundle
+
+    try:
+        compiled = compile_policy(args.policy, signing_key=args.signing_key, signing_alg=args.signing_alg)
+        write_bundle(compiled.bundle, Path(args.output))
+    except CompilerError as exc:
+        return _fail(exc)
+    signed = ", signed" if args.signing_key else ""
+    print(f"{args.output}: {_summary(compiled.model)}, revision {compiled.revision[:12]}{signed}")
+    return 0
+
+
+def run_check(args: argparse.Namespace) -> int:
+    from compiler.api import load_policy
+
+    try:
+        model = load_policy(args.policy)
+    except CompilerError as exc:
+        return _fail(exc)
+    print(f"{args.policy}: ok ({_summary(model)})")
+    return 0
+
+
+def run_test(args: argparse.Namespace) -> int:
+    from compiler.api import compile_policy
+    from compiler.bundle import extract_bundle
+    from compiler.opa_tool import opa_test_bundle
+
+    try:
+        compiled = compile_policy(args.policy)
+        with tempfile.TemporaryDirectory(prefix="hexarch-test-") as tmp:
+            bundle_dir = Path(tmp) / "bundle"
+            extract_bundle(compiled.bundle, bundle_dir)
+            result = opa_test_bundle(bundle_dir, verbose=args.verbose)
+    except CompilerError as exc:
+        return _fail(exc)
+    # opa prints paths inside the temporary directory; show them relative to the bundle.
+    output = (result.stdout + result.stderr).replace(f"{bundle_dir}/", "")
+    print(output.rstrip())
+    if not result.ok:
+        print(f"{args.policy}: opa test failed (revision {compiled.revision[:12]})", file=sys.stderr)
+        return 1
+    print(f"{args.policy}: all tests passed ({_summary(compiled.model)}, revision {compiled.revision[:12]})")
+    return 0

@@ -1,0 +1,80 @@
+"""The `opa` binary: where it is, and the two things the compiler asks of it (test, sign).
+
+Lookup order: $HEXARCH_OPA, then <repo>/.tools/bin/opa (installed by scripts/setup.sh at the one
+pinned version), then PATH.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from compiler.errors import OpaToolError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_opa() -> str:
+    candidates = [
+        os.environ.get("HEXARCH_OPA"),
+        str(REPO_ROOT / ".tools" / "bin" / "opa"),
+        shutil.which("opa"),
+    ]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise OpaToolError("opa not found: set HEXARCH_OPA, run scripts/setup.sh, or put opa on PATH")
+
+
+@dataclass(frozen=True)
+class OpaResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+
+def run_opa(args: list[str], timeout: float = 120.0) -> OpaResult:
+    opa = find_opa()
+    try:
+        proc = subprocess.run([opa, *args], capture_output=True, text=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise OpaToolError(f"running opa {' '.join(args[:1])} failed: {exc}") from exc
+    return OpaResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+def opa_test_bundle(bundle: Path, *, verbose: bool = False) -> OpaResult:
+    """`opa test --bundle` on a bundle file or directory; fails when no test ran."""
+    args = ["test", "--bundle", "--fail-on-empty", "--timeout", "60s"]
+    if verbose:
+        args.append("--verbose")
+    return run_opa([*args, str(bundle)])
+
+
+def opa_sign(bundle_dir: Path, signing_key: str, signing_alg: str, output_dir: Path) -> Path:
+    """Write `.signatures.json` for the bundle directory into `output_dir`; return its path."""
+    result = run_opa(
+        [
+            "sign",
+            "--bundle",
+            str(bundle_dir),
+            "--signing-key",
+            signing_key,
+            "--signing-alg",
+            signing_alg,
+            "--output-file-path",
+            str(output_dir),
+        ]
+    )
+    if not result.ok:
+        raise OpaToolError(f"opa sign failed: {result.stderr.strip() or result.stdout.strip()}")
+    path = output_dir / ".signatures.json"
+    if not path.is_file():
+        raise OpaToolError("opa sign wrote no .signatures.json")
+    return path

@@ -1,0 +1,820 @@
+"""Stage 2: located YAML nodes -> the frozen model, collecting every problem before failing.
+
+A guardrail file with a typo must never compile into a weaker policy, so every key is checked
+against the keys its section (or rule kind) accepts, and every value against its type and range.
+All diagnostics are gathered and raised together as one PolicyError.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from collections.abc import Iterable
+from decimal import Decimal
+from pathlib import Path
+from typing import cast
+
+from compiler.diagnostics import Diagnostic, did_you_mean
+from compiler.errors import PolicyError
+from compiler.model import (
+    DEFAULT_MAX_OUTPUT_TOKENS,
+    WEEKDAYS,
+    AccessRule,
+    Action,
+    BudgetRule,
+    ConfirmationRule,
+    CustomPolicy,
+    Enforcement,
+    FeatureRule,
+    LimitSpec,
+    LoggingConfig,
+    ModelRule,
+    OpaConfig,
+    ParamRule,
+    Policy,
+    PolicyFile,
+    Price,
+    RateRule,
+    Rule,
+    Scalar,
+    Scope,
+    TimeRule,
+    TokenRule,
+    Upstream,
+    glob_is_valid,
+)
+from compiler.parse import Node
+
+TOP_LEVEL_KEYS = (
+    "version",
+    "enforcement",
+    "timezone",
+    "logging",
+    "opa",
+    "pricing",
+    "defaults",
+    "custom",
+    "policies",
+    "sidecar",
+)
+ENFORCEMENTS = ("strict", "warn", "monitor")
+ACTIONS = ("block", "warn", "allow", "require_confirmation")
+SCOPES = ("global", "principal", "team")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
+
+# Which keys give a rule its kind, and which other keys each kind accepts (docs/architecture.md).
+KIND_KEYS: dict[str, tuple[str, ...]] = {
+    "rate": ("requests_per_minute", "requests_per_hour", "requests_per_day"),
+    "budget": ("monthly_budget_usd", "daily_budget_usd"),
+    "tokens": (
+        "max_tokens_per_request",
+        "max_tokens_per_minute",
+        "max_tokens_per_hour",
+        "max_tokens_per_day",
+    ),
+    "param": ("parameter",),
+    "time": ("forbidden_hours", "allowed_hours", "forbidden_days", "allowed_days"),
+    "model": ("model",),
+    "access": ("allowed_users",),
+    "confirmation": ("requires",),
+    "feature": ("feature",),
+}
+OTHER_KEYS: dict[str, tuple[str, ...]] = {
+    "rate": ("resource", "scope", "action"),
+    "budget": ("resource", "alert_at_percentage", "scope", "action"),
+    "tokens": ("resource", "warn_at_percentage", "scope", "action"),
+    "param": ("min", "max", "max_length", "allowed_values", "resource", "operation", "action"),
+    "time": ("operation", "resource", "action"),
+    "model": ("allowed", "resource", "action"),
+    "access": ("resource", "operation", "action"),
+    "confirmation": ("operation", "resource_types", "resource", "action"),
+    "feature": ("enabled", "requires_approval", "approvers", "action"),
+}
+LIMIT_KINDS = ("rate", "budget", "tokens")
+
+# key -> (limit id suffix, window seconds, budget period)
+LIMIT_KEYS: dict[str, tuple[str, int, str | None]] = {
+    "requests_per_minute": ("rpm", 60, None),
+    "requests_per_hour": ("rph", 3600, None),
+    "requests_per_day": ("rpd", 86400, None),
+    "max_tokens_per_request": ("request", 0, None),
+    "max_tokens_per_minute": ("tpm", 60, None),
+    "max_tokens_per_hour": ("tph", 3600, None),
+    "max_tokens_per_day": ("tpd", 86400, None),
+    "daily_budget_usd": ("day", 0, "day"),
+    "monthly_budget_usd": ("month", 0, "month"),
+}
+
+POLICY_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+CUSTOM_ID = re.compile(r"^[a-z_][a-z0-9_]*$")
+WARN_AT_ACTION = re.compile(r"^warn_at_(\d+(?:\.\d+)?)%$")
+WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+
+
+def _describe(node: Node) -> str:
+    if node.kind == "mapping":
+        return "a mapping"
+    if node.kind == "sequence":
+        return "a list"
+    value = node.value
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return f"the string '{value}'"
+
+
+class _Validator:
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.diags: list[Diagnostic] = []
+
+    # --- reporting -----------------------------------------------------------------------------
+    def error(self, node: Node, message: str, hint: str | None = None) -> None:
+        self.diags.append(node.diag(message, hint))
+
+    def check_keys(self, node: Node, allowed: Iterable[str], what: str) -> None:
+        allowed = tuple(allowed)
+        for key, _ in node.items():
+            name = str(key.value)
+            if name not in allowed:
+                self.error(key, f"unknown key '{name}' in {what}", did_you_mean(name, allowed))
+
+    # --- typed readers (None means "reported" or "absent") -------------------------------------
+    def mapping(self, node: Node, what: str) -> bool:
+        if node.kind != "mapping":
+            self.error(node, f"{what} must be a mapping, got {_describe(node)}")
+            return False
+        return True
+
+    def string(self, node: Node | None, what: str) -> str | None:
+        if node is None:
+            return None
+        if node.kind != "scalar" or not isinstance(node.value, str) or not node.value.strip():
+            self.error(node, f"{what} must be a non-empty string, got {_describe(node)}")
+            return None
+        return node.value
+
+    def boolean(self, node: Node | None, what: str) -> bool | None:
+        if node is None:
+            return None
+        if node.kind != "scalar" or not isinstance(node.value, bool):
+            self.error(node, f"{what} must be true or false, got {_describe(node)}")
+            return None
+        return node.value
+
+    def number(self, node: Node | None, what: str) -> int | float | None:
+        if node is None:
+            return None
+        value = node.value
+        if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, (int, float)):
+            self.error(node, f"{what} must be a number, got {_describe(node)}")
+            return None
+        if value != value or value in (float("inf"), float("-inf")):
+            self.error(node, f"{what} must be a finite number")
+            return None
+        return value
+
+    def positive_int(self, node: Node | None, what: str) -> int | None:
+        if node is None:
+            return None
+        value = node.value
+        if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, int):
+            self.error(node, f"{what} must be a whole number, got {_describe(node)}")
+            return None
+        if value <= 0:
+            self.error(node, f"{what} must be greater than zero, got {value}")
+            return None
+        return value
+
+    def choice(self, node: Node | None, choices: tuple[str, ...], what: str) -> str | None:
+        text = self.string(node, what)
+        if text is None or node is None:
+            return None
+        if text not in choices:
+            hint = did_you_mean(text, choices) or "use one of " + ", ".join(choices)
+            self.error(node, f"unknown {what} '{text}'", hint)
+            return None
+        return text
+
+    def strings(self, node: Node | None, what: str) -> tuple[str, ...] | None:
+        """A string or a non-empty list of strings."""
+        if node is None:
+            return None
+        if node.kind == "scalar":
+            one = self.string(node, what)
+            return None if one is None else (one,)
+        if node.kind != "sequence" or not node.elements():
+            self.error(node, f"{what} must be a string or a non-empty list of strings, got {_describe(node)}")
+            return None
+        out: list[str] = []
+        for element in node.elements():
+            text = self.string(element, f"each entry of {what}")
+            if text is not None:
+                out.append(text)
+        return tuple(out) if len(out) == len(node.elements()) else None
+
+
+def validate(tree: Node, base_dir: Path | None = None) -> PolicyFile:
+    """Check the whole document; return the model or raise PolicyError with every diagnostic."""
+    v = _Validator(tree.file)
+    model = _validate_file(v, tree, base_dir if base_dir is not None else Path(tree.file).parent)
+    if v.diags or model is None:
+        if not v.diags:  # pragma: no cover - _validate_file only returns None after reporting
+            v.error(tree, "invalid policy file")
+        raise PolicyError(v.diags)
+    return model
+
+
+def _validate_file(v: _Validator, tree: Node, base_dir: Path) -> PolicyFile | None:
+    if not v.mapping(tree, "the policy file"):
+        return None
+    upstreams: list[Upstream] = []
+    for key, value in tree.items():
+        name = str(key.value)
+        if name in TOP_LEVEL_KEYS:
+            continue
+        if value.kind == "mapping" and value.get("base_url") is not None:
+            base_url = v.string(value.get("base_url"), f"'{name}.base_url'")
+            if base_url is not None:
+                upstreams.append(Upstream(name, base_url))
+            continue
+        hint = did_you_mean(name, TOP_LEVEL_KEYS) or "an upstream section is a mapping with a base_url"
+        v.error(key, f"unknown top-level key '{name}'", hint)
+
+    version = 1
+    version_node = tree.get("version")
+    if version_node is not None and (
+        version_node.kind != "scalar" or isinstance(version_node.value, bool) or version_node.value != 1
+    ):
+        v.error(version_node, f"unsupported version: {_describe(version_node)}", "the only version is 1")
+
+    enforcement = v.choice(tree.get("enforcement"), ENFORCEMENTS, "enforcement") or "strict"
+    timezone = _timezone(v, tree.get("timezone")) or "UTC"
+    logging = _logging(v, tree.get("logging"))
+    opa = _opa(v, tree.get("opa"))
+    pricing = _pricing(v, tree.get("pricing"))
+    default_max_output = _defaults(v, tree.get("defaults"))
+    custom = _custom(v, tree.get("custom"), base_dir)
+    sidecar = tree.get("sidecar")
+    if sidecar is not None:
+        v.mapping(sidecar, "'sidecar'")
+
+    policies_node = tree.get("policies")
+    policies: list[Policy] = []
+    if policies_node is None:
+        v.error(tree, "the policy file has no 'policies' list", "add 'policies:' with at least one policy")
+    elif policies_node.kind != "sequence":
+        v.error(policies_node, f"'policies' must be a list, got {_describe(policies_node)}")
+    else:
+        seen: dict[str, Node] = {}
+        for element in policies_node.elements():
+            policy = _policy(v, element, seen)
+            if policy is not None:
+                policies.append(policy)
+
+    if v.diags:
+        return None
+    return PolicyFile(
+        source=tree.file,
+        version=version,
+        enforcement=cast(Enforcement, enforcement),
+        timezone=timezone,
+        logging=logging,
+        opa=opa,
+        pricing=pricing,
+        default_max_output_tokens=default_max_output,
+        custom=custom,
+        policies=tuple(policies),
+        upstreams=tuple(upstreams),
+    )
+
+
+# --- top-level sections ----------------------------------------------------------------------------
+
+
+def _timezone(v: _Validator, node: Node | None) -> str | None:
+    name = v.string(node, "timezone")
+    if name is None or node is None:
+        return None
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        hint = did_you_mean(name, zoneinfo.available_timezones()) or "use an IANA name such as 'Europe/Paris'"
+        v.error(node, f"unknown timezone '{name}'", hint)
+        return None
+    return name
+
+
+def _logging(v: _Validator, node: Node | None) -> LoggingConfig:
+    if node is None or not v.mapping(node, "'logging'"):
+        return LoggingConfig()
+    v.check_keys(node, ("level", "file", "log_prompts", "format"), "'logging'")
+    default = LoggingConfig()
+    level = v.choice(node.get("level"), LOG_LEVELS, "log level")
+    log_file = v.string(node.get("file"), "'logging.file'")
+    prompts = v.boolean(node.get("log_prompts"), "'logging.log_prompts'")
+    fmt = v.choice(node.get("format"), LOG_FORMATS, "log format")
+    return LoggingConfig(
+        level=level or default.level,
+        file=log_file,
+        log_prompts=default.log_prompts if prompts is None else prompts,
+        format=fmt or default.format,
+    )
+
+
+def _opa(v: _Validator, node: Node | None) -> OpaConfig:
+    if node is None or not v.mapping(node, "'opa'"):
+        return OpaConfig()
+    v.check_keys(node, ("url", "timeout_ms", "decision_path", "bundle_polling_seconds"), "'opa'")
+    default = OpaConfig()
+    url_node = node.get("url")
+    url = v.string(url_node, "'opa.url'")
+    if url is not None and url_node is not None and not url.startswith(("http://", "https://")):
+        v.error(url_node, f"'opa.url' must start with http:// or https://, got '{url}'")
+    return OpaConfig(
+        url=url or default.url,
+        timeout_ms=v.positive_int(node.get("timeout_ms"), "'opa.timeout_ms'") or default.timeout_ms,
+        decision_path=v.string(node.get("decision_path"), "'opa.decision_path'") or default.decision_path,
+        bundle_polling_seconds=v.positive_int(
+            node.get("bundle_polling_seconds"), "'opa.bundle_polling_seconds'"
+        )
+        or default.bundle_polling_seconds,
+    )
+
+
+def _pricing(v: _Validator, node: Node | None) -> tuple[Price, ...]:
+    if node is None or not v.mapping(node, "'pricing'"):
+        return ()
+    prices: list[Price] = []
+    for key, entry in node.items():
+        pattern = str(key.value)
+        if not glob_is_valid(pattern):
+            v.error(key, f"invalid model pattern '{pattern}'", "check its [ ] and { } brackets")
+        if not v.mapping(entry, f"the price of '{pattern}'"):
+            continue
+        fields = ("input_per_million_usd", "output_per_million_usd")
+        v.check_keys(entry, fields, f"the price of '{pattern}'")
+        values: list[float] = []
+        for field in fields:
+            field_node = entry.get(field)
+            if field_node is None:
+                v.error(entry, f"the price of '{pattern}' needs '{field}'")
+                continue
+            price = v.number(field_node, f"'{field}'")
+            if price is not None and price < 0:
+                v.error(field_node, f"'{field}' must not be negative, got {price}")
+            elif price is not None:
+                values.append(price)
+        if len(values) == 2:
+            prices.append(Price(pattern, values[0], values[1]))
+    return tuple(prices)
+
+
+def _defaults(v: _Validator, node: Node | None) -> int:
+    if node is None or not v.mapping(node, "'defaults'"):
+        return DEFAULT_MAX_OUTPUT_TOKENS
+    v.check_keys(node, ("max_output_tokens",), "'defaults'")
+    value = v.positive_int(node.get("max_output_tokens"), "'defaults.max_output_tokens'")
+    return DEFAULT_MAX_OUTPUT_TOKENS if value is None else value
+
+
+def _custom(v: _Validator, node: Node | None, base_dir: Path) -> tuple[CustomPolicy, ...]:
+    if node is None:
+        return ()
+    if node.kind != "sequence":
+        v.error(node, f"'custom' must be a list of {{id, file}}, got {_describe(node)}")
+        return ()
+    out: list[CustomPolicy] = []
+    seen: dict[str, Node] = {}
+    for entry in node.elements():
+        if not v.mapping(entry, "each 'custom' entry"):
+            continue
+        v.check_keys(entry, ("id", "file", "description"), "a custom policy")
+        id_node, file_node = entry.get("id"), entry.get("file")
+        if id_node is None or file_node is None:
+            v.error(entry, "a custom policy needs 'id' and 'file'")
+            continue
+        v.string(entry.get("description"), "'description'")
+        cid = v.string(id_node, "custom policy id")
+        fname = v.string(file_node, "custom policy file")
+        if cid is None or fname is None:
+            continue
+        if not CUSTOM_ID.match(cid):
+            v.error(id_node, f"custom policy id '{cid}' must be a Rego name (lower-case letters, digits, _)")
+            continue
+        if cid in seen:
+            v.error(id_node, f"duplicate custom policy id '{cid}'", f"first given at line {seen[cid].line}")
+            continue
+        seen[cid] = id_node
+        path = (base_dir / fname).resolve()
+        try:
+            source = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            v.error(file_node, f"cannot read custom policy file '{fname}': {exc}")
+            continue
+        if not re.search(rf"^\s*package\s+hexarch\.custom\.{cid}\s*$", source, re.MULTILINE):
+            v.error(file_node, f"'{fname}' must declare 'package hexarch.custom.{cid}'")
+            continue
+        out.append(CustomPolicy(cid, path, source))
+    return tuple(out)
+
+
+# --- policies and rules --------------------------------------------------------------------------------
+
+
+def _policy(v: _Validator, node: Node, seen: dict[str, Node]) -> Policy | None:
+    if not v.mapping(node, "each policy"):
+        return None
+    v.check_keys(node, ("id", "description", "enabled", "rules"), "a policy")
+    id_node = node.get("id")
+    pid: str | None = None
+    if id_node is None:
+        v.error(node, "a policy needs an 'id'")
+    else:
+        pid = v.string(id_node, "policy id")
+        if pid is not None and not POLICY_ID.match(pid):
+            v.error(id_node, f"policy id '{pid}' may only use letters, digits, '_', '.' and '-'")
+            pid = None
+        elif pid is not None and pid in seen:
+            v.error(id_node, f"duplicate policy id '{pid}'", f"first given at line {seen[pid].line}")
+            pid = None
+        elif pid is not None:
+            seen[pid] = id_node
+    description = v.string(node.get("description"), "'description'")
+    enabled = v.boolean(node.get("enabled"), "'enabled'")
+    rules_node = node.get("rules")
+    rules: list[Rule] = []
+    if rules_node is None:
+        v.error(node, "a policy needs a 'rules' list")
+    elif rules_node.kind != "sequence" or not rules_node.elements():
+        v.error(rules_node, f"'rules' must be a non-empty list, got {_describe(rules_node)}")
+    else:
+        for index, rule_node in enumerate(rules_node.elements()):
+            rule = _rule(v, rule_node, index)
+            if rule is not None:
+                rules.append(rule)
+    if pid is None:
+        return None
+    return Policy(pid, description, True if enabled is None else enabled, tuple(rules))
+
+
+def _rule(v: _Validator, node: Node, index: int) -> Rule | None:
+    if not v.mapping(node, "each rule"):
+        return None
+    keys = node.keys()
+    kinds = [kind for kind, ids in KIND_KEYS.items() if any(k in keys for k in ids)]
+    if len(kinds) != 1:
+        known = {k for ids in (*KIND_KEYS.values(), *OTHER_KEYS.values()) for k in ids} | {"description"}
+        unknown = [(key, str(key.value)) for key, _ in node.items() if str(key.value) not in known]
+        for key, name in unknown:
+            v.error(key, f"unknown key '{name}' in a rule", did_you_mean(name, known))
+        if len(kinds) > 1:
+            named = "; ".join(
+                f"{kind} ({', '.join(k for k in KIND_KEYS[kind] if k in keys)})" for kind in kinds
+            )
+            v.error(
+                node,
+                f"rule mixes keys of {len(kinds)} rule kinds: {named}",
+                "split it into one rule per kind",
+            )
+        elif not unknown:
+            v.error(
+                node,
+                "rule has no key that gives its kind",
+                "add one of " + ", ".join(k for ids in KIND_KEYS.values() for k in ids),
+            )
+        return None
+    kind = kinds[0]
+    v.check_keys(node, (*KIND_KEYS[kind], *OTHER_KEYS[kind], "description"), f"a {kind} rule")
+    description = v.string(node.get("description"), "'description'")
+    action, warn_at = _action(v, node, kind)
+    resource = v.string(node.get("resource"), "'resource'") or "*"
+    operation = v.string(node.get("operation"), "'operation'") or "*"
+    if kind in LIMIT_KINDS:
+        return _limit_rule(v, node, index, kind, resource, action, warn_at, description)
+    if kind == "param":
+        return _param_rule(v, node, index, resource, operation, action, description)
+    if kind == "time":
+        return _time_rule(v, node, index, resource, operation, action, description)
+    if kind == "model":
+        patterns = v.strings(node.get("model"), "'model'")
+        model_node = node.get("model")
+        if patterns is not None and model_node is not None:
+            for pattern in patterns:
+                if not glob_is_valid(pattern):
+                    v.error(
+                        model_node, f"invalid model pattern '{pattern}'", "check its [ ] and { } brackets"
+                    )
+        allowed = v.boolean(node.get("allowed"), "'allowed'")
+        if patterns is None:
+            return None
+        return ModelRule(index, patterns, True if allowed is None else allowed, resource, action, description)
+    if kind == "access":
+        principals = _principals(v, node.get("allowed_users"), "'allowed_users'")
+        if principals is None:
+            return None
+        return AccessRule(index, resource, operation, principals[0], principals[1], action, description)
+    if kind == "confirmation":
+        return _confirmation_rule(v, node, index, resource, operation, action, description)
+    return _feature_rule(v, node, index, action, description)
+
+
+def _action(v: _Validator, node: Node, kind: str) -> tuple[Action, float | None]:
+    """The rule's action and warn threshold (from `warn_at_NN%` and/or a percentage key)."""
+    default: Action = "require_confirmation" if kind == "confirmation" else "block"
+    action_node = node.get("action")
+    action: Action = default
+    warn_at: float | None = None
+    text = v.string(action_node, "'action'")
+    if text is not None and action_node is not None:
+        match = WARN_AT_ACTION.match(text)
+        if match:
+            percent = float(match.group(1))
+            if kind not in LIMIT_KINDS:
+                v.error(
+                    action_node,
+                    f"'{text}' only applies to rate, token and budget limits, not to a {kind} rule",
+                    "use block, warn, allow or require_confirmation",
+                )
+            elif not 0 < percent < 100:
+                v.error(action_node, f"'{text}': the warning threshold must be between 1% and 99%")
+            else:
+                warn_at = _ratio(percent)
+        elif text in ACTIONS:
+            action = cast(Action, text)
+            if kind in LIMIT_KINDS and action == "require_confirmation":
+                v.error(
+                    action_node,
+                    f"'require_confirmation' is not an action of a {kind} limit",
+                    "limits are enforced by counters: use block, warn, allow or warn_at_NN%",
+                )
+        else:
+            hint = did_you_mean(text, (*ACTIONS, "warn_at_80%")) or "use block, warn, allow, "
+            if hint.startswith("use"):
+                hint += "require_confirmation or warn_at_NN%"
+            v.error(action_node, f"unknown action '{text}'", hint)
+    for key in ("alert_at_percentage", "warn_at_percentage"):
+        pct_node = node.get(key)
+        percent_value = v.number(pct_node, f"'{key}'")
+        if percent_value is None or pct_node is None:
+            continue
+        if not 0 < percent_value < 100:
+            v.error(pct_node, f"'{key}' must be between 0 and 100 (exclusive), got {percent_value}")
+            continue
+        ratio = _ratio(percent_value)
+        if warn_at is not None and ratio != warn_at:
+            v.error(
+                pct_node,
+                f"'{key}: {percent_value}' disagrees with action '{text}'",
+                "give the warning threshold once, or the same number in both",
+            )
+            continue
+        warn_at = ratio
+    return action, warn_at
+
+
+def _ratio(percent: float) -> float:
+    return float(Decimal(str(percent)) / 100)
+
+
+def _limit_rule(
+    v: _Validator,
+    node: Node,
+    index: int,
+    kind: str,
+    resource: str,
+    action: Action,
+    warn_at: float | None,
+    description: str | None,
+) -> Rule | None:
+    scope = cast(Scope, v.choice(node.get("scope"), SCOPES, "scope") or "global")
+    limits: list[LimitSpec] = []
+    ok = True
+    for key in KIND_KEYS[kind]:
+        amount_node = node.get(key)
+        if amount_node is None:
+            continue
+        suffix, window, period = LIMIT_KEYS[key]
+        if kind == "budget":
+            usd = v.number(amount_node, f"'{key}'")
+            if usd is not None and usd <= 0:
+                v.error(amount_node, f"'{key}' must be greater than zero, got {usd}")
+                usd = None
+            elif usd is not None and round(Decimal(str(usd)) * 1_000_000) < 1:
+                v.error(amount_node, f"'{key}' is below one micro-dollar: {usd}")
+                usd = None
+            amount: int | float | None = usd
+        else:
+            amount = v.positive_int(amount_node, f"'{key}'")
+        if amount is None:
+            ok = False
+            continue
+        limits.append(LimitSpec(suffix, amount, window, period))
+    if not ok:
+        return None
+    limit_tuple = tuple(sorted(limits, key=lambda spec: KIND_KEYS[kind].index(_key_of(spec.suffix))))
+    if kind == "rate":
+        return RateRule(index, resource, limit_tuple, scope, action, warn_at, description)
+    if kind == "tokens":
+        return TokenRule(index, resource, limit_tuple, scope, action, warn_at, description)
+    # Budgets list the day before the month, whatever order the YAML uses.
+    by_period = tuple(sorted(limit_tuple, key=lambda spec: 0 if spec.period == "day" else 1))
+    return BudgetRule(index, resource, by_period, scope, action, warn_at, description)
+
+
+def _key_of(suffix: str) -> str:
+    return next(key for key, (s, _, _) in LIMIT_KEYS.items() if s == suffix)
+
+
+def _param_rule(
+    v: _Validator,
+    node: Node,
+    index: int,
+    resource: str,
+    operation: str,
+    action: Action,
+    description: str | None,
+) -> ParamRule | None:
+    parameter = v.string(node.get("parameter"), "'parameter'")
+    low = v.number(node.get("min"), "'min'")
+    high = v.number(node.get("max"), "'max'")
+    max_length = v.positive_int(node.get("max_length"), "'max_length'")
+    values_node = node.get("allowed_values")
+    values: tuple[Scalar, ...] | None = None
+    if values_node is not None:
+        if values_node.kind != "sequence" or not values_node.elements():
+            v.error(values_node, f"'allowed_values' must be a non-empty list, got {_describe(values_node)}")
+        else:
+            scalars = [e for e in values_node.elements() if e.kind == "scalar" and e.value is not None]
+            for element in values_node.elements():
+                if element not in scalars:
+                    v.error(
+                        element,
+                        f"each allowed value must be a string, number or boolean, got {_describe(element)}",
+                    )
+            if len(scalars) == len(values_node.elements()):
+                values = tuple(cast(Scalar, e.value) for e in scalars)
+    if low is not None and high is not None and low > high:
+        min_node = node.get("min")
+        assert min_node is not None
+        v.error(min_node, f"'min' {low} is above 'max' {high}", "swap them, or fix the typo")
+    if all(node.get(k) is None for k in ("min", "max", "max_length", "allowed_values")):
+        v.error(
+            node,
+            f"parameter rule for '{parameter}' sets no bound",
+            "add min, max, max_length or allowed_values",
+        )
+        return None
+    if parameter is None:
+        return None
+    return ParamRule(
+        index, parameter, low, high, max_length, values, resource, operation, action, description
+    )
+
+
+def _time_rule(
+    v: _Validator,
+    node: Node,
+    index: int,
+    resource: str,
+    operation: str,
+    action: Action,
+    description: str | None,
+) -> TimeRule:
+    return TimeRule(
+        index=index,
+        operation=operation,
+        resource=resource,
+        allowed_hours=_windows(v, node.get("allowed_hours"), "'allowed_hours'"),
+        forbidden_hours=_windows(v, node.get("forbidden_hours"), "'forbidden_hours'"),
+        allowed_days=_days(v, node.get("allowed_days"), "'allowed_days'"),
+        forbidden_days=_days(v, node.get("forbidden_days"), "'forbidden_days'"),
+        action=action,
+        description=description,
+    )
+
+
+def _windows(v: _Validator, node: Node | None, what: str) -> tuple[tuple[int, int], ...]:
+    if node is None:
+        return ()
+    elements = node.elements() if node.kind == "sequence" else (node,)
+    if not elements:
+        v.error(node, f"{what} lists no window", 'write e.g. "22:00-06:00"')
+    out: list[tuple[int, int]] = []
+    for element in elements:
+        window = _window(v, element, what)
+        if window is not None:
+            out.append(window)
+    return tuple(out)
+
+
+def _window(v: _Validator, node: Node, what: str) -> tuple[int, int] | None:
+    if node.kind != "scalar" or not isinstance(node.value, str):
+        v.error(node, f'{what} must be a quoted window like "22:00-06:00", got {_describe(node)}')
+        return None
+    text = node.value
+    match = WINDOW.match(text)
+    if not match:
+        v.error(node, f"malformed time window '{text}'", 'write HH:MM-HH:MM, e.g. "22:00-06:00"')
+        return None
+    sh, sm, eh, em = (int(g) for g in match.groups())
+    problems: list[str] = []
+    if sh > 23:
+        problems.append(f"start hour {sh:02d} is past 23")
+    if eh > 24 or (eh == 24 and em != 0):
+        problems.append(f"end {eh:02d}:{em:02d} is past 24:00")
+    if sm > 59 or em > 59:
+        problems.append("minutes run from 00 to 59")
+    if problems:
+        v.error(node, f"impossible time window '{text}': " + "; ".join(problems), "hours run 00:00-24:00")
+        return None
+    start, end = sh * 60 + sm, eh * 60 + em
+    if start == end or (start == 0 and end == 0):
+        v.error(
+            node, f"empty time window '{text}': start equals end", 'write "00:00-24:00" for the whole day'
+        )
+        return None
+    return start, end
+
+
+def _days(v: _Validator, node: Node | None, what: str) -> tuple[str, ...]:
+    names = v.strings(node, what)
+    if names is None or node is None:
+        return ()
+    elements = node.elements() if node.kind == "sequence" else (node,)
+    out: list[str] = []
+    for name, element in zip(names, elements, strict=True):
+        day = name.strip().lower()
+        if day not in WEEKDAYS:
+            v.error(element, f"unknown weekday '{name}' in {what}", did_you_mean(day, WEEKDAYS))
+        elif day not in out:
+            out.append(day)
+    return tuple(out)
+
+
+def _principals(
+    v: _Validator, node: Node | None, what: str
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(user ids, role names) from a list mixing `@role` and user ids."""
+    names = v.strings(node, what)
+    if names is None or node is None:
+        return None
+    users: list[str] = []
+    roles: list[str] = []
+    for name in names:
+        if name.startswith("@"):
+            role = name[1:].strip()
+            if not role:
+                v.error(node, f"'{name}' in {what} names no role", "write '@admin' for the admin role")
+                return None
+            roles.append(role)
+        else:
+            users.append(name.strip())
+    return tuple(users), tuple(roles)
+
+
+def _confirmation_rule(
+    v: _Validator,
+    node: Node,
+    index: int,
+    resource: str,
+    operation: str,
+    action: Action,
+    description: str | None,
+) -> ConfirmationRule | None:
+    requires_node = node.get("requires")
+    requires = v.string(requires_node, "'requires'")
+    if requires is not None and requires_node is not None and requires != "confirmation":
+        v.error(requires_node, f"unknown requirement '{requires}'", "the only requirement is 'confirmation'")
+    if node.get("operation") is None:
+        v.error(node, "a confirmation rule needs an 'operation'", "e.g. operation: delete")
+        return None
+    types = (
+        v.strings(node.get("resource_types"), "'resource_types'") if node.get("resource_types") else ("*",)
+    )
+    if types is None or requires != "confirmation":
+        return None
+    return ConfirmationRule(index, operation, resource, types, action, description)
+
+
+def _feature_rule(
+    v: _Validator, node: Node, index: int, action: Action, description: str | None
+) -> FeatureRule | None:
+    feature = v.string(node.get("feature"), "'feature'")
+    enabled_node = node.get("enabled")
+    enabled = v.boolean(enabled_node, "'enabled'")
+    if enabled_node is None:
+        v.error(node, f"feature rule '{feature}' needs 'enabled: true' or 'enabled: false'")
+    approval = v.boolean(node.get("requires_approval"), "'requires_approval'")
+    approvers: tuple[tuple[str, ...], tuple[str, ...]] | None = ((), ("admin",))
+    if node.get("approvers") is not None:
+        approvers = _principals(v, node.get("approvers"), "'approvers'")
+    if feature is None or enabled is None or approvers is None:
+        return None
+    return FeatureRule(
+        index, feature, enabled, bool(approval), approvers[0], approvers[1], action, description
+    )
