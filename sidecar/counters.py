@@ -1,0 +1,523 @@
+"""Atomic admission, settlement and refund of rate, token and budget limits in Redis.
+
+One admission runs one Lua script per hash-tag group (one subject) and consumes every limit of the
+group or none. Groups are sent in one pipelined round trip; when one group refuses, the groups that
+were admitted by the same call are refunded, so the call as a whole is all-or-nothing. The rate
+algorithm (bucketed sliding window), its error bound, key layout, TTLs and failure behaviour are in
+docs/counters.md.
+
+`Counters` (Redis) and `sidecar.local_counters.LocalCounters` (in-process fail-open stand-in) share
+everything but the store: planning, result decoding and the public models live here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import math
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol, TypeAlias
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from redis.asyncio import Redis
+from redis.asyncio.cluster import RedisCluster
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+
+from sidecar import redis_keys
+from sidecar.errors import CounterStoreError, PolicyEngineError
+
+UNITS = ("requests", "tokens", "usd_micros")
+ACTIONS = ("block", "warn")
+PERIODS = ("day", "month")
+# Each window is cut into this many buckets (or the largest smaller count that divides it in whole
+# milliseconds); the bucket width is the algorithm's error bound (docs/counters.md).
+BUCKETS_PER_WINDOW = 60
+# Budget keys outlive their period by this much, so late settlements and `hexarch usage` still
+# find the closed period.
+BUDGET_TTL_MARGIN_SECONDS = 86_400
+_MAX_REQUEST_ID_CHARS = 64
+_LUA_DIR = Path(__file__).resolve().parent / "lua"
+
+RedisClient: TypeAlias = "Redis | RedisCluster"
+
+
+@dataclass(frozen=True)
+class Limit:
+    """One entry of the decision's `limits` (DESIGN.md, docs/architecture.md "Limits")."""
+
+    id: str
+    policy: str
+    unit: str
+    scope: str
+    subject: str
+    limit: int
+    cost: int
+    action: str
+    warn_at: float | None = None
+    window_seconds: int | None = None
+    period: str | None = None
+
+    @property
+    def is_request_cap(self) -> bool:
+        """A per-request token cap: checked in process against `cost`, never stored."""
+        return self.unit == "tokens" and self.window_seconds == 0
+
+    @property
+    def blocks(self) -> bool:
+        return self.action == "block"
+
+    @classmethod
+    def from_decision(cls, doc: Mapping[str, Any]) -> Limit:
+        """Validate one decision entry; a malformed one is the policy engine's fault."""
+        if not isinstance(doc, Mapping):
+            raise PolicyEngineError(f"limit entry must be an object, got {type(doc).__name__}")
+        where = f"limit {doc.get('id')!r}"
+        ident = _text(doc, "id", where)
+        unit = _choice(doc, "unit", UNITS, where)
+        action = _choice(doc, "action", ACTIONS, where)
+        limit = _whole(doc, "limit", where)
+        cost = _whole(doc, "cost", where)
+        warn_at_raw = doc.get("warn_at")
+        warn_at: float | None = None
+        if warn_at_raw is not None:
+            if isinstance(warn_at_raw, bool) or not isinstance(warn_at_raw, int | float):
+                raise PolicyEngineError(f"{where}: warn_at must be a number or null")
+            warn_at = float(warn_at_raw)
+            if not 0.0 <= warn_at <= 1.0:
+                raise PolicyEngineError(f"{where}: warn_at {warn_at} is outside [0, 1]")
+        window_seconds: int | None = None
+        period: str | None = None
+        if unit == "usd_micros":
+            period = _choice(doc, "period", PERIODS, where)
+        else:
+            window_seconds = _whole(doc, "window_seconds", where)
+            if window_seconds == 0 and unit == "requests":
+                raise PolicyEngineError(f"{where}: a request-rate limit needs window_seconds > 0")
+        return cls(
+            id=ident,
+            policy=_text(doc, "policy", where),
+            unit=unit,
+            scope=_text(doc, "scope", where),
+            subject=_text(doc, "subject", where, allow_empty=True),
+            limit=limit,
+            cost=cost,
+            action=action,
+            warn_at=warn_at,
+            window_seconds=window_seconds,
+            period=period,
+        )
+
+
+@dataclass(frozen=True)
+class LimitState:
+    """A limit as seen by one admission.
+
+    `used`/`remaining` are after this request when admitted, before it when refused. `reset_seconds`:
+    until everything now counted has left the window (budgets: until the period ends; 0 when nothing
+    is counted). `retry_after` is set on refusing block limits only: seconds until the refused cost
+    could fit (budgets: until the period ends); None when it never can (cost above the limit).
+    """
+
+    limit: Limit
+    used: int
+    remaining: int
+    reset_seconds: int
+    retry_after: int | None
+    warn: bool
+    refused: bool = False
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd_micros: int
+
+
+@dataclass(frozen=True)
+class ReservedGroup:
+    """What settle/refund need to find one group's reservation (the record itself is in the store)."""
+
+    subject: str
+    reservation_key: str
+    keys: tuple[str, ...]
+    units: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Admission:
+    admitted: bool
+    reservation_id: str
+    states: tuple[LimitState, ...]
+    blocking: LimitState | None
+    groups: tuple[ReservedGroup, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def warnings(self) -> tuple[LimitState, ...]:
+        return tuple(state for state in self.states if state.warn)
+
+
+class CounterStore(Protocol):
+    """What the sidecar app uses; `Counters` (Redis) and `LocalCounters` (fail-open) both provide it."""
+
+    async def load_scripts(self) -> None: ...
+    async def admit(self, request_id: str, limits: Sequence[Limit]) -> Admission: ...
+    async def settle(self, admission: Admission, usage: Usage) -> None: ...
+    async def refund(self, admission: Admission) -> None: ...
+    async def ping(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning: pure functions shared by the Redis and in-process stores.
+
+
+def window_geometry(window_seconds: int) -> tuple[int, int]:
+    """(bucket width ms, buckets per window) for a sliding window; the width divides the window."""
+    window_ms = window_seconds * 1000
+    for buckets in range(BUCKETS_PER_WINDOW, 0, -1):
+        if window_ms % buckets == 0:
+            return window_ms // buckets, buckets
+    raise AssertionError("unreachable: 1 divides every window")
+
+
+def budget_period(period: str, now: float, tz: ZoneInfo) -> tuple[str, float]:
+    """(key window label, period end as epoch seconds) of the calendar day/month holding `now`."""
+    local = datetime.fromtimestamp(now, tz)
+    if period == "day":
+        label = local.strftime("%Y-%m-%d")
+        nxt = local.date() + timedelta(days=1)
+    else:
+        label = local.strftime("%Y-%m")
+        nxt = date(local.year + 1, 1, 1) if local.month == 12 else date(local.year, local.month + 1, 1)
+    end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp()
+    return label, end
+
+
+@dataclass(frozen=True)
+class _Planned:
+    """One stored limit inside a group: its key and the script arguments that describe it."""
+
+    index: int
+    limit: Limit
+    key: str
+    kind: str  # "w" sliding window, "c" calendar budget
+    p1: int  # w: bucket width ms; c: key TTL ms
+    p2: int  # w: buckets per window; c: 0
+    period_end: float  # c only
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    subject: str
+    reservation_key: str
+    items: tuple[_Planned, ...]
+
+    def script_args(self, mode: str, now_ms: int, reservation_ttl_ms: int) -> tuple[list[str], list[Any]]:
+        keys = [self.reservation_key, *(item.key for item in self.items)]
+        args: list[Any] = [mode, now_ms, reservation_ttl_ms]
+        for item in self.items:
+            args += [item.kind, item.limit.limit, item.limit.cost, 1 if item.limit.blocks else 0]
+            args += [item.p1, item.p2]
+        return keys, args
+
+    def reserved(self) -> ReservedGroup:
+        return ReservedGroup(
+            subject=self.subject,
+            reservation_key=self.reservation_key,
+            keys=tuple(item.key for item in self.items),
+            units=tuple(item.limit.unit for item in self.items),
+        )
+
+
+def _plan(
+    reservation_id: str, limits: Sequence[Limit], now: float, tz: ZoneInfo
+) -> tuple[dict[int, LimitState], list[GroupPlan]]:
+    """Per-request caps evaluated in process; every stored limit grouped by subject (hash tag)."""
+    caps: dict[int, LimitState] = {}
+    grouped: dict[str, list[_Planned]] = {}
+    seen: set[str] = set()
+    for index, lim in enumerate(limits):
+        if lim.is_request_cap:
+            over = lim.cost > lim.limit
+            caps[index] = _state(lim, lim.cost, 0, None if over and lim.blocks else -1, over and lim.blocks)
+            continue
+        if lim.unit == "usd_micros":
+            label, end = budget_period(lim.period or "month", now, tz)
+            ttl_ms = max(1000, int((end - now + BUDGET_TTL_MARGIN_SECONDS) * 1000))
+            key = redis_keys.counter_key(lim.subject, lim.id, label)
+            item = _Planned(index, lim, key, "c", ttl_ms, 0, end)
+        else:
+            window = lim.window_seconds or 0
+            bucket_ms, buckets = window_geometry(window)
+            key = redis_keys.counter_key(lim.subject, lim.id, redis_keys.window_label(window))
+            item = _Planned(index, lim, key, "w", bucket_ms, buckets, 0.0)
+        if key in seen:
+            raise PolicyEngineError(f"limit {lim.id!r} appears twice for subject {lim.subject!r}")
+        seen.add(key)
+        grouped.setdefault(lim.subject, []).append(item)
+    groups = [
+        GroupPlan(subject, redis_keys.reservation_key(subject, reservation_id), tuple(items))
+        for subject, items in grouped.items()
+    ]
+    return caps, groups
+
+
+def _ceil_seconds(ms: float) -> int:
+    return max(0, math.ceil(ms / 1000))
+
+
+def _warns(lim: Limit, used: int) -> bool:
+    if lim.action == "warn" and used > lim.limit:
+        return True
+    if lim.warn_at is None or used <= 0:
+        return False
+    # integer parts-per-million keep 0.7 * 10 from becoming 7.000000000000001
+    return used * 1_000_000 >= round(lim.warn_at * 1_000_000) * lim.limit
+
+
+def _state(lim: Limit, used: int, reset_ms: float, retry_ms: float | None, refused: bool) -> LimitState:
+    """`retry_ms` -1 means "not refused here"; None means "can never fit"."""
+    retry_after: int | None = None
+    if refused and retry_ms is not None and retry_ms >= 0:
+        retry_after = max(1, _ceil_seconds(retry_ms))
+    return LimitState(
+        limit=lim,
+        used=used,
+        remaining=max(0, lim.limit - used),
+        reset_seconds=_ceil_seconds(reset_ms),
+        retry_after=retry_after,
+        warn=_warns(lim, used),
+        refused=refused,
+    )
+
+
+def _group_states(group: GroupPlan, raw: Sequence[int], now: float, admitted: bool) -> dict[int, LimitState]:
+    """Decode one admit.lua reply. `admitted`: the whole call consumed (report usage after it)."""
+    status = int(raw[0])
+    states: dict[int, LimitState] = {}
+    for pos, item in enumerate(group.items):
+        lim = item.limit
+        used = int(raw[1 + pos * 3])
+        reset_ms = float(raw[2 + pos * 3])
+        retry_ms = float(raw[3 + pos * 3])
+        if admitted and status == 1:
+            used += lim.cost
+        refused = not admitted and lim.blocks and used + lim.cost > lim.limit
+        if item.kind == "c":
+            reset_ms = (item.period_end - now) * 1000
+            retry_ms = reset_ms
+        never = refused and lim.cost > lim.limit
+        states[item.index] = _state(lim, used, reset_ms, None if never else retry_ms, refused)
+    return states
+
+
+def _blocking(states: Sequence[LimitState]) -> LimitState | None:
+    """The refusing limit that keeps the request out longest (None = never counts as longest)."""
+    refusing = [s for s in states if s.refused]
+    if not refusing:
+        return None
+    return max(refusing, key=lambda s: math.inf if s.retry_after is None else s.retry_after)
+
+
+def new_reservation_id(request_id: str) -> str:
+    # request ids come from clients; a random suffix keeps two requests with one id apart
+    return f"{request_id[:_MAX_REQUEST_ID_CHARS]}.{secrets.token_hex(6)}"
+
+
+def settle_amounts(group: ReservedGroup, usage: Usage | None) -> list[int]:
+    """Per key: actual usage to replace the reservation with; -1 keeps it (requests stay consumed)."""
+    amounts: list[int] = []
+    for unit in group.units:
+        if usage is None:
+            amounts.append(0)
+        elif unit == "tokens":
+            amounts.append(max(0, usage.prompt_tokens) + max(0, usage.completion_tokens))
+        elif unit == "usd_micros":
+            amounts.append(max(0, usage.cost_usd_micros))
+        else:
+            amounts.append(-1)
+    return amounts
+
+
+class _Engine:
+    """The admission protocol over an abstract store of atomic group scripts."""
+
+    def __init__(self, *, timezone: str, clock: Callable[[], float], reservation_ttl_seconds: int) -> None:
+        try:
+            self._tz = ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {timezone!r}") from exc
+        self._clock = clock
+        self._reservation_ttl_ms = reservation_ttl_seconds * 1000
+
+    async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[int]]:
+        raise NotImplementedError
+
+    async def _run_settle(self, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
+        raise NotImplementedError
+
+    async def admit(self, request_id: str, limits: Sequence[Limit]) -> Admission:
+        now = self._clock()
+        now_ms = int(now * 1000)
+        reservation_id = new_reservation_id(request_id)
+        caps, groups = _plan(reservation_id, limits, now, self._tz)
+        cap_refused = any(state.refused for state in caps.values())
+        mode = "p" if cap_refused else "a"
+        replies = await self._run_admit(
+            [g.script_args(mode, now_ms, self._reservation_ttl_ms) for g in groups]
+        )
+        admitted = not cap_refused and all(int(reply[0]) != 0 for reply in replies)
+        if not admitted and not cap_refused:
+            taken = [g for g, reply in zip(groups, replies, strict=True) if int(reply[0]) == 1]
+            if taken:
+                await self._settle_groups([g.reserved() for g in taken], None)
+        states: dict[int, LimitState] = dict(caps)
+        for group, reply in zip(groups, replies, strict=True):
+            states.update(_group_states(group, reply, now, admitted))
+        ordered = tuple(states[i] for i in range(len(limits)))
+        return Admission(
+            admitted=admitted,
+            reservation_id=reservation_id,
+            states=ordered,
+            blocking=None if admitted else _blocking(ordered),
+            groups=tuple(g.reserved() for g in groups) if admitted else (),
+        )
+
+    async def settle(self, admission: Admission, usage: Usage) -> None:
+        if admission.admitted and admission.groups:
+            await self._settle_groups(admission.groups, usage)
+
+    async def refund(self, admission: Admission) -> None:
+        if admission.admitted and admission.groups:
+            await self._settle_groups(admission.groups, None)
+
+    async def _settle_groups(self, groups: Sequence[ReservedGroup], usage: Usage | None) -> None:
+        calls = [([g.reservation_key, *g.keys], list(settle_amounts(g, usage))) for g in groups]
+        await self._run_settle(calls)
+
+
+def _load_script(name: str) -> tuple[str, str]:
+    text = (_LUA_DIR / name).read_text(encoding="utf-8")
+    return text, hashlib.sha1(text.encode("utf-8")).hexdigest()
+
+
+_REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+
+
+class Counters(_Engine):
+    """Counters in Redis (standalone or Cluster), one EVALSHA per hash-tag group."""
+
+    def __init__(
+        self,
+        redis: RedisClient,
+        *,
+        timezone: str = "UTC",
+        clock: Callable[[], float] = time.time,
+        reservation_ttl_seconds: int = 900,
+    ) -> None:
+        super().__init__(timezone=timezone, clock=clock, reservation_ttl_seconds=reservation_ttl_seconds)
+        self._redis = redis
+        self._admit_src, self._admit_sha = _load_script("admit.lua")
+        self._settle_src, self._settle_sha = _load_script("settle.lua")
+
+    async def load_scripts(self) -> None:
+        """SCRIPT LOAD both scripts (on every primary of a cluster); EVALSHA reloads on NOSCRIPT too."""
+        try:
+            for src, sha in ((self._admit_src, self._admit_sha), (self._settle_src, self._settle_sha)):
+                loaded = await self._redis.script_load(src)
+                if isinstance(loaded, bytes):
+                    loaded = loaded.decode()
+                if isinstance(loaded, str) and loaded != sha:
+                    raise CounterStoreError(f"Redis returned SHA {loaded} for a script hashed {sha}")
+        except _REDIS_FAILURES as exc:
+            raise CounterStoreError(f"loading counter scripts into Redis failed: {exc}") from exc
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except _REDIS_FAILURES:
+            return False
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[int]]:
+        replies = await self._evalsha(self._admit_sha, calls)
+        return [list(reply) for reply in replies]
+
+    async def _run_settle(self, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
+        await self._evalsha(self._settle_sha, calls)
+
+    async def _evalsha(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        if not calls:
+            return []
+        try:
+            replies = await self._send(sha, calls)
+            missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if missing:
+                # SCRIPT FLUSH or a restarted Redis: the script did not run, so running it again is safe
+                await self.load_scripts()
+                retried = await self._send(sha, [calls[i] for i in missing])
+                for i, reply in zip(missing, retried, strict=True):
+                    replies[i] = reply
+            for reply in replies:
+                if isinstance(reply, BaseException):
+                    raise reply
+            return replies
+        except _REDIS_FAILURES as exc:
+            raise CounterStoreError(f"Redis counter script failed: {exc}") from exc
+
+    async def _send(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """One round trip for all groups: a pipeline, or concurrent calls on a cluster (which refuses
+        EVALSHA in pipelines). Errors come back as values so NOSCRIPT can be retried per call."""
+        if len(calls) == 1:
+            keys, args = calls[0]
+            try:
+                return [await self._redis.evalsha(sha, len(keys), *keys, *args)]
+            except NoScriptError as exc:
+                return [exc]
+        if isinstance(self._redis, RedisCluster):
+            replies = await asyncio.gather(
+                *(self._redis.evalsha(sha, len(keys), *keys, *args) for keys, args in calls),
+                return_exceptions=True,
+            )
+            return list(replies)
+        pipe = self._redis.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        return list(await pipe.execute(raise_on_error=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# Decision-entry validation helpers
+
+
+def _text(doc: Mapping[str, Any], name: str, where: str, *, allow_empty: bool = False) -> str:
+    value = doc.get(name)
+    if not isinstance(value, str) or (not value and not allow_empty):
+        raise PolicyEngineError(f"{where}: {name} must be a non-empty string")
+    return value
+
+
+def _choice(doc: Mapping[str, Any], name: str, options: Sequence[str], where: str) -> str:
+    value = doc.get(name)
+    if value not in options:
+        raise PolicyEngineError(f"{where}: {name} must be one of {', '.join(options)}, got {value!r}")
+    return str(value)
+
+
+def _whole(doc: Mapping[str, Any], name: str, where: str) -> int:
+    value = doc.get(name)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise PolicyEngineError(f"{where}: {name} must be a whole number, got {value!r}")
+    if isinstance(value, float) and not value.is_integer():
+        raise PolicyEngineError(f"{where}: {name} must be a whole number, got {value!r}")
+    if value < 0:
+        raise PolicyEngineError(f"{where}: {name} must not be negative, got {value!r}")
+    return int(value)
