@@ -1,0 +1,140 @@
+"""Exactness under concurrency: limits hold across two `hexarch serve` processes sharing one Redis.
+
+3×L concurrent requests against a rate limit of L let exactly L through; 200 concurrent requests
+against a USD budget never settle more than the budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis
+
+from tests.sidecar.app_support import demo_server, serving, start_policy_opa, with_upstream
+from tests.support.servers import OpaServer, RedisServer
+
+LIMIT = 25
+
+POLICY = f"""
+version: 1
+pricing:
+  "tinyllama*":
+    input_per_million_usd: 1.0
+    output_per_million_usd: 1.0
+tinyllama:
+  base_url: http://127.0.0.1:1
+  api: ollama
+  model: tinyllama
+policies:
+  - id: rate_limit
+    rules:
+      - resource: rated
+        requests_per_minute: {LIMIT}
+  - id: api_budget
+    rules:
+      - resource: budgeted
+        daily_budget_usd: 0.002
+sidecar:
+  anonymous:
+    enabled: true
+    id: load-test
+  routes:
+    - path: /rated/chat
+      api: ollama.chat
+      resource: rated
+      upstream: tinyllama
+      upstream_path: /api/chat
+    - path: /budgeted/chat
+      api: ollama.chat
+      resource: budgeted
+      upstream: tinyllama
+      upstream_path: /api/chat
+"""
+BUDGET_MICROS = 2000
+DB = 4
+
+
+@pytest.fixture(scope="module")
+def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
+    tmp = tmp_path_factory.mktemp("opa-exact")
+    policy = tmp / "policy.yaml"
+    policy.write_text(POLICY)
+    server = start_policy_opa(policy, tmp)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+async def sidecars(opa: OpaServer, redis_url: str, tmp_path: Path) -> AsyncIterator[list[str]]:
+    # A little upstream latency keeps many requests in flight at once.
+    async with demo_server(latency_ms=20) as demo:
+        config = tmp_path / "hexarch.yaml"
+        config.write_text(with_upstream(POLICY, str(demo.make_url("")).rstrip("/")))
+        env = {"HEXARCH_OPA_URL": opa.url, "HEXARCH_REDIS_URL": redis_url, "HEXARCH_OPA_TIMEOUT_MS": "2000"}
+        loop = asyncio.get_running_loop()
+        cm = serving([config, config], tmp_path, env)
+        servers = await loop.run_in_executor(None, cm.__enter__)
+        try:
+            yield [s.url for s in servers]
+        finally:
+            await loop.run_in_executor(None, cm.__exit__, None, None, None)
+
+
+async def _fire(
+    session: aiohttp.ClientSession, url: str, body: dict[str, object]
+) -> tuple[int, dict[str, str]]:
+    async with session.post(url, json=body) as resp:
+        await resp.read()
+        return resp.status, dict(resp.headers)
+
+
+async def test_3l_concurrent_requests_over_two_processes_let_exactly_l_through(sidecars: list[str]) -> None:
+    body = {"model": "tinyllama", "messages": [{"role": "user", "content": "hi"}], "stream": False}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        results = await asyncio.gather(
+            *(_fire(session, f"{sidecars[i % 2]}/rated/chat", body) for i in range(3 * LIMIT))
+        )
+    statuses = Counter(status for status, _ in results)
+    assert statuses == {200: LIMIT, 429: 2 * LIMIT}, statuses
+    refused = [headers for status, headers in results if status == 429]
+    assert all(int(h["Retry-After"]) >= 1 and h["X-RateLimit-Remaining"] == "0" for h in refused)
+
+
+async def test_200_concurrent_requests_never_settle_more_than_the_budget(
+    sidecars: list[str], redis_url: str
+) -> None:
+    body = {
+        "model": "tinyllama",
+        "messages": [{"role": "user", "content": "budget " * 8}],
+        "stream": False,
+        "options": {"num_predict": 16},
+    }
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        results = await asyncio.gather(
+            *(_fire(session, f"{sidecars[i % 2]}/budgeted/chat", body) for i in range(200))
+        )
+    statuses = Counter(status for status, _ in results)
+    assert set(statuses) <= {200, 429}, statuses
+    assert statuses[200] >= 1 and statuses[429] >= 1, statuses
+    # settling happens right after each reply is sent: give the last ones a moment
+    client = redis.Redis.from_url(redis_url)
+    keys = [k for k in client.scan_iter("hexarch:{budgeted}:api_budget/*")]
+    assert len(keys) == 1, keys
+    await asyncio.sleep(0.3)
+    settled = int(client.get(keys[0]) or 0)
+    assert 0 < settled <= BUDGET_MICROS
+    assert not list(client.scan_iter("hexarch:{budgeted}:rsv:*")), "every reservation was settled"
