@@ -1,0 +1,137 @@
+"""Streams pass through chunk by chunk and are settled with the usage the upstream reported."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+
+from tests.sidecar.app_support import Harness, demo_server, harness, start_policy_opa
+from tests.support.servers import OpaServer, RedisServer
+
+POLICY = """
+version: 1
+pricing:
+  "tinyllama*":
+    input_per_million_usd: 3.0
+    output_per_million_usd: 7.0
+tinyllama:
+  base_url: http://127.0.0.1:1
+  api: openai
+  model: tinyllama
+policies:
+  - id: spend
+    rules:
+      - resource: tinyllama
+        monthly_budget_usd: 10
+  - id: tokens
+    rules:
+      - resource: tinyllama
+        max_tokens_per_hour: 100000
+sidecar:
+  anonymous:
+    enabled: true
+    id: streamer
+"""
+DB = 5
+
+
+@pytest.fixture(scope="module")
+def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
+    tmp = tmp_path_factory.mktemp("opa-stream")
+    policy = tmp / "policy.yaml"
+    policy.write_text(POLICY)
+    server = start_policy_opa(policy, tmp)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
+    redis.Redis.from_url(url).flushdb()
+    return url
+
+
+@pytest.fixture
+async def h(opa: OpaServer, redis_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    async with demo_server(token_interval_ms=15, tokens_per_reply=12) as demo, \
+            harness(POLICY, tmp_path, opa, redis_url, demo) as h:
+        yield h
+
+
+def _budget(redis_url: str) -> int:
+    client = redis.Redis.from_url(redis_url)
+    keys = list(client.scan_iter("hexarch:{tinyllama}:spend/*"))
+    assert len(keys) == 1, keys
+    return int(client.get(keys[0]) or 0)
+
+
+async def _settled(redis_url: str, expected: int) -> int:
+    deadline = time.monotonic() + 2
+    value = _budget(redis_url)
+    while value != expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+        value = _budget(redis_url)
+    return value
+
+
+async def test_sse_stream_passes_through_and_settles_real_usage(h: Harness, redis_url: str) -> None:
+    body = {"model": "tinyllama", "stream": True, "max_tokens": 100,
+            "messages": [{"role": "user", "content": "Tell me a story " * 20}]}
+    arrivals: list[float] = []
+    raw = b""
+    async with h.session.post(h.url("/v1/chat/completions"), json=body) as resp:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        async for chunk in resp.content.iter_any():
+            arrivals.append(time.monotonic())
+            raw += chunk
+    # chunk by chunk: the reply arrived over time, not in one piece at the end
+    assert len(arrivals) > 3
+    assert arrivals[-1] - arrivals[0] > 0.1
+    events = [line[6:] for line in raw.decode().splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    usage = orjson.loads(events[-2])["usage"]  # the sidecar asked for stream_options.include_usage
+    assert usage["completion_tokens"] == 12
+    expected = math.ceil(usage["prompt_tokens"] * 3.0 + usage["completion_tokens"] * 7.0)
+    # the reservation (max_tokens 100) was replaced by the real usage
+    assert await _settled(redis_url, expected) == expected
+
+
+async def test_ollama_ndjson_stream_is_settled_from_eval_counts(h: Harness, redis_url: str) -> None:
+    body = {"model": "tinyllama", "messages": [{"role": "user", "content": "hello " * 30}],
+            "options": {"num_predict": 50}}  # Ollama streams by default
+    lines: list[dict[str, object]] = []
+    async with h.session.post(h.url("/api/chat"), json=body) as resp:
+        assert resp.status == 200
+        buffer = b""
+        async for chunk in resp.content.iter_any():
+            buffer += chunk
+        lines = [orjson.loads(line) for line in buffer.splitlines() if line.strip()]
+    final = lines[-1]
+    assert final["done"] is True
+    assert len(lines) > 3
+    prompt, completion = final["prompt_eval_count"], final["eval_count"]
+    assert isinstance(prompt, int) and isinstance(completion, int)
+    expected = math.ceil(prompt * 3.0 + completion * 7.0)
+    assert await _settled(redis_url, expected) == expected
+
+
+async def test_metrics_count_streamed_tokens(h: Harness) -> None:
+    body = {"model": "tinyllama", "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    async with h.session.post(h.url("/v1/chat/completions"), json=body) as resp:
+        await resp.read()
+    async with h.session.get(h.url("/metrics")) as resp:
+        text = await resp.text()
+    assert 'hexarch_tokens_total{kind="completion"} 12.0' in text
+    assert 'hexarch_requests_total{outcome="allowed",policy=""} 1.0' in text
+    assert "hexarch_decision_duration_seconds_count 1.0" in text
