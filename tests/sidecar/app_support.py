@@ -75,15 +75,16 @@ async def demo_server(**kw: object) -> AsyncIterator[TestServer]:
 @contextlib.asynccontextmanager
 async def harness(
     config_text: str, tmp: Path, opa: OpaServer | None, redis_url: str, demo: TestServer,
-    env: dict[str, str] | None = None,
+    env: dict[str, str] | None = None, overrides: dict[str, str] | None = None,
 ) -> AsyncIterator[Harness]:
     """The sidecar for `config_text` (its tinyllama upstream pointed at `demo`) against a running OPA."""
     config = tmp / "hexarch.yaml"
     config.write_text(with_upstream(config_text, str(demo.make_url("")).rstrip("/")))
-    overrides = {"HEXARCH_REDIS_URL": redis_url}
+    all_overrides = {"HEXARCH_REDIS_URL": redis_url}
     if opa is not None:
-        overrides["HEXARCH_OPA_URL"] = opa.url
-    settings = load_settings(str(config), env=env or {}, overrides=overrides)
+        all_overrides["HEXARCH_OPA_URL"] = opa.url
+    all_overrides.update(overrides or {})
+    settings = load_settings(str(config), env=env or {}, overrides=all_overrides)
     server = TestServer(create_app(settings, env=env or {}), host="127.0.0.1")
     await server.start_server()
     session = aiohttp.ClientSession()
