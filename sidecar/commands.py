@@ -27,7 +27,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--redis-url", metavar="URL", help="Redis URL (default redis://127.0.0.1:6379/0)")
     parser.add_argument("--fail-mode", choices=("fail_closed", "fail_open"), help="when OPA or Redis fail")
     parser.add_argument("--upstream-url", metavar="URL", help="base URL of the default upstream")
-    parser.add_argument("--log-level", default=None, help="debug, info, warning (default: logging.level or info)")
+    parser.add_argument(
+        "--log-level", default=None, help="debug, info, warning (default: logging.level or info)"
+    )
     parser.add_argument("--check", action="store_true", help="validate the settings, print them, and exit")
     parser.set_defaults(func=_serve)
     demo_model.register(subparsers)
@@ -89,7 +91,11 @@ def _serve(args: argparse.Namespace) -> int:
     upstreams = ", ".join(f"{u.name}={u.base_url}" for u in settings.upstreams.values()) or "none"
     logging.getLogger("hexarch.sidecar").info(
         "hexarch sidecar on http://%s:%d (OPA %s, %s, upstreams: %s)",
-        settings.listen_host, settings.listen_port, settings.opa_url, settings.fail_mode, upstreams,
+        settings.listen_host,
+        settings.listen_port,
+        settings.opa_url,
+        settings.fail_mode,
+        upstreams,
     )
     try:
         web.run_app(
@@ -105,7 +111,9 @@ def _serve(args: argparse.Namespace) -> int:
         print(exc, file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"hexarch serve: cannot listen on {settings.listen_host}:{settings.listen_port}: {exc}",
-              file=sys.stderr)
+        print(
+            f"hexarch serve: cannot listen on {settings.listen_host}:{settings.listen_port}: {exc}",
+            file=sys.stderr,
+        )
         return 1
     return 0

@@ -74,8 +74,13 @@ async def demo_server(**kw: object) -> AsyncIterator[TestServer]:
 
 @contextlib.asynccontextmanager
 async def harness(
-    config_text: str, tmp: Path, opa: OpaServer | None, redis_url: str, demo: TestServer,
-    env: dict[str, str] | None = None, overrides: dict[str, str] | None = None,
+    config_text: str,
+    tmp: Path,
+    opa: OpaServer | None,
+    redis_url: str,
+    demo: TestServer,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, str] | None = None,
 ) -> AsyncIterator[Harness]:
     """The sidecar for `config_text` (its tinyllama upstream pointed at `demo`) against a running OPA."""
     config = tmp / "hexarch.yaml"
@@ -123,17 +128,19 @@ def start_serve(config: Path, tmp: Path, env: dict[str, str]) -> ServeProcess:
     with log.open("wb") as fh:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sidecar.cli", "serve", "--config", str(config), "--log-level", "warning"],
-            stdout=fh, stderr=subprocess.STDOUT, env=full_env, cwd=str(ROOT),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=str(ROOT),
         )
     server = ServeProcess(port, proc, log)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"hexarch serve exited: {log.read_text()[-2000:]}")
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{server.url}/readyz", timeout=1) as resp:
-                if resp.status == 200:
-                    return server
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{server.url}/readyz", timeout=1) as resp:
+            if resp.status == 200:
+                return server
         time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"hexarch serve did not become ready: {log.read_text()[-2000:]}")

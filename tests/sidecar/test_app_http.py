@@ -89,8 +89,9 @@ async def _json(h: Harness, method: str, path: str, **kw: Any) -> tuple[int, Any
 
 
 async def test_malformed_json_is_400(h: Harness) -> None:
-    status, doc, _ = await _json(h, "POST", "/api/chat", data=b"{not json",
-                                 headers={"Content-Type": "application/json"})
+    status, doc, _ = await _json(
+        h, "POST", "/api/chat", data=b"{not json", headers={"Content-Type": "application/json"}
+    )
     assert status == 400
     assert doc["error"]["code"] == "invalid_json"
     status, doc, _ = await _json(h, "POST", "/api/chat", data=b"[1, 2]")
@@ -130,15 +131,22 @@ async def test_health_ready_metrics(h: Harness) -> None:
     await _json(h, "POST", "/api/chat", json=CHAT)
     async with h.session.get(h.url("/metrics")) as resp:
         text = await resp.text()
-    for name in ("hexarch_requests_total", "hexarch_decision_duration_seconds", "hexarch_upstream_duration_seconds",
-                 "hexarch_tokens_total", "hexarch_cost_usd_micros_total", "hexarch_opa_errors_total",
-                 "hexarch_redis_errors_total"):
+    for name in (
+        "hexarch_requests_total",
+        "hexarch_decision_duration_seconds",
+        "hexarch_upstream_duration_seconds",
+        "hexarch_tokens_total",
+        "hexarch_cost_usd_micros_total",
+        "hexarch_opa_errors_total",
+        "hexarch_redis_errors_total",
+    ):
         assert name in text
 
 
 async def test_trusted_headers_principal(h: Harness) -> None:
-    status, _, _ = await _json(h, "POST", "/api/chat", json=CHAT,
-                               headers={"X-Hexarch-User": "bob", "X-Hexarch-Roles": "admin,dev"})
+    status, _, _ = await _json(
+        h, "POST", "/api/chat", json=CHAT, headers={"X-Hexarch-User": "bob", "X-Hexarch-Roles": "admin,dev"}
+    )
     assert status == 200
 
 
@@ -189,11 +197,12 @@ def _dead_url(scheme: str) -> str:
         ({"HEXARCH_REDIS_URL": "redis"}, "counter_store_unavailable"),
     ],
 )
-async def test_fail_closed_is_503(opa: OpaServer, redis_url: str, tmp_path: Path, policy: str,
-                                  overrides: dict[str, str], code: str) -> None:
+async def test_fail_closed_is_503(
+    opa: OpaServer, redis_url: str, tmp_path: Path, policy: str, overrides: dict[str, str], code: str
+) -> None:
     dead = {k: _dead_url(v) for k, v in overrides.items()}
     async with demo_server() as demo, harness(policy, tmp_path, opa, redis_url, demo, overrides=dead) as h:
-        status, doc, headers = await _json(h, "POST", "/api/chat", json=CHAT)
+        status, doc, _ = await _json(h, "POST", "/api/chat", json=CHAT)
         assert status == 503
         assert doc["error"]["code"] == code
         status, _, _ = await _json(h, "GET", "/readyz")
@@ -201,8 +210,9 @@ async def test_fail_closed_is_503(opa: OpaServer, redis_url: str, tmp_path: Path
 
 
 @pytest.mark.parametrize("overrides", [{"HEXARCH_OPA_URL": "http"}, {"HEXARCH_REDIS_URL": "redis"}])
-async def test_fail_open_lets_requests_through(opa: OpaServer, redis_url: str, tmp_path: Path, policy: str,
-                                               overrides: dict[str, str]) -> None:
+async def test_fail_open_lets_requests_through(
+    opa: OpaServer, redis_url: str, tmp_path: Path, policy: str, overrides: dict[str, str]
+) -> None:
     dead = {k: _dead_url(v) for k, v in overrides.items()}
     dead["HEXARCH_FAIL_MODE"] = "fail_open"
     async with demo_server() as demo, harness(policy, tmp_path, opa, redis_url, demo, overrides=dead) as h:

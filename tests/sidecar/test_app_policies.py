@@ -82,11 +82,17 @@ def auth(key: str = ALICE_KEY) -> dict[str, str]:
 
 
 def chat(content: str = "What is Python?", **extra: Any) -> dict[str, Any]:
-    return {"model": "tinyllama", "messages": [{"role": "user", "content": content}], "stream": False, **extra}
+    return {
+        "model": "tinyllama",
+        "messages": [{"role": "user", "content": content}],
+        "stream": False,
+        **extra,
+    }
 
 
-async def post(h: Harness, path: str, body: dict[str, Any], key: str = ALICE_KEY,
-               headers: dict[str, str] | None = None) -> tuple[int, dict[str, Any], Any]:
+async def post(
+    h: Harness, path: str, body: dict[str, Any], key: str = ALICE_KEY, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any], Any]:
     async with h.session.post(h.url(path), json=body, headers={**auth(key), **(headers or {})}) as resp:
         doc = await resp.json(content_type=None)
         return resp.status, doc, resp.headers
@@ -160,8 +166,11 @@ async def test_parameter_bounds_are_400_under_any_spelling(h: Harness, body: dic
 
 
 async def test_long_system_message_is_refused(h: Harness) -> None:
-    body = {"model": "tinyllama", "stream": False,
-            "messages": [{"role": "system", "content": "x" * 2001}, {"role": "user", "content": "hi"}]}
+    body = {
+        "model": "tinyllama",
+        "stream": False,
+        "messages": [{"role": "system", "content": "x" * 2001}, {"role": "user", "content": "hi"}],
+    }
     status, doc, _ = await post(h, "/api/chat", body)
     assert status == 400
     assert_error(doc, "invalid_parameter", "quality_control")
@@ -199,8 +208,11 @@ async def test_other_model_is_403(h: Harness) -> None:
     status, doc, _ = await post(h, "/api/chat", chat(model="gpt-4o"))
     assert status == 403
     assert_error(doc, "model_not_allowed", "model_selection")
-    async with h.session.post(h.url("/v1/chat/completions"), headers=auth(),
-                              json={"model": "llama3", "messages": [{"role": "user", "content": "x"}]}) as resp:
+    async with h.session.post(
+        h.url("/v1/chat/completions"),
+        headers=auth(),
+        json={"model": "llama3", "messages": [{"role": "user", "content": "x"}]},
+    ) as resp:
         assert resp.status == 403
 
 
@@ -225,8 +237,9 @@ async def test_delete_needs_confirmation(h: Harness) -> None:
     async with h.session.delete(h.url("/api/conversations/42"), headers=auth()) as resp:
         assert resp.status == 428
         assert_error(await resp.json(), "confirmation_required", "confirmations")
-    async with h.session.delete(h.url("/api/conversations/42"),
-                                headers={**auth(), "X-Hexarch-Confirm": "true"}) as resp:
+    async with h.session.delete(
+        h.url("/api/conversations/42"), headers={**auth(), "X-Hexarch-Confirm": "true"}
+    ) as resp:
         assert resp.status != 428  # admitted: whatever the upstream answers is relayed
 
 
@@ -234,7 +247,9 @@ async def test_delete_needs_confirmation(h: Harness) -> None:
 
 
 async def test_feature_flags(h: Harness) -> None:
-    async with h.session.post(h.url("/api/chat-with-voice"), json=chat("Hello world"), headers=auth()) as resp:
+    async with h.session.post(
+        h.url("/api/chat-with-voice"), json=chat("Hello world"), headers=auth()
+    ) as resp:
         assert resp.status == 200
         assert resp.headers["Content-Type"] == "audio/mpeg"
         assert (await resp.read()).startswith(b"ID3")
@@ -266,20 +281,24 @@ async def test_health_route_needs_no_key(h: Harness) -> None:
 
 
 async def test_openai_and_ollama_builtins(h: Harness) -> None:
-    async with h.session.post(h.url("/v1/chat/completions"), headers=auth(),
-                              json={"model": "tinyllama", "messages": [{"role": "user", "content": "x"}],
-                                    "max_tokens": 8}) as resp:
+    async with h.session.post(
+        h.url("/v1/chat/completions"),
+        headers=auth(),
+        json={"model": "tinyllama", "messages": [{"role": "user", "content": "x"}], "max_tokens": 8},
+    ) as resp:
         assert resp.status == 200
         doc = await resp.json()
         assert doc["usage"]["completion_tokens"] == 8
-    async with h.session.post(h.url("/api/generate"), headers=auth(),
-                              json={"model": "tinyllama", "prompt": "x", "stream": False}) as resp:
+    async with h.session.post(
+        h.url("/api/generate"), headers=auth(), json={"model": "tinyllama", "prompt": "x", "stream": False}
+    ) as resp:
         assert resp.status == 200
         assert (await resp.json())["done"] is True
     async with h.session.get(h.url("/api/tags"), headers=auth()) as resp:
         assert resp.status == 200
     async with h.session.get(h.url("/v1/models"), headers=auth()) as resp:
         assert resp.status == 200
-    async with h.session.post(h.url("/v1/embeddings"), headers=auth(),
-                              json={"model": "tinyllama", "input": "hello"}) as resp:
+    async with h.session.post(
+        h.url("/v1/embeddings"), headers=auth(), json={"model": "tinyllama", "input": "hello"}
+    ) as resp:
         assert resp.status == 200

@@ -1,6 +1,6 @@
 """Exactness under concurrency: limits hold across two `hexarch serve` processes sharing one Redis.
 
-3×L concurrent requests against a rate limit of L let exactly L through; 200 concurrent requests
+3 x L concurrent requests against a rate limit of L let exactly L through; 200 concurrent requests
 against a USD budget never settle more than the budget.
 """
 

@@ -63,8 +63,10 @@ def redis_url(redis_server: RedisServer) -> str:
 
 @pytest.fixture
 async def h(opa: OpaServer, redis_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with demo_server(token_interval_ms=15, tokens_per_reply=12) as demo, \
-            harness(POLICY, tmp_path, opa, redis_url, demo) as h:
+    async with (
+        demo_server(token_interval_ms=15, tokens_per_reply=12) as demo,
+        harness(POLICY, tmp_path, opa, redis_url, demo) as h,
+    ):
         yield h
 
 
@@ -85,8 +87,12 @@ async def _settled(redis_url: str, expected: int) -> int:
 
 
 async def test_sse_stream_passes_through_and_settles_real_usage(h: Harness, redis_url: str) -> None:
-    body = {"model": "tinyllama", "stream": True, "max_tokens": 100,
-            "messages": [{"role": "user", "content": "Tell me a story " * 20}]}
+    body = {
+        "model": "tinyllama",
+        "stream": True,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": "Tell me a story " * 20}],
+    }
     arrivals: list[float] = []
     raw = b""
     async with h.session.post(h.url("/v1/chat/completions"), json=body) as resp:
@@ -108,8 +114,11 @@ async def test_sse_stream_passes_through_and_settles_real_usage(h: Harness, redi
 
 
 async def test_ollama_ndjson_stream_is_settled_from_eval_counts(h: Harness, redis_url: str) -> None:
-    body = {"model": "tinyllama", "messages": [{"role": "user", "content": "hello " * 30}],
-            "options": {"num_predict": 50}}  # Ollama streams by default
+    body = {
+        "model": "tinyllama",
+        "messages": [{"role": "user", "content": "hello " * 30}],
+        "options": {"num_predict": 50},
+    }  # Ollama streams by default
     lines: list[dict[str, object]] = []
     async with h.session.post(h.url("/api/chat"), json=body) as resp:
         assert resp.status == 200

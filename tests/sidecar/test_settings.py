@@ -1,0 +1,153 @@
+"""Sidecar settings: located errors like the compiler's, defaults that work, env overrides."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from sidecar.errors import SettingsError
+from sidecar.settings import load_settings
+from tests.sidecar.app_support import EXAMPLE
+
+
+def write(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "hexarch.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def errors_of(path: str, env: dict[str, str] | None = None) -> str:
+    with pytest.raises(SettingsError) as info:
+        load_settings(path, env=env or {})
+    return str(info.value)
+
+
+def test_defaults_without_a_file() -> None:
+    s = load_settings(None, env={})
+    assert (s.listen_host, s.listen_port) == ("127.0.0.1", 8080)
+    assert s.opa_url == "http://127.0.0.1:8181"
+    assert s.redis_url == "redis://127.0.0.1:6379/0"
+    assert s.fail_mode == "fail_closed"
+    assert not s.anonymous.enabled
+    assert s.upstreams == {}
+
+
+def test_example_file_loads() -> None:
+    s = load_settings(str(EXAMPLE), env={})
+    assert s.default_upstream == "tinyllama"
+    assert s.upstreams["tinyllama"].api == "ollama"
+    assert s.opa_timeout_ms == 250
+    assert {r.path for r in s.routes} == {
+        "/api/chat",
+        "/api/chat-with-voice",
+        "/api/models",
+        "/api/stats",
+        "/health",
+    }
+    assert [k.id for k in s.api_keys] == ["ops-bot", "alice"]
+    assert s.serve_bundle and s.policy_file == str(EXAMPLE)
+
+
+def test_unknown_keys_have_location_and_hint(tmp_path: Path) -> None:
+    path = write(tmp_path, "sidecar:\n  listen: 127.0.0.1:9000\n  fail_mdoe: fail_open\n")
+    text = errors_of(path)
+    assert f"{path}:3:3: error: unknown key 'fail_mdoe' in sidecar" in text
+    assert "did you mean 'fail_mode'?" in text
+
+
+def test_every_problem_is_reported(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "up:\n"
+        "  base_url: htp:/nowhere\n"
+        "  api: olama\n"
+        "  retries: two\n"
+        "sidecar:\n"
+        "  listen: nowhere\n"
+        "  fail_mode: open\n"
+        "  routes:\n"
+        "    - path: /x\n"
+        "      upstream: upp\n"
+        "      methods: [FETCH]\n"
+        "    - path: y\n",
+    )
+    text = errors_of(path)
+    assert "2:13: error: 'htp:/nowhere' is not a valid URL" in text
+    assert "3:8: error: 'olama' is not one of ollama, openai (at up.api); did you mean 'ollama'?" in text
+    assert "4:12: error: expected an integer, got str 'two'" in text
+    assert "6:11: error: 'nowhere' is not a listen address" in text
+    assert "7:14: error: 'open' is not one of fail_closed, fail_open" in text
+    assert (
+        "10:17: error: upstream 'upp' is not an upstream section (at sidecar.routes[0].upstream); "
+        "did you mean 'up'?" in text
+    )
+    assert "unknown HTTP method 'FETCH'" in text
+    assert "12:13: error: route path 'y' must start with '/'" in text
+
+
+def test_api_keys_by_hash_or_env(tmp_path: Path) -> None:
+    digest = hashlib.sha256(b"k1").hexdigest()
+    path = write(
+        tmp_path,
+        "sidecar:\n  api_keys:\n"
+        f"    - {{id: a, sha256: {digest}, roles: [admin], team: t, tier: pro}}\n"
+        "    - {id: b, key_env: B_KEY}\n",
+    )
+    s = load_settings(path, env={"B_KEY": "k2"})
+    assert [k.id for k in s.api_keys] == ["a", "b"]
+    assert s.api_keys[1].digest == hashlib.sha256(b"k2").digest()
+    assert "k2" not in repr(s)
+    text = errors_of(path)
+    assert "environment variable B_KEY is not set" in text
+    bad = write(tmp_path, "sidecar:\n  api_keys:\n    - {id: a, sha256: xyz}\n    - {id: c}\n")
+    text = errors_of(bad)
+    assert "sha256 must be 64 hexadecimal characters" in text
+    assert "exactly one of 'sha256' or 'key_env'" in text
+
+
+def test_fallback_and_default_upstream_must_exist(tmp_path: Path) -> None:
+    path = write(tmp_path, "a:\n  base_url: http://h:1\n  fallback: [b]\nsidecar:\n  default_upstream: c\n")
+    text = errors_of(path)
+    assert "fallback 'b' is not another upstream section" in text
+    assert "default_upstream 'c' is not an upstream section" in text
+
+
+def test_environment_overrides_the_file(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, "tinyllama:\n  base_url: http://localhost:11434\n  api: ollama\nsidecar:\n  listen: :9000\n"
+    )
+    s = load_settings(
+        path,
+        env={
+            "HEXARCH_LISTEN": "0.0.0.0:7000",
+            "HEXARCH_OPA_URL": "http://opa:8181",
+            "HEXARCH_FAIL_MODE": "fail_open",
+            "HEXARCH_REDIS_URL": "redis://r:6379/1",
+            "HEXARCH_UPSTREAM_URL": "http://demo:1234/",
+            "HEXARCH_ANONYMOUS": "true",
+        },
+    )
+    assert (s.listen_host, s.listen_port) == ("0.0.0.0", 7000)
+    assert s.opa_url == "http://opa:8181"
+    assert s.fail_mode == "fail_open"
+    assert s.redis_url == "redis://r:6379/1"
+    assert s.upstreams["tinyllama"].base_url == "http://demo:1234"
+    assert s.anonymous.enabled
+    text = errors_of(path, env={"HEXARCH_FAIL_MODE": "fail_opne", "HEXARCH_LISTEN": "x:y"})
+    assert "HEXARCH_FAIL_MODE='fail_opne'" in text and "did you mean 'fail_open'?" in text
+    assert "HEXARCH_LISTEN='x:y' is not host:port" in text
+
+
+def test_upstream_url_from_env_alone() -> None:
+    s = load_settings(
+        None, env={"HEXARCH_UPSTREAM_URL": "http://127.0.0.1:11434", "HEXARCH_UPSTREAM_API": "ollama"}
+    )
+    assert s.default_upstream == "default"
+    assert s.upstreams["default"].api == "ollama"
+
+
+def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
+    path = write(tmp_path, "sidecar:\n  listen: [unclosed\n")
+    assert "malformed YAML" in errors_of(path)
