@@ -40,10 +40,12 @@ class OpaResult:
         return self.returncode == 0
 
 
-def run_opa(args: list[str], timeout: float = 120.0) -> OpaResult:
+def run_opa(args: list[str], timeout: float = 120.0, cwd: Path | None = None) -> OpaResult:
     opa = find_opa()
     try:
-        proc = subprocess.run([opa, *args], capture_output=True, text=True, timeout=timeout, check=False)
+        proc = subprocess.run(
+            [opa, *args], capture_output=True, text=True, timeout=timeout, check=False, cwd=cwd
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise OpaToolError(f"running opa {' '.join(args[:1])} failed: {exc}") from exc
     return OpaResult(proc.returncode, proc.stdout, proc.stderr)
@@ -58,19 +60,24 @@ def opa_test_bundle(bundle: Path, *, verbose: bool = False) -> OpaResult:
 
 
 def opa_sign(bundle_dir: Path, signing_key: str, signing_alg: str, output_dir: Path) -> Path:
-    """Write `.signatures.json` for the bundle directory into `output_dir`; return its path."""
+    """Write `.signatures.json` for the bundle directory into `output_dir`; return its path.
+
+    Runs inside the directory: the signed file names must be the bundle's own (".manifest", ...),
+    not paths of the temporary directory, or `opa run --verification-key` rejects the bundle.
+    """
     result = run_opa(
         [
             "sign",
             "--bundle",
-            str(bundle_dir),
+            ".",
             "--signing-key",
             signing_key,
             "--signing-alg",
             signing_alg,
             "--output-file-path",
-            str(output_dir),
-        ]
+            str(output_dir.resolve()),
+        ],
+        cwd=bundle_dir,
     )
     if not result.ok:
         raise OpaToolError(f"opa sign failed: {result.stderr.strip() or result.stdout.strip()}")

@@ -141,7 +141,12 @@ class _Validator:
         for key, _ in node.items():
             name = str(key.value)
             if name not in allowed:
-                self.error(key, f"unknown key '{name}' in {what}", did_you_mean(name, allowed))
+                self.unknown_key(node, key, f"unknown key '{name}' in {what}", did_you_mean(name, allowed))
+
+    def unknown_key(self, parent: Node, key: Node, message: str, hint: str | None) -> None:
+        # Key nodes carry their parent's path; report the path of the key itself.
+        path = f"{parent.path}.{key.value}" if parent.path else str(key.value)
+        self.diags.append(Diagnostic(key.file, key.line, key.col, path, message, hint))
 
     # --- typed readers (None means "reported" or "absent") -------------------------------------
     def mapping(self, node: Node, what: str) -> bool:
@@ -243,7 +248,7 @@ def _validate_file(v: _Validator, tree: Node, base_dir: Path) -> PolicyFile | No
                 upstreams.append(Upstream(name, base_url))
             continue
         hint = did_you_mean(name, TOP_LEVEL_KEYS) or "an upstream section is a mapping with a base_url"
-        v.error(key, f"unknown top-level key '{name}'", hint)
+        v.unknown_key(tree, key, f"unknown top-level key '{name}'", hint)
 
     version = 1
     version_node = tree.get("version")
@@ -471,7 +476,7 @@ def _rule(v: _Validator, node: Node, index: int) -> Rule | None:
         known = {k for ids in (*KIND_KEYS.values(), *OTHER_KEYS.values()) for k in ids} | {"description"}
         unknown = [(key, str(key.value)) for key, _ in node.items() if str(key.value) not in known]
         for key, name in unknown:
-            v.error(key, f"unknown key '{name}' in a rule", did_you_mean(name, known))
+            v.unknown_key(node, key, f"unknown key '{name}' in a rule", did_you_mean(name, known))
         if len(kinds) > 1:
             named = "; ".join(
                 f"{kind} ({', '.join(k for k in KIND_KEYS[kind] if k in keys)})" for kind in kinds
@@ -489,7 +494,8 @@ def _rule(v: _Validator, node: Node, index: int) -> Rule | None:
             )
         return None
     kind = kinds[0]
-    v.check_keys(node, (*KIND_KEYS[kind], *OTHER_KEYS[kind], "description"), f"a {kind} rule")
+    label = "token" if kind == "tokens" else kind
+    v.check_keys(node, (*KIND_KEYS[kind], *OTHER_KEYS[kind], "description"), f"a {label} rule")
     description = v.string(node.get("description"), "'description'")
     action, warn_at = _action(v, node, kind)
     resource = v.string(node.get("resource"), "'resource'") or "*"
