@@ -220,3 +220,23 @@ async def test_fail_open_lets_requests_through(
         assert status == 200
         async with h.session.get(h.url("/metrics")) as resp:
             assert "hexarch_fail_open_total{" in await resp.text()
+
+
+async def test_bundle_follows_edits_and_keeps_last_good_on_a_broken_one(h: Harness, tmp_path: Path) -> None:
+    import asyncio
+
+    config = tmp_path / "hexarch.yaml"
+
+    async def etag() -> str:
+        async with h.session.get(h.url("/bundles/hexarch.tar.gz")) as resp:
+            assert resp.status == 200
+            return resp.headers["ETag"]
+
+    first = await etag()
+    config.write_text(config.read_text().replace("requests_per_minute: 1000", "requests_per_minute: 999"))
+    await asyncio.sleep(1.1)
+    second = await etag()
+    assert second != first
+    config.write_text(config.read_text().replace("requests_per_minute: 999", "requests_per_minuet: 5"))
+    await asyncio.sleep(1.1)
+    assert await etag() == second

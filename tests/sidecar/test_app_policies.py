@@ -302,3 +302,27 @@ async def test_openai_and_ollama_builtins(h: Harness) -> None:
         h.url("/v1/embeddings"), headers=auth(), json={"model": "tinyllama", "input": "hello"}
     ) as resp:
         assert resp.status == 200
+
+
+# --- api_budget: $100 a month, warn from 75%, block at 100% --------------------------------------
+
+
+def _budget_key() -> str:
+    from sidecar.redis_keys import counter_key
+
+    return counter_key("tinyllama", "api_budget/0/month", datetime.now(UTC).strftime("%Y-%m"))
+
+
+async def test_budget_warns_at_75_percent_and_blocks_when_spent(h: Harness, redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    client.set(_budget_key(), 75_000_000)  # $75 of $100 already spent this month
+    status, _, headers = await post(h, "/api/chat", chat())
+    assert status == 200
+    assert any(w.startswith("api_budget:") for w in headers.getall("X-Hexarch-Warning", []))
+    client.set(_budget_key(), 100_000_000)
+    status, doc, headers = await post(h, "/api/chat", chat())
+    assert status == 429
+    assert_error(doc, "budget_exceeded", "api_budget")
+    assert int(headers["Retry-After"]) >= 1
+    assert headers["X-RateLimit-Limit"] == "100000000"
+    assert headers["X-RateLimit-Remaining"] == "0"
