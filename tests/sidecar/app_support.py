@@ -35,8 +35,14 @@ def example_policies() -> str:
 
 
 def example_sidecar_block() -> str:
+    """The example's `sidecar:` block with its commented-out demo API keys switched on."""
     text = EXAMPLE.read_text()
-    return text[text.index("\nsidecar:") :]
+    lines = []
+    for line in text[text.index("\nsidecar:") :].splitlines():
+        if line.startswith(("  # api_keys:", "  #   ")):
+            line = "  " + line[4:]
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 def with_upstream(text: str, base_url: str) -> str:
