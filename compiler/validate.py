@@ -159,7 +159,10 @@ class _Validator:
         if node is None:
             return None
         if node.kind != "scalar" or not isinstance(node.value, str) or not node.value.strip():
-            self.error(node, f"{what} must be a non-empty string, got {_describe(node)}")
+            # YAML reads unquoted `off`, `yes`, `1.0` as booleans and numbers.
+            quote = node.kind == "scalar" and node.value is not None and not isinstance(node.value, str)
+            hint = "put it in quotes" if quote else None
+            self.error(node, f"{what} must be a non-empty string, got {_describe(node)}", hint)
             return None
         return node.value
 
@@ -418,8 +421,13 @@ def _custom(v: _Validator, node: Node | None, base_dir: Path) -> tuple[CustomPol
         path = (base_dir / fname).resolve()
         try:
             source = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            v.error(file_node, f"cannot read custom policy file '{fname}': {exc}")
+        except OSError as exc:
+            v.error(
+                file_node, f"cannot read custom policy file '{fname}': {exc.strerror}", f"looked at {path}"
+            )
+            continue
+        except UnicodeDecodeError:
+            v.error(file_node, f"custom policy file '{fname}' is not UTF-8 text")
             continue
         if not re.search(rf"^\s*package\s+hexarch\.custom\.{cid}\s*$", source, re.MULTILINE):
             v.error(file_node, f"'{fname}' must declare 'package hexarch.custom.{cid}'")
