@@ -42,6 +42,9 @@ sidecar:
       api: ollama.chat
       upstream: dead
       upstream_path: /api/chat
+    - path: /custom/{kind}
+      api: json
+      upstream_path: /api/{kind}
 """
 DB = 6
 
@@ -240,3 +243,13 @@ async def test_bundle_follows_edits_and_keeps_last_good_on_a_broken_one(h: Harne
     config.write_text(config.read_text().replace("requests_per_minute: 999", "requests_per_minuet: 5"))
     await asyncio.sleep(1.1)
     assert await etag() == second
+
+
+async def test_generic_json_route_with_placeholders(h: Harness) -> None:
+    body = {"model": "tinyllama", "prompt": "hi", "stream": False, "options": {"temperature": 0.5}}
+    status, doc, _ = await _json(h, "POST", "/custom/generate", json=body)
+    assert status == 200
+    assert doc["done"] is True
+    status, doc, _ = await _json(h, "POST", "/custom/generate", json={**body, "temperature": 0.9})
+    assert status == 400
+    assert doc["error"]["param"] == "temperature"

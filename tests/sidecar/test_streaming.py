@@ -144,3 +144,20 @@ async def test_metrics_count_streamed_tokens(h: Harness) -> None:
     assert 'hexarch_tokens_total{kind="completion"} 12.0' in text
     assert 'hexarch_requests_total{outcome="allowed",policy=""} 1.0' in text
     assert "hexarch_decision_duration_seconds_count 1.0" in text
+
+
+async def test_client_leaving_mid_stream_keeps_the_reservation(h: Harness, redis_url: str) -> None:
+    content = "abcd" * 25  # 100 characters: 25 prompt tokens by the chars/4 estimate
+    body = {
+        "model": "tinyllama",
+        "stream": True,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": content}],
+    }
+    async with h.session.post(h.url("/v1/chat/completions"), json=body) as resp:
+        assert resp.status == 200
+        await resp.content.readany()  # first chunk only, then hang up
+        resp.close()
+    # no usage was seen: what was reserved (prompt estimate + max_tokens) is what is charged
+    expected = math.ceil(25 * 3.0 + 100 * 7.0)
+    assert await _settled(redis_url, expected) == expected
