@@ -67,6 +67,8 @@ class UpstreamSettings:
     retries: int = 0
     fallback: tuple[str, ...] = ()
     supports_stream_usage: bool = True
+    breaker_failures: int = 5  # consecutive failed attempts that open the circuit (0: never)
+    breaker_seconds: float = 10.0  # how long an open circuit skips this upstream
 
     def __repr__(self) -> str:  # never print more than the variable name of the secret
         return f"UpstreamSettings(name={self.name!r}, base_url={self.base_url!r}, api={self.api!r})"
@@ -294,6 +296,8 @@ UPSTREAM_KEYS = (
     "retries",
     "fallback",
     "supports_stream_usage",
+    "breaker_failures",
+    "breaker_seconds",
     "description",
 )
 SIDECAR_KEYS = (
@@ -353,7 +357,9 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         api_key_env=key_env,
         retries=int(c.number(node.get("retries"), 0, integer=True)),
         fallback=fallback,
-        supports_stream_usage=c.boolean(node.get("supports_stream_usage"), api == "openai"),
+        supports_stream_usage=c.boolean(node.get("supports_stream_usage"), True),
+        breaker_failures=int(c.number(node.get("breaker_failures"), 5, integer=True)),
+        breaker_seconds=c.number(node.get("breaker_seconds"), 10.0),
     )
 
 
@@ -757,7 +763,7 @@ def _apply_env(settings: Settings, env: Mapping[str, str], c: _Collector) -> Set
             # No upstream in the file: the environment declares one named "default".
             default = "default"
             upstreams[default] = UpstreamSettings(
-                name=default, base_url="http://127.0.0.1:11434", api="openai", supports_stream_usage=True
+                name=default, base_url="http://127.0.0.1:11434", api="openai"
             )
         current = upstreams[default]
         api = upstream_api or current.api
@@ -765,7 +771,6 @@ def _apply_env(settings: Settings, env: Mapping[str, str], c: _Collector) -> Set
             current,
             base_url=(upstream_url or current.base_url).rstrip("/"),
             api=api,
-            supports_stream_usage=current.supports_stream_usage if upstream_api is None else api == "openai",
         )
     if upstreams != settings.upstreams or default != settings.default_upstream:
         changes["upstreams"] = upstreams

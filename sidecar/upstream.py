@@ -1,8 +1,9 @@
 """Forwarding to model upstreams: retries with backoff, the fallback chain, timeouts, pass-through.
 
 Retries and fallbacks happen only before the first byte reaches the client: a connection error, a
-timeout or a 5xx moves to the next attempt; any other status is the upstream's answer and is passed
-on unchanged. When every attempt failed the caller gets UpstreamTimeout (504) if the last failure
+timeout or a 5xx moves to the next attempt, and `breaker_failures` failures in a row open the
+upstream's circuit for `breaker_seconds` (its requests go straight to the fallbacks). Any other
+status is the upstream's answer and is passed on unchanged. When every attempt failed the caller gets UpstreamTimeout (504) if the last failure
 was a timeout, else UpstreamUnavailable (502). Replies that stream (SSE, NDJSON, or a request with
 `stream: true`) are relayed chunk by chunk as they arrive.
 """
@@ -56,6 +57,27 @@ class Reply:
 
 
 @dataclass
+class _Breaker:
+    """Consecutive failures of one upstream; open (skipped) until `open_until` once too many."""
+
+    failures: int = 0
+    open_until: float = 0.0
+
+    def is_open(self, now: float) -> bool:
+        return now < self.open_until
+
+    def failed(self, upstream: UpstreamSettings, now: float) -> None:
+        self.failures += 1
+        if upstream.breaker_failures and self.failures >= upstream.breaker_failures:
+            self.open_until = now + upstream.breaker_seconds
+            self.failures = 0
+
+    def succeeded(self) -> None:
+        self.failures = 0
+        self.open_until = 0.0
+
+
+@dataclass
 class _Attempts:
     last: UpstreamError | None = None
     tried: list[str] = field(default_factory=list)
@@ -67,6 +89,7 @@ class UpstreamClient:
         self._metrics = metrics
         self._secrets = {name: s for name, u in settings.upstreams.items() if (s := upstream_secret(u, env))}
         self._session: aiohttp.ClientSession | None = None
+        self._breakers = {name: _Breaker() for name in settings.upstreams}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
@@ -112,6 +135,14 @@ class UpstreamClient:
         chain = [upstream, *(self._upstreams[n] for n in upstream.fallback if n in self._upstreams)]
         attempts = _Attempts()
         for target in chain:
+            breaker = self._breakers.setdefault(target.name, _Breaker())
+            if breaker.is_open(time.monotonic()):
+                # A circuit opened by repeated failures: go straight to the next fallback.
+                self._metrics.upstream_errors.labels(target.name, "circuit_open").inc()
+                attempts.last = attempts.last or UpstreamUnavailable(
+                    f"upstream '{target.name}' is failing; its circuit is open"
+                )
+                continue
             headers = self._headers(target, incoming)
             timeout = aiohttp.ClientTimeout(
                 total=None if stream else target.timeout_seconds,
@@ -123,37 +154,50 @@ class UpstreamClient:
                     await asyncio.sleep(min(1.0, 0.05 * 2 ** (attempt - 1)))
                 attempts.tried.append(target.name)
                 started = time.perf_counter()
-                try:
-                    resp = await self._session.request(
-                        method,
-                        self._url(target, path, query),
-                        data=body,
-                        headers=headers,
-                        timeout=timeout,
-                        allow_redirects=False,
-                    )
-                except TimeoutError as exc:
-                    self._metrics.upstream_errors.labels(target.name, "timeout").inc()
-                    attempts.last = UpstreamTimeout(f"upstream '{target.name}' timed out")
-                    attempts.last.__cause__ = exc
-                    continue
-                except aiohttp.ClientError as exc:
-                    self._metrics.upstream_errors.labels(target.name, "connection").inc()
-                    attempts.last = UpstreamUnavailable(
-                        f"upstream '{target.name}' is unreachable ({type(exc).__name__})"
-                    )
-                    attempts.last.__cause__ = exc
-                    continue
-                if resp.status in _RETRY_STATUSES:
-                    self._metrics.upstream_errors.labels(target.name, f"http_{resp.status}").inc()
-                    resp.release()
-                    attempts.last = UpstreamUnavailable(
-                        f"upstream '{target.name}' answered HTTP {resp.status}"
-                    )
-                    continue
-                return resp, target, started
+                outcome = await self._attempt(
+                    target, method, self._url(target, path, query), body, headers, timeout
+                )
+                if isinstance(outcome, aiohttp.ClientResponse):
+                    breaker.succeeded()
+                    return outcome, target, started
+                attempts.last = outcome
+                breaker.failed(target, time.monotonic())
+                if breaker.is_open(time.monotonic()):
+                    break
         assert attempts.last is not None
         raise attempts.last
+
+    async def _attempt(
+        self,
+        target: UpstreamSettings,
+        method: str,
+        url: str,
+        body: bytes | None,
+        headers: CIMultiDict[str],
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.ClientResponse | UpstreamError:
+        """One call: the open response, or the error it counts as (a 5xx is an error here)."""
+        assert self._session is not None
+        error: UpstreamError
+        try:
+            resp = await self._session.request(
+                method, url, data=body, headers=headers, timeout=timeout, allow_redirects=False
+            )
+        except TimeoutError as exc:
+            self._metrics.upstream_errors.labels(target.name, "timeout").inc()
+            error = UpstreamTimeout(f"upstream '{target.name}' timed out")
+            error.__cause__ = exc
+            return error
+        except aiohttp.ClientError as exc:
+            self._metrics.upstream_errors.labels(target.name, "connection").inc()
+            error = UpstreamUnavailable(f"upstream '{target.name}' is unreachable ({type(exc).__name__})")
+            error.__cause__ = exc
+            return error
+        if resp.status in _RETRY_STATUSES:
+            self._metrics.upstream_errors.labels(target.name, f"http_{resp.status}").inc()
+            resp.release()
+            return UpstreamUnavailable(f"upstream '{target.name}' answered HTTP {resp.status}")
+        return resp
 
     async def relay(
         self,

@@ -25,6 +25,7 @@ dead:
   api: ollama
   model: tinyllama
   fallback: [tinyllama]
+  breaker_failures: 1
 policies:
   - id: rate_limit
     rules:
@@ -171,10 +172,16 @@ async def test_upstream_timeout_is_504(h: Harness) -> None:
     assert doc["error"]["code"] == "upstream_timeout"
 
 
-async def test_fallback_upstream_answers(h: Harness) -> None:
-    status, doc, _ = await _json(h, "POST", "/via-fallback", json=CHAT)
-    assert status == 200
-    assert doc["done"] is True
+async def test_fallback_upstream_answers_and_circuit_opens(h: Harness) -> None:
+    for _ in range(2):
+        status, doc, _ = await _json(h, "POST", "/via-fallback", json=CHAT)
+        assert status == 200
+        assert doc["done"] is True
+    async with h.session.get(h.url("/metrics")) as resp:
+        text = await resp.text()
+    # the first call found the dead upstream refusing; the second skipped it
+    assert 'hexarch_upstream_errors_total{reason="connection",upstream="dead"} 1.0' in text
+    assert 'hexarch_upstream_errors_total{reason="circuit_open",upstream="dead"} 1.0' in text
 
 
 async def test_bundle_etag_and_304(h: Harness) -> None:
