@@ -3,9 +3,10 @@
 Retries and fallbacks happen only before the first byte reaches the client: a connection error, a
 timeout or a 5xx moves to the next attempt, and `breaker_failures` failures in a row open the
 upstream's circuit for `breaker_seconds` (its requests go straight to the fallbacks). Any other
-status is the upstream's answer and is passed on unchanged. When every attempt failed the caller gets UpstreamTimeout (504) if the last failure
-was a timeout, else UpstreamUnavailable (502). Replies that stream (SSE, NDJSON, or a request with
-`stream: true`) are relayed chunk by chunk as they arrive.
+status is the upstream's answer and is passed on unchanged. When every attempt failed the caller
+gets UpstreamTimeout (504) if the last failure was a timeout, else UpstreamUnavailable (502).
+Replies that stream (SSE, NDJSON, or a request with `stream: true`) are relayed chunk by chunk as
+they arrive.
 """
 
 from __future__ import annotations
