@@ -76,9 +76,13 @@ def run_compile(args: argparse.Namespace) -> int:
 
 def run_check(args: argparse.Namespace) -> int:
     from compiler.api import load_policy
+    from compiler.emit import emit_tests
+    from compiler.lower import lower
 
     try:
         model = load_policy(args.policy)
+        # Lower and emit too, so a file that passes `check` also compiles.
+        emit_tests(model, lower(model))
     except CompilerError as exc:
         return _fail(exc)
     print(f"{args.policy}: ok ({_summary(model)})")
@@ -100,7 +104,7 @@ def run_test(args: argparse.Namespace) -> int:
         return _fail(exc)
     # opa prints paths inside the temporary directory; show them relative to the bundle.
     output = (result.stdout + result.stderr).replace(f"{bundle_dir}/", "")
-    print(output.rstrip())
+    print(output.rstrip(), flush=True)
     if not result.ok:
         print(f"{args.policy}: opa test failed (revision {compiled.revision[:12]})", file=sys.stderr)
         return 1

@@ -183,10 +183,10 @@ class _File:
             text = rego_value(fields)
             for length in sorted({int(m) for m in re.findall(r'"__hexarch_long_(\d+)__"', text)}):
                 lets.append(
-                    f'\tlong_{length} := concat("", [c | some _ in numbers.range(1, {length}); c := "x"])'
+                    f'\tlong_{length} := sprintf("%0*d", [{length}, 0]) # a string of {length} characters'
                 )
                 text = text.replace(f'"__hexarch_long_{length}__"', f"long_{length}")
-            out.append(f"# {test.comment}")
+            out.append("# " + " ".join(test.comment.split()))
             out.append(f"{test.name} if {{")
             out.extend(lets)
             out.append(f"\tinp := request({rego_value(dropped)}, {text})")
@@ -264,24 +264,49 @@ def _time_violates(rule: TimeRule, day: int, minute: int) -> bool:
     )
 
 
+_ALPHABET = "xa0-_:.Zb1"
+
+
 def glob_sample(pattern: str) -> str:
     """A concrete string matching `pattern` (a literal stays itself)."""
-    for filler in ("x", "a", "0"):
-        sample = re.sub(r"\{([^{},]*)[^{}]*\}", r"\1", pattern)
-        sample = re.sub(r"\[!?([^\]])[^\]]*\]", r"\1", sample)
-        sample = sample.replace("*", filler).replace("?", filler).replace("\\", "")
-        if glob_match(pattern, sample):
-            return sample
-    raise EmitError(f"cannot find a model name matching the pattern '{pattern}'")
+    out: list[str] = []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\" and i + 1 < len(pattern):
+            out.append(pattern[i + 1])
+            i += 2
+            continue
+        if ch == "[":
+            end = pattern.find("]", i + 1)
+            cls = pattern[i : end + 1]
+            pick = next((c for c in _ALPHABET if glob_match(cls, c)), None)
+            if end < 0 or pick is None:
+                break
+            out.append(pick)
+            i = end + 1
+            continue
+        if ch == "{":
+            end = pattern.find("}", i + 1)
+            if end < 0:
+                break
+            out.append(glob_sample(pattern[i + 1 : end].split(",")[0]))
+            i = end + 1
+            continue
+        out.append("x" if ch in "*?" else ch)
+        i += 1
+    sample = "".join(out)
+    if not glob_match(pattern, sample):
+        raise EmitError(f"cannot find a model name matching the pattern '{pattern}'")
+    return sample
 
 
-def _outside_sample(patterns: list[str], base: str) -> str:
-    sample = base
-    for n in range(2, 50):
-        if not any(glob_match(p, sample) for p in patterns):
-            return sample
-        sample = f"{base}-{n}#"
-    raise EmitError(f"cannot find a model name outside the patterns {patterns}")
+def _outside_sample(patterns: list[str], base: str) -> str | None:
+    """A name no pattern matches, or None when the patterns match everything (e.g. "*")."""
+    for candidate in (base, f"{base}-2#", "#", "", "\u00e9"):
+        if not any(glob_match(p, candidate) for p in patterns):
+            return candidate
+    return None
 
 
 def _same_value(a: Scalar, b: Scalar) -> bool:
@@ -660,7 +685,7 @@ class _Emitter:
                 if violates and first_violation is None:
                     first_violation = now
         if first_violation is None:
-            raise EmitError(f"time rule {policy.id}/{rule.index} never restricts anything")
+            return  # e.g. allowed_hours "00:00-24:00" alone: every moment passes, as pinned above
         if rule.action == "require_confirmation":
             f.add(
                 f"r{rule.index}_confirmed",
@@ -711,7 +736,9 @@ class _Emitter:
             return culprits
 
         samples = [glob_sample(p) for p in all_patterns]
-        samples.append(_outside_sample(all_patterns, f"{OTHER}-model"))
+        outside = _outside_sample(all_patterns, f"{OTHER}-model")
+        if outside is not None:
+            samples.append(outside)
         for resources in sorted(resources_sets):
             for sample in [*samples, None]:
                 doc = base_input(resources=list(resources))
@@ -972,7 +999,9 @@ class _Emitter:
         for entry in self.config["pricing"]:
             names.append(glob_sample(entry["model"]))
         patterns = [e["model"] for e in self.config["pricing"]]
-        names.append(_outside_sample(patterns, f"{OTHER}-unpriced-model"))
+        unpriced = _outside_sample(patterns, f"{OTHER}-unpriced-model")
+        if unpriced is not None:
+            names.append(unpriced)
         for name in names:
             price_in, price_out = self.prices(name)
             f.add(

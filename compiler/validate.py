@@ -127,6 +127,17 @@ def _describe(node: Node) -> str:
     return f"the string '{value}'"
 
 
+def _number_hint(value: object) -> str | None:
+    """YAML 1.1 reads `1e3` (no dot, no sign) as text; say how to write it as a number."""
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return None
+        return "YAML reads this as text: write exponents with a dot and a sign, e.g. 1.0e+3 or 1.0e-9"
+    return None
+
+
 class _Validator:
     def __init__(self, source: str) -> None:
         self.source = source
@@ -179,7 +190,7 @@ class _Validator:
             return None
         value = node.value
         if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.error(node, f"{what} must be a number, got {_describe(node)}")
+            self.error(node, f"{what} must be a number, got {_describe(node)}", _number_hint(value))
             return None
         if value != value or value in (float("inf"), float("-inf")):
             self.error(node, f"{what} must be a finite number")

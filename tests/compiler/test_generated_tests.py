@@ -201,6 +201,18 @@ def test_generated_tests_pass_for_every_kind_and_enforcement(
     assert "data.hexarch.generated.team_rates_test" in packages
 
 
+def test_generated_tests_pass_on_corner_cases(opa_bin: str, tmp_path: Path) -> None:
+    compiled = compile_policy(ROOT / "tests" / "compiler" / "policies" / "edge_cases.yaml")
+    bundle_dir = tmp_path / "bundle"
+    extract_bundle(compiled.bundle, bundle_dir)
+    proc = opa_test(opa_bin, bundle_dir)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr
+    names = {f"{r['package']}.{r['name']}" for r in json.loads(proc.stdout)}
+    # Ids that are not Rego names still get their own package.
+    assert any(n.startswith("data.hexarch.generated.p_9_lives_test.") for n in names)
+    assert any(n.startswith("data.hexarch.generated.p_9lives_test.") for n in names)
+
+
 def test_emitter_refuses_what_it_does_not_know() -> None:
     model = load_policy(EXAMPLE_POLICY)
 

@@ -109,6 +109,7 @@ def test_windows_days_models_and_principals_are_normalised() -> None:
         ("parameter: temperature\n    allowed_values: []", "'allowed_values' must be a non-empty list"),
         ("monthly_budget_usd: 0.0000001", "below one micro-dollar"),
         ("daily_budget_usd: 1e3", "must be a number, got the string '1e3'"),
+        ("daily_budget_usd: 1e3", "write exponents with a dot and a sign, e.g. 1.0e+3"),
         ("operation: batch\n    allowed_hours: 22:00", "must be a quoted window"),
         ('operation: batch\n    allowed_hours: "10:60-11:00"', "minutes run from 00 to 59"),
         ('operation: batch\n    allowed_hours: "22-06"', "malformed time window"),
