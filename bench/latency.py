@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import statistics
@@ -27,7 +28,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -69,74 +72,88 @@ def percentile(samples: list[float], pct: float) -> float:
     return ordered[min(rank, len(ordered)) - 1]
 
 
-def summary(direct: list[float], sidecar: list[float]) -> dict[str, Any]:
-    def stats(samples: list[float]) -> dict[str, float]:
-        return {
-            "p50_ms": round(percentile(samples, 50), 3),
-            "p99_ms": round(percentile(samples, 99), 3),
-            "mean_ms": round(statistics.fmean(samples), 3),
-            "count": len(samples),
-        }
+@dataclass
+class Samples:
+    """Latencies (ms) of the calls answered 200, and the count of every other status."""
 
-    d, s = stats(direct), stats(sidecar)
-    return {
-        "direct": d,
-        "sidecar": s,
-        "added_p50_ms": round(s["p50_ms"] - d["p50_ms"], 3),
-        "added_p99_ms": round(s["p99_ms"] - d["p99_ms"], 3),
-    }
+    ok: list[float] = field(default_factory=list)
+    errors: Counter[str] = field(default_factory=Counter)
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"count": len(self.ok), "errors": dict(self.errors)}
+        if self.ok:
+            out |= {
+                "p50_ms": round(percentile(self.ok, 50), 3),
+                "p99_ms": round(percentile(self.ok, 99), 3),
+                "mean_ms": round(statistics.fmean(self.ok), 3),
+            }
+        return out
 
 
-Call = Callable[[], Coroutine[Any, Any, float]]
+def summary(direct: Samples, sidecar: Samples) -> dict[str, Any]:
+    d, s = direct.stats(), sidecar.stats()
+    result: dict[str, Any] = {"direct": d, "sidecar": s}
+    if "p50_ms" in d and "p50_ms" in s:
+        result["added_p50_ms"] = round(s["p50_ms"] - d["p50_ms"], 3)
+        result["added_p99_ms"] = round(s["p99_ms"] - d["p99_ms"], 3)
+    return result
+
+
+Call = Callable[[Samples], Coroutine[Any, Any, None]]
 
 
 def caller(session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> Call:
     payload = json.dumps(BODY).encode()
     url = base + PATH
 
-    async def call() -> float:
+    async def call(into: Samples) -> None:
         began = time.perf_counter()
-        async with session.post(url, data=payload, headers=headers) as resp:
-            await resp.read()
-            if resp.status != 200:
-                raise RuntimeError(f"{url} answered {resp.status}: {(await resp.text())[:300]}")
-        return (time.perf_counter() - began) * 1000
+        try:
+            async with session.post(url, data=payload, headers=headers) as resp:
+                await resp.read()
+                status = resp.status
+        except aiohttp.ClientError as exc:
+            into.errors[type(exc).__name__] += 1
+            return
+        if status == 200:
+            into.ok.append((time.perf_counter() - began) * 1000)
+        else:
+            # A refusal (503 when OPA misses its timeout under load) is counted, not timed.
+            into.errors[str(status)] += 1
 
     return call
 
 
 async def sequential(direct: Call, sidecar: Call, requests: int) -> dict[str, Any]:
-    d: list[float] = []
-    s: list[float] = []
+    d, s = Samples(), Samples()
     for i in range(requests):
         # Alternate which goes first so neither path always follows the other.
         if i % 2:
-            d.append(await direct())
-            s.append(await sidecar())
+            await direct(d)
+            await sidecar(s)
         else:
-            s.append(await sidecar())
-            d.append(await direct())
+            await sidecar(s)
+            await direct(d)
     return summary(d, s)
 
 
 async def concurrent(
     direct: Call, sidecar: Call, requests: int, concurrency: int, batch: int
 ) -> dict[str, Any]:
-    d: list[float] = []
-    s: list[float] = []
+    d, s = Samples(), Samples()
 
-    async def run_batch(call: Call, out: list[float]) -> None:
+    async def run_batch(call: Call, into: Samples) -> None:
         remaining = batch
 
         async def worker() -> None:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                out.append(await call())
+                await call(into)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
-    rounds = max(1, requests // batch)
+    rounds = max(1, math.ceil(requests / batch))
     for i in range(rounds):
         first, second = ((direct, d), (sidecar, s)) if i % 2 else ((sidecar, s), (direct, d))
         await run_batch(*first)
@@ -178,9 +195,10 @@ async def measure(stack: Stack, requests: int, concurrency: int, batch: int, war
         direct = caller(session, stack.demo_url, headers)
         sidecar = caller(session, stack.sidecar_url, headers)
         # Warm-up: connections, OPA's compiled query cache, Redis script cache, Python code paths.
+        scratch = Samples()
         for _ in range(warmup):
-            await direct()
-            await sidecar()
+            await direct(scratch)
+            await sidecar(scratch)
         await concurrent(direct, sidecar, batch * 2, concurrency, batch)
         began = time.monotonic()
         seq = await sequential(direct, sidecar, requests)

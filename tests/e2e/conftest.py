@@ -42,7 +42,7 @@ def e2e_policy(target: Path, *, temperature_max: float = 1.0, api_key: bool = Tr
         }
     )
     if api_key:
-        doc["sidecar"] = {"api_keys": [{"id": "alice", "key_env": "HEXARCH_E2E_KEY", "roles": ["admin"]}]}
+        doc["sidecar"]["api_keys"] = [{"id": "alice", "key_env": "HEXARCH_E2E_KEY", "roles": ["admin"]}]
     target.write_text(yaml.safe_dump(doc, sort_keys=False))
     return target
 
