@@ -1,0 +1,63 @@
+"""`hexarch compile | check | test` as a user runs them."""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+from pathlib import Path
+
+from tests.compiler.conftest import BROKEN, Hexarch
+from tests.conftest import EXAMPLE_POLICY
+from tests.support.servers import ROOT
+
+
+def test_check_accepts_the_example(hexarch: Hexarch) -> None:
+    result = hexarch("check", EXAMPLE_POLICY)
+    assert result.code == 0
+    assert result.out.strip() == f"{EXAMPLE_POLICY}: ok (9 policies, 13 rules)"
+    assert result.err == ""
+
+
+def test_compile_writes_a_bundle_and_says_so(hexarch: Hexarch, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "bundle.tar.gz"
+    result = hexarch("compile", EXAMPLE_POLICY, "-o", out)
+    assert result.code == 0, result.err
+    assert result.out.startswith(f"{out}: 9 policies, 13 rules, revision ")
+    with tarfile.open(out) as tar:
+        assert tar.getnames()[:2] == [".manifest", "hexarch/config/data.json"]
+
+
+def test_compile_needs_an_output(hexarch: Hexarch) -> None:
+    result = hexarch("compile", EXAMPLE_POLICY)
+    assert result.code == 2
+    assert "-o/--output" in result.err
+
+
+def test_console_command_reports_errors_without_traceback(tmp_path: Path) -> None:
+    out = tmp_path / "bundle.tar.gz"
+    proc = subprocess.run(
+        [
+            str(ROOT / ".venv" / "bin" / "hexarch"),
+            "compile",
+            str(BROKEN / "impossible_window.yaml"),
+            "-o",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[0].startswith(
+        f"{BROKEN / 'impossible_window.yaml'}:6:24: error: impossible"
+    )
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
+def test_test_command_lists_tests_when_verbose(hexarch: Hexarch, tmp_path: Path) -> None:
+    policy = tmp_path / "small.yaml"
+    policy.write_text("policies:\n  - id: rpm\n    rules:\n      - requests_per_minute: 5\n")
+    result = hexarch("test", "-v", policy)
+    assert "data.hexarch.generated.rpm_test.test_r0_rpm_limit: PASS" in result.out
