@@ -124,13 +124,14 @@ class LocalCounters(_Engine):
         views: dict[int, _Window | None] = {}
         refused = False
         items = len(keys) - 1
+        spec = [str(args[3 + i]).split(":") for i in range(items)]
         for i in range(items):
             key = keys[i + 1]
-            kind, limit, cost = args[3 + i * 6], int(args[4 + i * 6]), int(args[5 + i * 6])
-            block = args[6 + i * 6] == 1 and status == 1
+            kind, limit, cost = spec[i][0], int(spec[i][1]), int(spec[i][2])
+            block = spec[i][3] == "1" and status == 1
             used, retry_ms = 0, -1
             if kind == "w":
-                b, n = int(args[7 + i * 6]), int(args[8 + i * 6])
+                b, n = int(spec[i][4]), int(spec[i][5])
                 cur, used, view = self._window(key, now, b, n, write)
                 curs[i], views[i] = cur, view
                 if block and used + cost > limit:
@@ -151,8 +152,8 @@ class LocalCounters(_Engine):
         if refused or not write:
             for i in range(items):
                 view = views.get(i)
-                if args[3 + i * 6] == "w" and out[1 + i * 3] > 0 and view is not None:
-                    b, n = int(args[7 + i * 6]), int(args[8 + i * 6])
+                if spec[i][0] == "w" and out[1 + i * 3] > 0 and view is not None:
+                    b, n = int(spec[i][4]), int(spec[i][5])
                     newest = max(
                         (j for j, v in view.buckets.items() if v > 0 and j >= curs[i] - n), default=None
                     )
@@ -166,9 +167,9 @@ class LocalCounters(_Engine):
         record = _Record({})
         for i in range(items):
             key = keys[i + 1]
-            kind, cost = args[3 + i * 6], int(args[5 + i * 6])
+            kind, cost = spec[i][0], int(spec[i][2])
             if kind == "w":
-                b, n = int(args[7 + i * 6]), int(args[8 + i * 6])
+                b, n = int(spec[i][4]), int(spec[i][5])
                 cur = curs[i]
                 window = views.get(i) or _Window(hi=cur, total=0)
                 window.buckets[cur] = window.buckets.get(cur, 0) + cost
@@ -178,7 +179,7 @@ class LocalCounters(_Engine):
                 record.entries[key] = ("w", cost, cur, n)
             else:
                 value = self._get(key)
-                self._put(key, (value if isinstance(value, int) else 0) + cost, int(args[7 + i * 6]))
+                self._put(key, (value if isinstance(value, int) else 0) + cost, int(spec[i][4]))
                 record.entries[key] = ("c", cost, 0, 0)
         if record.entries:
             self._put(keys[0], record, rsv_ttl)

@@ -6,11 +6,12 @@
 -- ARGV[1]      mode: "a" admit, "p" peek (read only, consumes nothing)
 -- ARGV[2]      now, integer milliseconds (the caller's clock)
 -- ARGV[3]      reservation record TTL, milliseconds
--- then 6 ARGV per limit: kind, limit, cost, block ("1"/"0"), p1, p2
+-- ARGV[3 + i]  limit i as "kind:limit:cost:block:p1:p2" (one string: fewer arguments to pack)
 --   kind "w" (sliding window hash): p1 = bucket width ms, p2 = n buckets per window
 --   kind "c" (calendar budget integer): p1 = key TTL ms (period end + margin), p2 unused
+--   block "1" refuses over the limit, "0" only counts (action warn)
 --
--- Returns {status, then per limit: used_before, reset_ms, retry_ms}
+-- Returns "status,used_before,reset_ms,retry_ms,..." (one bulk string, three numbers per limit)
 --   status 1 admitted, 0 refused, 2 already admitted under this reservation (replay: nothing added)
 --   reset_ms: window keys only, ms until everything now counted has expired (0 if nothing)
 --   retry_ms: window keys that refused only, ms until the cost fits; -1 = not applicable / never
@@ -70,21 +71,24 @@ local function bucket(key, j)
   return tonumber(redis.call('HGET', key, tostring(j))) or 0
 end
 
+local spec = {}
+for i = 1, count do
+  local kind, limit, cost, block, p1, p2 =
+    string.match(ARGV[3 + i], '^(%a):(%d+):(%d+):(%d):(%d+):(%d+)$')
+  spec[i] = {kind, tonumber(limit), tonumber(cost), block == '1', tonumber(p1), tonumber(p2)}
+end
+
 local out = {status}
 local curs = {}
 local refused = false
 
 for i = 1, count do
   local key = KEYS[i + 1]
-  local base = 3 + (i - 1) * 6
-  local kind = ARGV[base + 1]
-  local limit = tonumber(ARGV[base + 2])
-  local cost = tonumber(ARGV[base + 3])
-  local block = ARGV[base + 4] == '1' and status == 1
+  local kind, limit, cost = spec[i][1], spec[i][2], spec[i][3]
+  local block = spec[i][4] and status == 1
   local used, retry_ms = 0, -1
   if kind == 'w' then
-    local b = tonumber(ARGV[base + 5])
-    local n = tonumber(ARGV[base + 6])
+    local b, n = spec[i][5], spec[i][6]
     local cur, sum = window_state(key, b, n)
     curs[i] = cur
     used = sum
@@ -117,11 +121,9 @@ end
 if refused or not write then
   -- reset: when the newest counted bucket expires (admitted calls get it from their own bucket)
   for i = 1, count do
-    local base = 3 + (i - 1) * 6
-    if ARGV[base + 1] == 'w' and out[2 + (i - 1) * 3] > 0 then
+    if spec[i][1] == 'w' and out[2 + (i - 1) * 3] > 0 then
       local key = KEYS[i + 1]
-      local b = tonumber(ARGV[base + 5])
-      local n = tonumber(ARGV[base + 6])
+      local b, n = spec[i][5], spec[i][6]
       for j = curs[i], curs[i] - n, -1 do
         if bucket(key, j) > 0 then
           out[3 + (i - 1) * 3] = (j + n + 1) * b - now
@@ -132,23 +134,27 @@ if refused or not write then
   end
 end
 
+local function reply()
+  for i = 1, #out do
+    out[i] = string.format('%d', out[i])
+  end
+  return table.concat(out, ',')
+end
+
 if refused then
   out[1] = 0
-  return out
+  return reply()
 end
 if not write then
-  return out
+  return reply()
 end
 
 local record = {}
 for i = 1, count do
   local key = KEYS[i + 1]
-  local base = 3 + (i - 1) * 6
-  local kind = ARGV[base + 1]
-  local cost = tonumber(ARGV[base + 3])
+  local kind, cost = spec[i][1], spec[i][3]
   if kind == 'w' then
-    local b = tonumber(ARGV[base + 5])
-    local n = tonumber(ARGV[base + 6])
+    local b, n = spec[i][5], spec[i][6]
     local cur = curs[i]
     local used = out[2 + (i - 1) * 3]
     redis.call('HINCRBY', key, tostring(cur), cost)
@@ -160,7 +166,7 @@ for i = 1, count do
     record[#record + 1] = 'w:' .. cost .. ':' .. tostring(cur) .. ':' .. n
   else
     redis.call('INCRBY', key, cost)
-    redis.call('PEXPIRE', key, tonumber(ARGV[base + 5]))
+    redis.call('PEXPIRE', key, spec[i][5])
     record[#record + 1] = key
     record[#record + 1] = 'c:' .. cost
   end
@@ -169,4 +175,4 @@ if #record > 0 then
   redis.call('HSET', KEYS[1], unpack(record))
   redis.call('PEXPIRE', KEYS[1], rsv_ttl)
 end
-return out
+return reply()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import time
+import random
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -80,16 +80,30 @@ def budget(
 
 
 def process_worker(url: str, limit: int, subj: str, tasks: int, barrier: Any, results: Any) -> None:
-    """Runs in its own OS process with its own client: fire `tasks` concurrent admits after the barrier."""
+    """Runs in its own OS process with its own client: fire `tasks` concurrent admits after the barrier.
+
+    Puts (admitted count, error text or "") on `results`, so a failing child never leaves the parent
+    waiting. Timeouts are generous: this checks exactness, not speed, on a possibly busy machine.
+    """
 
     async def run() -> int:
-        counters = Counters(create_redis(url, max_connections=32))
-        await counters.load_scripts()
-        lim = rate(subj, limit)
-        barrier.wait(30)
-        replies = await asyncio.gather(*(counters.admit(f"p{i}", [lim]) for i in range(tasks)))
-        await counters.close()
-        return sum(1 for r in replies if r.admitted)
+        counters = Counters(create_redis(url, max_connections=32, socket_timeout=10, pool_timeout=10))
+        try:
+            await counters.load_scripts()
+            lim = rate(subj, limit)
+            barrier.wait(60)
 
-    started = time.monotonic()
-    results.put((asyncio.run(run()), time.monotonic() - started))
+            async def one(i: int) -> bool:
+                # spread over 200 ms, so both processes' requests interleave at Redis
+                await asyncio.sleep(random.random() / 5)
+                return (await counters.admit(f"p{i}", [lim])).admitted
+
+            replies = await asyncio.gather(*(one(i) for i in range(tasks)))
+            return sum(replies)
+        finally:
+            await counters.close()
+
+    try:
+        results.put((asyncio.run(run()), ""))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails the test with it
+        results.put((0, f"{type(exc).__name__}: {exc}"))
