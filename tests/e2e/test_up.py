@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import openai
 import pytest
 
 from sidecar.stack import free_port
@@ -172,6 +173,21 @@ def test_up_serves_without_a_key_and_reloads_policy_edits_live(up: Up) -> None:
     error = body["error"]
     assert status == 400 and isinstance(error, dict)
     assert "above the maximum 0.5" in str(error["message"])
+
+
+def test_readme_openai_call_works_under_up_demo(up: Up) -> None:
+    """The README's client call, verbatim: the openai client insists on some key, and with no keys
+    configured `hexarch up --demo` must not turn that placeholder into a 401."""
+    client = openai.OpenAI(base_url=f"{up.url}/v1", api_key="unused-in-demo", max_retries=0)
+    reply = client.chat.completions.create(
+        model="tinyllama", messages=[{"role": "user", "content": "Explain machine learning"}], max_tokens=64
+    )
+    assert reply.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="tinyllama", messages=[{"role": "user", "content": "hi"}], temperature=1.5
+        )
+    assert "temperature 1.5 is above the maximum 1.0" in str(caught.value)
 
 
 def test_ctrl_c_stops_every_child(up: Up) -> None:
