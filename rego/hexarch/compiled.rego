@@ -14,11 +14,15 @@ present if is_object(data.hexarch.config)
 # METADATA
 # title: Configuration
 # description: data.hexarch.config, or an empty object when it is missing.
-config := data.hexarch.config if present
+config := data.hexarch.config if {
+	present
+} else := {}
 
-else := {}
-
-_entries(name) := [entry | some entry in config[name]; is_object(entry)]
+# The lists are used as they are (no per-entry copy: this runs on every request); the compiler
+# writes only objects into them.
+_entries(name) := config[name] if {
+	is_array(config[name])
+} else := []
 
 # METADATA
 # title: Rate limits

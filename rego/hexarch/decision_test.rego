@@ -5,6 +5,7 @@ import data.hexarch.lib.fixtures
 _decide(doc, config) := result if {
 	result := decision with input as doc
 		with data.hexarch.config as config
+		with data.hexarch.custom as {}
 		with time.now_ns as fixtures.at(1, 12, 0)
 }
 
@@ -100,6 +101,8 @@ test_non_object_input_is_defined if {
 
 test_missing_config_fails_closed if {
 	d := decision with input as fixtures.input_doc
+		with data.hexarch.config as null
+		with data.hexarch.custom as {}
 	d.allow == false
 	[v.code | some v in d.violations] == ["config_missing"]
 	d.violations[0].status == 503
