@@ -182,7 +182,7 @@ class Proxy:
             return decision
         extra: CIMultiDict[str] = CIMultiDict()
         if decision is not None:
-            denied = self._denied(decision, rec)
+            denied = self._denied(decision, rec, norm.params)
             if denied is not None:
                 return denied
             for warning in decision.get("warnings") or ():
@@ -212,7 +212,8 @@ class Proxy:
         forwarded = raw
         if body is not None and ep.api in _GENERATING_APIS:
             changed = False
-            caps = [lim.limit for lim in limits if lim.is_request_cap]
+            # Only blocking caps rewrite the body: under `warn`/`monitor` enforcement nothing is enforced.
+            caps = [lim.limit for lim in limits if lim.is_request_cap and lim.blocks]
             if caps and norm.max_output_tokens is None:
                 apply_token_cap(ep, body, min(caps))
                 changed = True
@@ -288,10 +289,14 @@ class Proxy:
             headers={"Retry-After": "1"},
         )
 
-    def _denied(self, decision: Mapping[str, Any], rec: DecisionRecord) -> web.Response | None:
+    def _denied(
+        self, decision: Mapping[str, Any], rec: DecisionRecord, params: Mapping[str, Any]
+    ) -> web.Response | None:
         if decision.get("allow") is True:
             return None
         violations = [v for v in decision.get("violations") or () if isinstance(v, dict)]
+        # A confirmation is worth asking for only when nothing else refuses the request.
+        violations.sort(key=lambda v: v.get("status") == 428)
         rec.outcome = "denied"
         if not violations:
             rec.code = "policy_denied"
@@ -306,6 +311,10 @@ class Proxy:
         policy = str(first.get("policy")) if first.get("policy") is not None else None
         rec.policy, rec.code = policy, code
         param = first.get("param") or first.get("parameter")
+        if param is None and code == "invalid_parameter":
+            # Parameter messages start with the parameter's name ("temperature 1.5 is above ...").
+            word = str(first.get("message") or "").split(" ", 1)[0]
+            param = word if word in params else None
         details: dict[str, Any] = {"rule": first.get("rule"), "action": first.get("action")}
         if len(violations) > 1:
             details["violations"] = [

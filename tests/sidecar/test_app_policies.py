@@ -163,6 +163,7 @@ async def test_parameter_bounds_are_400_under_any_spelling(h: Harness, body: dic
     status, doc, _ = await post(h, "/api/chat", body)
     assert status == 400
     assert_error(doc, "invalid_parameter", "quality_control")
+    assert doc["error"]["param"] in ("temperature", "top_p")
 
 
 async def test_long_system_message_is_refused(h: Harness) -> None:
