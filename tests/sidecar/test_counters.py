@@ -257,3 +257,11 @@ async def test_no_limits_means_admitted(store: CounterStore) -> None:
     adm = await store.admit("a", [])
     assert adm.admitted and adm.states == () and adm.warnings == ()
     await store.settle(adm, Usage(1, 1, 1))
+
+
+async def test_settling_more_than_reserved_may_pass_the_limit(store: CounterStore) -> None:
+    subj = subject()
+    adm = await store.admit("a", [tokens(subj, 1000, 100)])
+    await store.settle(adm, Usage(prompt_tokens=700, completion_tokens=800, cost_usd_micros=0))
+    after = await store.admit("b", [tokens(subj, 1000, 1)])
+    assert not after.admitted and after.states[0].used == 1500  # recorded as used, then refused

@@ -113,6 +113,21 @@ async def test_budget_never_exceeded_under_200_concurrent_admit_and_settle(
     assert len(settled) > cap // reserve  # settling below the reservation let more requests in
 
 
+async def test_a_resent_admit_script_does_not_consume_twice(counters: Counters) -> None:
+    # what redis-py's one retry on a dropped connection resends: the same script, same reservation
+    from zoneinfo import ZoneInfo
+
+    from sidecar.counters import _plan
+
+    subj = subject()
+    _, groups = _plan("resent.1", [rate(subj, 5), budget(subj, 100, 7)], time.time(), ZoneInfo("UTC"))
+    call = groups[0].script_args("a", int(time.time() * 1000), 60_000)
+    first, second = await counters._run_admit([call, call])
+    assert first[0] == 1 and second[0] == 2
+    assert (second[1], second[4]) == (1, 7)  # already consumed once, not again
+    assert (await counters.admit("x", [rate(subj, 5)])).states[0].used == 2
+
+
 # ---- key layout and TTLs --------------------------------------------------------------------
 
 
