@@ -248,12 +248,16 @@ def _plan(
             caps[index] = _state(lim, lim.cost, 0, None if over and lim.blocks else -1, over and lim.blocks)
             continue
         if lim.unit == "usd_micros":
-            label, end = budget_period(lim.period or "month", now, tz)
+            if lim.period not in PERIODS:
+                raise PolicyEngineError(f"limit {lim.id!r}: a budget needs period day or month")
+            label, end = budget_period(lim.period, now, tz)
             ttl_ms = max(1000, int((end - now + BUDGET_TTL_MARGIN_SECONDS) * 1000))
             key = redis_keys.counter_key(lim.subject, lim.id, label)
             item = _Planned(index, lim, key, "c", ttl_ms, 0, end)
         else:
             window = lim.window_seconds or 0
+            if window <= 0:
+                raise PolicyEngineError(f"limit {lim.id!r}: a rate needs window_seconds > 0")
             bucket_ms, buckets = window_geometry(window)
             key = redis_keys.counter_key(lim.subject, lim.id, redis_keys.window_label(window))
             item = _Planned(index, lim, key, "w", bucket_ms, buckets, 0.0)
@@ -368,10 +372,15 @@ class _Engine:
         reservation_id = new_reservation_id(request_id)
         caps, groups = _plan(reservation_id, limits, now, self._tz)
         cap_refused = any(state.refused for state in caps.values())
-        mode = "p" if cap_refused else "a"
-        replies = await self._run_admit(
-            [g.script_args(mode, now_ms, self._reservation_ttl_ms) for g in groups]
-        )
+        calls = [g.script_args("p" if cap_refused else "a", now_ms, self._reservation_ttl_ms) for g in groups]
+        if cap_refused:
+            # the refusal stands without the store; the peek only fills in the other states
+            try:
+                replies = await self._run_admit(calls)
+            except CounterStoreError:
+                replies = [[0, *([0, 0, -1] * len(g.items))] for g in groups]
+        else:
+            replies = await self._run_admit(calls)
         admitted = not cap_refused and all(int(reply[0]) != 0 for reply in replies)
         if not admitted and not cap_refused:
             taken = [g for g, reply in zip(groups, replies, strict=True) if int(reply[0]) == 1]

@@ -99,3 +99,13 @@ async def test_local_store_stays_bounded_and_expires_keys() -> None:
     clock.advance(901)  # past the window keys' and the reservation records' TTLs
     await local.admit("late", [])
     assert local._values == {}
+
+
+async def test_limits_built_by_hand_without_a_window_or_period_are_refused() -> None:
+    local = LocalCounters()
+    with pytest.raises(PolicyEngineError):
+        await local.admit("a", [Limit("r/0/rpm", "r", "requests", "global", "x", 1, 1, "block")])
+    with pytest.raises(PolicyEngineError):
+        await local.admit("b", [Limit("b/0/month", "b", "usd_micros", "global", "x", 1, 1, "block")])
+    with pytest.raises(PolicyEngineError):
+        await local.admit("c", [rate("x", 1), rate("x", 2)])  # the same limit twice for one subject

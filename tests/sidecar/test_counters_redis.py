@@ -228,6 +228,11 @@ async def test_dead_redis_fails_fast_with_counter_store_error() -> None:
             await store.admit("b", [rate(subject(), 5), rate(subject(), 5)])
         with pytest.raises(CounterStoreError):
             await store.settle(adm, Usage(1, 1, 1))
+        # a per-request cap refuses without the store: still a plain refusal, not a store failure
+        subj = subject()
+        cap = tokens(subj, 10, 11, window=0, ident="tok/0/request")
+        refused = await store.admit("c", [rate(subj, 5), cap])
+        assert not refused.admitted and refused.blocking is not None and refused.blocking.limit == cap
         assert not await store.ping()
         assert time.monotonic() - started < 1.0
     finally:
