@@ -206,7 +206,7 @@ class Proxy:
         admission, store = admitted
         if not admission.admitted:
             return self._limited(admission, norm, rec)
-        self._admission_headers(admission, extra)
+        self._admission_headers(admission, extra, norm.max_output_tokens is not None)
 
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
         forwarded = raw
@@ -415,12 +415,13 @@ class Proxy:
             headers=headers,
         )
 
-    def _admission_headers(self, admission: Admission, extra: CIMultiDict[str]) -> None:
+    def _admission_headers(self, admission: Admission, extra: CIMultiDict[str], named_max: bool) -> None:
         for state in admission.states:
             lim = state.limit
             if lim.unit == "usd_micros":
                 self.s.metrics.budget_remaining.labels(lim.id, lim.subject).set(state.remaining)
-            if state.warn:
+            # A request that named no maximum is capped by the sidecar itself: nothing to warn about.
+            if state.warn and not (lim.is_request_cap and not named_max):
                 unit = _UNIT_WORDS[lim.unit]
                 text = f"{lim.policy}: {state.used} of {lim.limit} {unit} {_window_text(lim)} used"
                 if lim.is_request_cap:

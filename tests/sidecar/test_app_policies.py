@@ -191,8 +191,10 @@ async def test_max_tokens_above_the_cap_is_400(h: Harness, body: dict[str, Any])
 
 
 async def test_request_without_max_tokens_is_capped_and_near_cap_warns(h: Harness) -> None:
-    status, _, _ = await post(h, "/api/chat", chat())
+    status, _, headers = await post(h, "/api/chat", chat())
     assert status == 200
+    # the cap was the sidecar's doing, not the client's: no warning for it
+    assert not headers.getall("X-Hexarch-Warning", [])
     async with h.session.get(str(h.demo.make_url("/demo/stats"))) as resp:
         recent = (await resp.json())["recent"]
     assert recent[-1]["body"]["options"]["num_predict"] == 128
