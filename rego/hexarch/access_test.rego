@@ -1,4 +1,11 @@
-package hexarch.lib.access
+# METADATA
+# title: Tests of access control
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.access_test
+
+import data.hexarch.lib.access
 
 _rule := {
 	"policy": "access_control", "rule": 0, "resource": "stats", "operation": "*",
@@ -6,7 +13,7 @@ _rule := {
 }
 
 _messages(rule, doc) := messages if {
-	messages := [f.message | some f in findings] with data.hexarch.config as {"access_rules": [rule]}
+	messages := [f.message | some f in access.findings] with data.hexarch.config as {"access_rules": [rule]}
 		with input as doc
 }
 
@@ -19,7 +26,7 @@ test_listed_role_is_permitted if {
 }
 
 test_other_principal_is_denied if {
-	fs := findings with data.hexarch.config as {"access_rules": [_rule]}
+	fs := access.findings with data.hexarch.config as {"access_rules": [_rule]}
 		with input as {"resources": ["stats"], "principal": {"id": "alice", "roles": ["dev"]}}
 	fs == {{
 		"policy": "access_control", "rule": 0, "code": "access_denied", "status": 403, "action": "block",

@@ -1,4 +1,11 @@
-package hexarch.lib.confirmations
+# METADATA
+# title: Tests of confirmations
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.confirmations_test
+
+import data.hexarch.lib.confirmations
 
 _rule(fields) := object.union(
 	{
@@ -9,12 +16,12 @@ _rule(fields) := object.union(
 )
 
 _messages(rule, doc) := messages if {
-	messages := [f.message | some f in findings] with data.hexarch.config as {"confirmations": [rule]}
+	messages := [f.message | some f in confirmations.findings] with data.hexarch.config as {"confirmations": [rule]}
 		with input as doc
 }
 
 test_listed_type_needs_confirmation if {
-	fs := findings with data.hexarch.config as {"confirmations": [_rule({})]}
+	fs := confirmations.findings with data.hexarch.config as {"confirmations": [_rule({})]}
 		with input as {"operation": "delete", "resource_type": "conversation"}
 	fs == {{
 		"policy": "confirmations", "rule": 0, "code": "confirmation_required", "status": 428,

@@ -46,19 +46,22 @@ allow if enforcement != "strict"
 # METADATA
 # title: Violations
 # description: >-
-#   Blocking findings, sorted by policy, rule, code and message; empty under warn enforcement
-#   (they move to warnings), still reported under monitor.
-violations := _sorted(_violations) if enforcement != "warn"
-
-else := []
+#   Blocking findings, sorted by policy, rule, code and message. Empty under warn enforcement
+#   (they move to warnings); still reported under monitor, where they do not block.
+violations := [] if {
+	enforcement == "warn"
+} else := _sorted(_violations)
 
 # METADATA
 # title: Warnings
 # description: >-
-#   Warning findings, sorted; under warn enforcement also every violation, with action warn.
-warnings := _sorted(findings.warnings) if enforcement != "warn"
+#   Warning findings, sorted. Under warn and monitor enforcement every violation is also a
+#   warning, with action warn.
+warnings := _sorted(findings.warnings) if {
+	enforcement == "strict"
+} else := _sorted(findings.warnings | _softened)
 
-else := _sorted(findings.warnings | {object.union(violation, {"action": "warn"}) | some violation in _violations})
+_softened := {object.union(violation, {"action": "warn"}) | some violation in _violations}
 
 # METADATA
 # title: Limits

@@ -1,9 +1,15 @@
-package hexarch
+# METADATA
+# title: Tests of the decision document
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.decision_test
 
+import data.hexarch
 import data.hexarch.lib.fixtures
 
 _decide(doc, config) := result if {
-	result := decision with input as doc
+	result := hexarch.decision with input as doc
 		with data.hexarch.config as config
 		with data.hexarch.custom as {}
 		with time.now_ns as fixtures.at(1, 12, 0)
@@ -72,8 +78,8 @@ test_monitor_enforcement_reports_but_allows if {
 	d := _decide(_bad_request, object.union(fixtures.config, {"enforcement": "monitor"}))
 	d.allow == true
 	d.enforcement == "monitor"
-	[v.code | some v in d.violations] == ["model_not_allowed", "invalid_parameter"]
-	d.warnings == []
+	[[v.code, v.action] | some v in d.violations] == [["model_not_allowed", "block"], ["invalid_parameter", "block"]]
+	[[w.code, w.action] | some w in d.warnings] == [["model_not_allowed", "warn"], ["invalid_parameter", "warn"]]
 	count(d.limits) == 4
 	every l in d.limits {
 		l.action == "warn"
@@ -100,7 +106,7 @@ test_non_object_input_is_defined if {
 }
 
 test_missing_config_fails_closed if {
-	d := decision with input as fixtures.input_doc
+	d := hexarch.decision with input as fixtures.input_doc
 		with data.hexarch.config as null
 		with data.hexarch.custom as {}
 	d.allow == false
@@ -128,7 +134,7 @@ test_warning_rules_do_not_block if {
 }
 
 test_custom_violations_block if {
-	d := decision with input as fixtures.input_doc
+	d := hexarch.decision with input as fixtures.input_doc
 		with data.hexarch.config as fixtures.config
 		with data.hexarch.custom as {"pii": {"violations": {{"message": "prompt contains an e-mail address"}}}}
 		with time.now_ns as fixtures.at(1, 12, 0)

@@ -1,4 +1,11 @@
-package hexarch.lib.features
+# METADATA
+# title: Tests of feature flags
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.features_test
+
+import data.hexarch.lib.features
 
 _rule(fields) := object.union(
 	{
@@ -9,12 +16,12 @@ _rule(fields) := object.union(
 )
 
 _codes(rule, doc) := codes if {
-	codes := {f.code | some f in findings} with data.hexarch.config as {"features": [rule]}
+	codes := {f.code | some f in features.findings} with data.hexarch.config as {"features": [rule]}
 		with input as doc
 }
 
 test_disabled_feature if {
-	fs := findings with data.hexarch.config as {"features": [_rule({"enabled": false})]}
+	fs := features.findings with data.hexarch.config as {"features": [_rule({"enabled": false})]}
 		with input as {"feature": "vision"}
 	fs == {{
 		"policy": "features", "rule": 1, "code": "feature_disabled", "status": 403, "action": "block",
@@ -38,11 +45,11 @@ test_other_or_no_feature_passes if {
 
 test_approval_required if {
 	r := _rule({"requires_approval": true})
-	fs := findings with data.hexarch.config as {"features": [r]}
+	fs := features.findings with data.hexarch.config as {"features": [r]}
 		with input as {"feature": "vision", "principal": {"id": "alice", "roles": ["dev"]}}
 	[f.message | some f in fs] == ["feature \"vision\" requires approval; principal \"alice\" is not an approver"]
 	_codes(r, {"feature": "vision"}) == {"feature_requires_approval"}
-	fs2 := findings with data.hexarch.config as {"features": [r]} with input as {"feature": "vision"}
+	fs2 := features.findings with data.hexarch.config as {"features": [r]} with input as {"feature": "vision"}
 	[f.message | some f in fs2] == ["feature \"vision\" requires approval; an unidentified principal is not an approver"]
 }
 

@@ -1,4 +1,11 @@
-package hexarch.lib.findings
+# METADATA
+# title: Tests of rule actions
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.findings_test
+
+import data.hexarch.lib.findings
 
 _bound(action) := {
 	"policy": "quality_control", "rule": 0, "parameter": "temperature", "min": null, "max": 1,
@@ -8,32 +15,32 @@ _bound(action) := {
 _hot := {"params": {"temperature": 2}}
 
 test_block_action_is_a_violation if {
-	vs := violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("block")]} with input as _hot
+	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("block")]} with input as _hot
 	[[v.code, v.status, v.action] | some v in vs] == [["invalid_parameter", 400, "block"]]
-	ws := warnings with data.hexarch.config as {"param_bounds": [_bound("block")]} with input as _hot
+	ws := findings.warnings with data.hexarch.config as {"param_bounds": [_bound("block")]} with input as _hot
 	ws == set()
 }
 
 test_unknown_action_blocks if {
-	vs := violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("warn_at_80%")]} with input as _hot
+	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("warn_at_80%")]} with input as _hot
 	[v.action | some v in vs] == ["block"]
 }
 
 test_warn_action_is_a_warning if {
-	ws := warnings with data.hexarch.config as {"param_bounds": [_bound("warn")]} with input as _hot
+	ws := findings.warnings with data.hexarch.config as {"param_bounds": [_bound("warn")]} with input as _hot
 	[[w.code, w.status, w.action] | some w in ws] == [["invalid_parameter", 400, "warn"]]
-	vs := violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("warn")]} with input as _hot
+	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("warn")]} with input as _hot
 	vs == set()
 }
 
 test_require_confirmation_action if {
-	vs := violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("require_confirmation")]} with input as _hot
+	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("require_confirmation")]} with input as _hot
 	vs == {{
 		"policy": "quality_control", "rule": 0, "code": "confirmation_required", "status": 428,
 		"action": "require_confirmation",
 		"message": "temperature 2 is above the maximum 1; confirm the request to proceed",
 	}}
-	confirmed := violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("require_confirmation")]}
+	confirmed := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("require_confirmation")]}
 		with input as object.union(_hot, {"confirmed": true})
 	confirmed == set()
 }
@@ -43,12 +50,12 @@ test_confirmation_rule_with_block_action if {
 		"policy": "confirmations", "rule": 0, "operation": "delete", "resource": "*",
 		"resource_types": ["*"], "action": "block",
 	}
-	vs := violations with data.hexarch.custom as {} with data.hexarch.config as {"confirmations": [rule]} with input as {"operation": "delete"}
+	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"confirmations": [rule]} with input as {"operation": "delete"}
 	[[v.code, v.status, v.action] | some v in vs] == [["confirmation_required", 428, "block"]]
 }
 
 test_custom_violations_are_included if {
-	vs := violations with data.hexarch.config as {}
+	vs := findings.violations with data.hexarch.config as {}
 		with data.hexarch.custom as {"pii": {"violations": ["no e-mail addresses"]}}
 		with input as {}
 	vs == {{

@@ -1,6 +1,12 @@
-package hexarch.lib.limits
+# METADATA
+# title: Tests of limits and their costs
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.limits_test
 
 import data.hexarch.lib.fixtures
+import data.hexarch.lib.limits
 
 _token(id, window, limit, fields) := object.union(
 	{
@@ -11,12 +17,12 @@ _token(id, window, limit, fields) := object.union(
 )
 
 _by_id(config, doc) := result if {
-	items := limits with data.hexarch.config as config with input as doc
+	items := limits.limits with data.hexarch.config as config with input as doc
 	result := {item.id: item | some item in items}
 }
 
 test_example_limits if {
-	ls := limits with data.hexarch.config as fixtures.config with input as fixtures.input_doc
+	ls := limits.limits with data.hexarch.config as fixtures.config with input as fixtures.input_doc
 	ls == [
 		{
 			"id": "api_budget/0/month", "policy": "api_budget", "unit": "usd_micros", "period": "month",

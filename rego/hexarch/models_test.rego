@@ -1,4 +1,11 @@
-package hexarch.lib.models
+# METADATA
+# title: Tests of model allow and deny lists
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.models_test
+
+import data.hexarch.lib.models
 
 _rule(fields) := object.union(
 	{"policy": "model_selection", "rule": 0, "patterns": ["tinyllama", "tinyllama:*"], "allowed": true, "resource": "*", "action": "block"},
@@ -6,7 +13,7 @@ _rule(fields) := object.union(
 )
 
 _codes(rules, doc) := codes if {
-	codes := [[f.policy, f.rule, f.code] | some f in findings] with data.hexarch.config as {"model_rules": rules}
+	codes := [[f.policy, f.rule, f.code] | some f in models.findings] with data.hexarch.config as {"model_rules": rules}
 		with input as doc
 }
 
@@ -16,7 +23,7 @@ test_allow_list_match_passes if {
 }
 
 test_allow_list_miss_is_denied if {
-	fs := findings with data.hexarch.config as {"model_rules": [_rule({})]} with input as {"model": "gpt-4o"}
+	fs := models.findings with data.hexarch.config as {"model_rules": [_rule({})]} with input as {"model": "gpt-4o"}
 	fs == {{
 		"policy": "model_selection", "rule": 0, "code": "model_not_allowed", "status": 403, "action": "block",
 		"message": "model \"gpt-4o\" is not allowed by policy model_selection (allowed: tinyllama, tinyllama:*)",
@@ -31,7 +38,7 @@ test_glob_has_no_delimiters_and_question_mark_is_one_char if {
 }
 
 test_missing_model_fails_allow_list if {
-	fs := findings with data.hexarch.config as {"model_rules": [_rule({})]} with input as {}
+	fs := models.findings with data.hexarch.config as {"model_rules": [_rule({})]} with input as {}
 	[f.message | some f in fs] == ["the request names no model; policy model_selection allows only: tinyllama, tinyllama:*"]
 	_codes([_rule({})], {"model": 42}) == [["model_selection", 0, "model_not_allowed"]]
 }
@@ -51,13 +58,13 @@ test_each_policy_must_allow if {
 test_deny_list if {
 	r := _rule({"policy": "no_gpt", "patterns": ["gpt-*"], "allowed": false})
 	_codes([r], {"model": "tinyllama"}) == []
-	fs := findings with data.hexarch.config as {"model_rules": [r]} with input as {"model": "gpt-4o"}
+	fs := models.findings with data.hexarch.config as {"model_rules": [r]} with input as {"model": "gpt-4o"}
 	[f.message | some f in fs] == ["model \"gpt-4o\" is not allowed by policy no_gpt (denied: gpt-*)"]
 }
 
 test_deny_list_fails_closed_without_model if {
 	r := _rule({"policy": "no_gpt", "patterns": "gpt-*", "allowed": false})
-	fs := findings with data.hexarch.config as {"model_rules": [r]} with input as {}
+	fs := models.findings with data.hexarch.config as {"model_rules": [r]} with input as {}
 	[f.message | some f in fs] == ["the request names no model; policy no_gpt denies: gpt-*"]
 }
 

@@ -1,6 +1,12 @@
-package hexarch.lib.params
+# METADATA
+# title: Tests of parameter bounds
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.params_test
 
 import data.hexarch.lib.fixtures
+import data.hexarch.lib.params
 
 _bound(fields) := object.union(
 	{
@@ -10,9 +16,9 @@ _bound(fields) := object.union(
 	fields,
 )
 
-_messages(bounds, params) := messages if {
-	messages := {f.message | some f in findings} with data.hexarch.config as {"param_bounds": bounds}
-		with input as object.union(fixtures.input_doc, {"params": params})
+_messages(bounds, values) := messages if {
+	messages := {f.message | some f in params.findings} with data.hexarch.config as {"param_bounds": bounds}
+		with input as object.union(fixtures.input_doc, {"params": values})
 }
 
 test_value_inside_bounds_passes if {
@@ -46,7 +52,7 @@ test_wrong_type_is_a_violation if {
 
 test_absent_parameter_is_not_checked if {
 	_messages([_bound({"min": 0.0, "max": 1.0})], {"top_p": 3}) == set()
-	m := {f | some f in findings} with data.hexarch.config as {"param_bounds": [_bound({"max": 1})]}
+	m := {f | some f in params.findings} with data.hexarch.config as {"param_bounds": [_bound({"max": 1})]}
 		with input as {}
 	m == set()
 }
@@ -81,7 +87,7 @@ test_resource_and_operation_scope_the_bound if {
 }
 
 test_finding_shape if {
-	fs := findings with data.hexarch.config as {"param_bounds": [_bound({"max": 1.0, "action": "warn"})]}
+	fs := params.findings with data.hexarch.config as {"param_bounds": [_bound({"max": 1.0, "action": "warn"})]}
 		with input as {"params": {"temperature": 2}}
 	fs == {{
 		"policy": "quality_control", "rule": 0, "code": "invalid_parameter", "status": 400,

@@ -1,4 +1,11 @@
-package hexarch.lib.pricing
+# METADATA
+# title: Tests of pricing
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.pricing_test
+
+import data.hexarch.lib.pricing
 
 _config := {
 	"pricing": [
@@ -9,24 +16,24 @@ _config := {
 }
 
 test_first_matching_entry_wins if {
-	p := pricing with data.hexarch.config as _config with input as {"model": "tinyllama:1.1b"}
+	p := pricing.pricing with data.hexarch.config as _config with input as {"model": "tinyllama:1.1b"}
 	p == {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}
-	q := pricing with data.hexarch.config as _config with input as {"model": "gpt-4o"}
+	q := pricing.pricing with data.hexarch.config as _config with input as {"model": "gpt-4o"}
 	q == {"input_per_million_usd": 1, "output_per_million_usd": 2}
 }
 
 test_default_pricing_without_match if {
-	p := pricing with data.hexarch.config as {"pricing": [_config.pricing[0]], "default_pricing": _config.default_pricing}
+	p := pricing.pricing with data.hexarch.config as {"pricing": [_config.pricing[0]], "default_pricing": _config.default_pricing}
 		with input as {"model": "phi3"}
 	p == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
-	q := pricing with data.hexarch.config as _config with input as {}
+	q := pricing.pricing with data.hexarch.config as _config with input as {}
 	q == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
 }
 
 test_builtin_default_without_config if {
-	p := pricing with data.hexarch.config as {"default_pricing": {"input_per_million_usd": "free"}} with input as {"model": "x"}
+	p := pricing.pricing with data.hexarch.config as {"default_pricing": {"input_per_million_usd": "free"}} with input as {"model": "x"}
 	p == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
-	q := pricing with data.hexarch.config as {"default_pricing": {"input_per_million_usd": 2, "output_per_million_usd": 3, "note": "x"}}
+	q := pricing.pricing with data.hexarch.config as {"default_pricing": {"input_per_million_usd": 2, "output_per_million_usd": 3, "note": "x"}}
 		with input as {"model": "x"}
 	q == {"input_per_million_usd": 2, "output_per_million_usd": 3}
 }

@@ -1,4 +1,11 @@
-package hexarch.lib.request
+# METADATA
+# title: Tests of the typed request view
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.request_test
+
+import data.hexarch.lib.request
 
 test_wrong_types_count_as_missing if {
 	doc := {
@@ -6,19 +13,19 @@ test_wrong_types_count_as_missing if {
 		"feature": false, "principal": {"id": "", "team": 7, "roles": "admin"}, "params": [],
 		"estimate": {"prompt_tokens": "many", "max_output_tokens": null},
 	}
-	not resources_known with input as doc
-	not operation_known with input as doc
-	not confirmed with input as doc
-	not model with input as doc
-	not resource_type with input as doc
-	not feature with input as doc
-	not principal_id with input as doc
-	principal_roles == set() with input as doc
-	principal_subject == "anonymous" with input as doc
-	team_subject == "anonymous" with input as doc
-	params == {} with input as doc
-	prompt_tokens == 0 with input as doc
-	not max_output_tokens with input as doc
+	not request.resources_known with input as doc
+	not request.operation_known with input as doc
+	not request.confirmed with input as doc
+	not request.model with input as doc
+	not request.resource_type with input as doc
+	not request.feature with input as doc
+	not request.principal_id with input as doc
+	request.principal_roles == set() with input as doc
+	request.principal_subject == "anonymous" with input as doc
+	request.team_subject == "anonymous" with input as doc
+	request.params == {} with input as doc
+	request.prompt_tokens == 0 with input as doc
+	not request.max_output_tokens with input as doc
 }
 
 test_well_typed_values if {
@@ -28,16 +35,16 @@ test_well_typed_values if {
 		"principal": {"id": "alice", "team": "ml", "roles": ["admin", 1]}, "params": {"a": 1},
 		"estimate": {"prompt_tokens": 41.5, "max_output_tokens": 127.2},
 	}
-	resource_set == {"tinyllama"} with input as doc
-	operation == "chat" with input as doc
-	confirmed with input as doc
-	model == "tinyllama" with input as doc
-	resource_type == "conversation" with input as doc
-	feature == "vision" with input as doc
-	principal_subject == "alice" with input as doc
-	team_subject == "ml" with input as doc
-	principal_roles == {"admin"} with input as doc
-	params == {"a": 1} with input as doc
-	prompt_tokens == 42 with input as doc
-	max_output_tokens == 128 with input as doc
+	request.resource_set == {"tinyllama"} with input as doc
+	request.operation == "chat" with input as doc
+	request.confirmed with input as doc
+	request.model == "tinyllama" with input as doc
+	request.resource_type == "conversation" with input as doc
+	request.feature == "vision" with input as doc
+	request.principal_subject == "alice" with input as doc
+	request.team_subject == "ml" with input as doc
+	request.principal_roles == {"admin"} with input as doc
+	request.params == {"a": 1} with input as doc
+	request.prompt_tokens == 42 with input as doc
+	request.max_output_tokens == 128 with input as doc
 }

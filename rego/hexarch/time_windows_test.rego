@@ -1,6 +1,12 @@
-package hexarch.lib.time_windows
+# METADATA
+# title: Tests of time windows
+# description: >-
+#   opa test cases. Each sets the data and input it needs with `with`, so they also pass inside a
+#   compiled bundle next to real data and custom policies.
+package hexarch.lib.time_windows_test
 
 import data.hexarch.lib.fixtures
+import data.hexarch.lib.time_windows
 
 _rule(fields) := object.union(
 	{
@@ -11,10 +17,10 @@ _rule(fields) := object.union(
 	fields,
 )
 
-# Messages of the findings for one rule, at weekday `day` (0 = Monday), hh:mm, in `tz`.
+# Messages of the time_windows.findings for one rule, at weekday `day` (0 = Monday), hh:mm, in `tz`.
 _at(rule, tz, day, hour, minute) := messages if {
 	now := fixtures.at(day, hour, minute)
-	messages := [f.message | some f in findings] with data.hexarch.config as {"timezone": tz, "time_windows": [rule]}
+	messages := [f.message | some f in time_windows.findings] with data.hexarch.config as {"timezone": tz, "time_windows": [rule]}
 		with input as {"operation": "batch"}
 		with time.now_ns as now
 }
@@ -78,7 +84,7 @@ test_unreadable_timezone_fails_closed if {
 test_other_operations_are_not_restricted if {
 	r := _rule({"allowed_hours": [[1320, 360]]})
 	now := fixtures.at(0, 12, 0)
-	fs := findings with data.hexarch.config as {"time_windows": [r]}
+	fs := time_windows.findings with data.hexarch.config as {"time_windows": [r]}
 		with input as {"operation": "chat"}
 		with time.now_ns as now
 	fs == set()
@@ -87,7 +93,7 @@ test_other_operations_are_not_restricted if {
 test_missing_operation_applies_every_window if {
 	r := _rule({"allowed_hours": [[1320, 360]]})
 	now := fixtures.at(0, 12, 0)
-	fs := findings with data.hexarch.config as {"time_windows": [r]}
+	fs := time_windows.findings with data.hexarch.config as {"time_windows": [r]}
 		with input as {}
 		with time.now_ns as now
 	[[f.code, f.status] | some f in fs] == [["time_restricted", 403]]

@@ -313,7 +313,8 @@ def test_soft_enforcement_allows(opa_bin: str, tmp_path: Path, enforcement: str)
             ("invalid_parameter", "warn", 400)
         ]
     else:
-        assert [v["code"] for v in decision["violations"]] == ["invalid_parameter"]
+        assert [(v["code"], v["action"]) for v in decision["violations"]] == [("invalid_parameter", "block")]
+        assert [(w["code"], w["action"]) for w in decision["warnings"]] == [("invalid_parameter", "warn")]
 
 
 def test_served_decision_allows_a_good_request(served: OpaServer) -> None:
