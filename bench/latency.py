@@ -49,6 +49,19 @@ BODY = {
     "max_tokens": 16,
 }
 PATH = "/v1/chat/completions"
+# What the sidecar asks OPA for BODY (DESIGN.md input document), to time the decision on its own.
+DECISION_INPUT = {
+    "request": {"id": "bench", "method": "POST", "path": PATH, "api": "openai.chat"},
+    "principal": {"id": "anonymous", "team": None, "roles": [], "tier": None, "authenticated": False},
+    "resources": ["tinyllama", "*"],
+    "operation": "chat",
+    "resource_type": None,
+    "feature": None,
+    "confirmed": False,
+    "model": "tinyllama",
+    "params": {"temperature": 0.7, "max_tokens": 16, "num_predict": 16, "max_completion_tokens": 16},
+    "estimate": {"prompt_tokens": 10, "max_output_tokens": 16},
+}
 
 
 def unthrottled_policy(source: Path, target: Path) -> None:
@@ -78,9 +91,12 @@ class Samples:
 
     ok: list[float] = field(default_factory=list)
     errors: Counter[str] = field(default_factory=Counter)
+    busy_seconds: float = 0.0  # wall time of the concurrent batches, for throughput
 
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = {"count": len(self.ok), "errors": dict(self.errors)}
+        if self.busy_seconds > 0:
+            out["throughput_rps"] = round(len(self.ok) / self.busy_seconds, 1)
         if self.ok:
             out |= {
                 "p50_ms": round(percentile(self.ok, 50), 3),
@@ -102,9 +118,10 @@ def summary(direct: Samples, sidecar: Samples) -> dict[str, Any]:
 Call = Callable[[Samples], Coroutine[Any, Any, None]]
 
 
-def caller(session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -> Call:
-    payload = json.dumps(BODY).encode()
-    url = base + PATH
+def caller(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: dict[str, Any] = BODY
+) -> Call:
+    payload = json.dumps(body).encode()
 
     async def call(into: Samples) -> None:
         began = time.perf_counter()
@@ -124,8 +141,8 @@ def caller(session: aiohttp.ClientSession, base: str, headers: dict[str, str]) -
     return call
 
 
-async def sequential(direct: Call, sidecar: Call, requests: int) -> dict[str, Any]:
-    d, s = Samples(), Samples()
+async def sequential(direct: Call, sidecar: Call, opa: Call, requests: int) -> dict[str, Any]:
+    d, s, o = Samples(), Samples(), Samples()
     for i in range(requests):
         # Alternate which goes first so neither path always follows the other.
         if i % 2:
@@ -134,7 +151,11 @@ async def sequential(direct: Call, sidecar: Call, requests: int) -> dict[str, An
         else:
             await sidecar(s)
             await direct(d)
-    return summary(d, s)
+        await opa(o)
+    result = summary(d, s)
+    # Part of the added latency: one decision asked of OPA directly (HTTP round trip + evaluation).
+    result["opa_decision_only"] = o.stats()
+    return result
 
 
 async def concurrent(
@@ -151,7 +172,9 @@ async def concurrent(
                 remaining -= 1
                 await call(into)
 
+        began = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        into.busy_seconds += time.perf_counter() - began
 
     rounds = max(1, math.ceil(requests / batch))
     for i in range(rounds):
@@ -192,8 +215,9 @@ async def measure(stack: Stack, requests: int, concurrency: int, batch: int, war
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=concurrency)
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=connector) as session:
-        direct = caller(session, stack.demo_url, headers)
-        sidecar = caller(session, stack.sidecar_url, headers)
+        direct = caller(session, stack.demo_url + PATH, headers)
+        sidecar = caller(session, stack.sidecar_url + PATH, headers)
+        opa = caller(session, stack.opa_url + "/v1/data/hexarch/decision", headers, {"input": DECISION_INPUT})
         # Warm-up: connections, OPA's compiled query cache, Redis script cache, Python code paths.
         scratch = Samples()
         for _ in range(warmup):
@@ -201,10 +225,35 @@ async def measure(stack: Stack, requests: int, concurrency: int, batch: int, war
             await sidecar(scratch)
         await concurrent(direct, sidecar, batch * 2, concurrency, batch)
         began = time.monotonic()
-        seq = await sequential(direct, sidecar, requests)
+        seq_window = (time.time(), 0.0)
+        seq = await sequential(direct, sidecar, opa, requests)
+        seq_window = (seq_window[0], time.time())
         conc = await concurrent(direct, sidecar, requests, concurrency, batch)
         elapsed = time.monotonic() - began
+    seq["sidecar_log_p50_ms"] = sidecar_log_medians(stack.work_dir / "sidecar.log", seq_window)
     return {"sequential": seq, "concurrent": conc, "elapsed_seconds": round(elapsed, 1)}
+
+
+def sidecar_log_medians(log: Path, window: tuple[float, float]) -> dict[str, float]:
+    """Medians of the sidecar's own decision-log timings over the sequential phase: where the added
+    time goes (`decision_ms` is the OPA call, `upstream_ms` the forward; the rest is the sidecar)."""
+    rows = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"decision_ms"' in line:
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if window[0] <= row.get("ts", 0) <= window[1] and row.get("status") == 200:
+                rows.append(row)
+    out: dict[str, float] = {"count": len(rows)}
+    for key in ("latency_ms", "decision_ms", "upstream_ms"):
+        values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+        if values:
+            out[key] = round(statistics.median(values), 3)
+    if {"latency_ms", "decision_ms", "upstream_ms"} <= out.keys():
+        out["own_ms"] = round(out["latency_ms"] - out["decision_ms"] - out["upstream_ms"], 3)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
