@@ -398,6 +398,16 @@ class _Engine:
             groups=tuple(g.reserved() for g in groups) if admitted else (),
         )
 
+    async def peek(self, limits: Sequence[Limit]) -> tuple[LimitState, ...]:
+        """The states `admit` would report for a refusal, consuming nothing (operator tooling)."""
+        now = self._clock()
+        caps, groups = _plan(new_reservation_id("peek"), limits, now, self._tz)
+        replies = await self._run_admit([g.script_args("p", int(now * 1000), 0) for g in groups])
+        states: dict[int, LimitState] = dict(caps)
+        for group, reply in zip(groups, replies, strict=True):
+            states.update(_group_states(group, reply, now, admitted=False))
+        return tuple(states[i] for i in range(len(limits)))
+
     async def settle(self, admission: Admission, usage: Usage) -> None:
         if admission.admitted and admission.groups:
             await self._settle_groups(admission.groups, usage)

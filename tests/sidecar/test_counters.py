@@ -265,3 +265,14 @@ async def test_settling_more_than_reserved_may_pass_the_limit(store: CounterStor
     await store.settle(adm, Usage(prompt_tokens=700, completion_tokens=800, cost_usd_micros=0))
     after = await store.admit("b", [tokens(subj, 1000, 1)])
     assert not after.admitted and after.states[0].used == 1500  # recorded as used, then refused
+
+
+async def test_peek_reads_without_consuming(store: CounterStore) -> None:
+    assert isinstance(store, Counters | LocalCounters)
+    subj = subject()
+    limits = [rate(subj, 2), budget(subj, 100, 60)]
+    assert (await store.admit("a", limits)).admitted
+    for _ in range(2):
+        states = await store.peek(limits)
+        assert [s.used for s in states] == [1, 60]
+        assert [s.refused for s in states] == [False, True]  # a second budget reservation would not fit
