@@ -359,7 +359,13 @@ class Stack:
         self._wait(f"{self.sidecar_url}/{BUNDLE_RESOURCE}", "sidecar bundle endpoint", child)
 
     def _start_opa(self) -> None:
-        binary = find_binary("opa", "HEXARCH_OPA")
+        from compiler.errors import OpaToolError
+        from compiler.opa_tool import find_opa
+
+        try:
+            binary = find_opa()  # the one lookup of the pinned OPA, shared with the compiler
+        except OpaToolError as exc:
+            raise StackError(str(exc)) from exc
         config = self.work_dir / "opa-config.yaml"
         config.write_text(
             opa_config(self.sidecar_url, self.options.polling_min_seconds, self.options.polling_max_seconds)
