@@ -13,7 +13,9 @@ everything but the store: planning, result decoding and the public models live h
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import logging
 import math
 import secrets
 import time
@@ -42,6 +44,7 @@ BUCKETS_PER_WINDOW = 60
 BUDGET_TTL_MARGIN_SECONDS = 86_400
 _MAX_REQUEST_ID_CHARS = 64
 _LUA_DIR = Path(__file__).resolve().parent / "lua"
+logger = logging.getLogger(__name__)
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
 
@@ -359,6 +362,7 @@ class _Engine:
             raise ValueError(f"unknown timezone {timezone!r}") from exc
         self._clock = clock
         self._reservation_ttl_ms = reservation_ttl_seconds * 1000
+        self._background: set[asyncio.Future[None]] = set()
 
     async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[int]]:
         raise NotImplementedError
@@ -380,12 +384,13 @@ class _Engine:
             except CounterStoreError:
                 replies = [[0, *([0, 0, -1] * len(g.items))] for g in groups]
         else:
-            replies = await self._run_admit(calls)
+            replies = await self._admit_or_release(groups, calls)
         admitted = not cap_refused and all(int(reply[0]) != 0 for reply in replies)
         if not admitted and not cap_refused:
             taken = [g for g, reply in zip(groups, replies, strict=True) if int(reply[0]) == 1]
             if taken:
-                await self._settle_groups([g.reserved() for g in taken], None)
+                # shielded: a cancelled caller must not leave the rollback half done
+                await asyncio.shield(self._settle_groups([g.reserved() for g in taken], None))
         states: dict[int, LimitState] = dict(caps)
         for group, reply in zip(groups, replies, strict=True):
             states.update(_group_states(group, reply, now, admitted))
@@ -397,6 +402,33 @@ class _Engine:
             blocking=None if admitted else _blocking(ordered),
             groups=tuple(g.reserved() for g in groups) if admitted else (),
         )
+
+    async def _admit_or_release(
+        self, groups: Sequence[GroupPlan], calls: Sequence[tuple[list[str], list[Any]]]
+    ) -> list[list[int]]:
+        """Run the admit calls; if the caller is cancelled meanwhile (client gone, shutdown), let them
+        finish and refund whatever they consumed, since nobody will ever settle it."""
+        task = asyncio.ensure_future(self._run_admit(calls))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(functools.partial(self._release_orphan, groups))
+            raise
+
+    def _release_orphan(self, groups: Sequence[GroupPlan], task: asyncio.Future[list[list[int]]]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return
+        taken = [g.reserved() for g, reply in zip(groups, task.result(), strict=True) if reply[0] == 1]
+        if taken:
+            refund = asyncio.ensure_future(self._settle_groups(taken, None))
+            self._background.add(refund)
+            refund.add_done_callback(self._background_done)
+
+    def _background_done(self, task: asyncio.Future[None]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # the reservation then stays counted until its window or period ends (docs/counters.md)
+            logger.warning("refunding a cancelled admission failed: %s", task.exception())
 
     async def peek(self, limits: Sequence[Limit]) -> tuple[LimitState, ...]:
         """The states `admit` would report for a refusal, consuming nothing (operator tooling)."""

@@ -256,6 +256,30 @@ async def test_hung_redis_times_out_within_the_socket_timeout() -> None:
         server.stop()
 
 
+async def test_a_cancelled_admission_gives_back_what_it_took() -> None:
+    server = start_redis()
+    store = Counters(create_redis(server.url, socket_timeout=5))
+    subj = subject()
+    try:
+        await store.load_scripts()
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the call is on the wire, Redis not yet answering
+        pending = asyncio.ensure_future(store.admit("gone", [rate(subj, 1)]))
+        await asyncio.sleep(0.1)
+        pending.cancel()
+        os.kill(server.proc.pid, signal.SIGCONT)
+        with pytest.raises(asyncio.CancelledError):
+            await pending
+        for _ in range(50):  # the refund runs in the background once Redis answers
+            if (await store.peek([rate(subj, 1)]))[0].used == 0 and not store._background:
+                break
+            await asyncio.sleep(0.02)
+        assert (await store.admit("next", [rate(subj, 1)])).admitted
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        await store.close()
+        server.stop()
+
+
 async def test_unreachable_redis_at_start_fails_fast() -> None:
     store = Counters(create_redis(f"redis://127.0.0.1:{free_port()}/0"))
     started = time.monotonic()
