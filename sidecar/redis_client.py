@@ -29,6 +29,9 @@ DEFAULT_CONNECT_TIMEOUT = 0.5
 # requests a second, and a burst waits for a free connection instead of opening dozens at once.
 DEFAULT_MAX_CONNECTIONS = 16
 DEFAULT_POOL_TIMEOUT = 1.0
+# redis-py's cluster client has no waiting pool: past the cap it fails at once, so per node it gets
+# room for a whole burst instead.
+CLUSTER_CONNECTIONS_PER_NODE_FACTOR = 16
 _CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
 
 
@@ -85,7 +88,7 @@ def _cluster(
         ssl=scheme == "rediss",
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
-        max_connections=max_connections,
+        max_connections=max_connections * CLUSTER_CONNECTIONS_PER_NODE_FACTOR,
         retry=_retry(),
         driver_info=None,
     )
