@@ -264,6 +264,14 @@ def _unify(params: dict[str, Any], names: tuple[str, ...], write: tuple[str, ...
 
 
 def normalise(endpoint: Endpoint, body: dict[str, Any] | None) -> Normalised:
+    try:
+        return _normalise(endpoint, body)
+    except RecursionError as exc:
+        # orjson accepts ~1000 levels of nesting; walking them for text can exhaust the stack.
+        raise BadRequest("request body is nested too deeply", code="invalid_json") from exc
+
+
+def _normalise(endpoint: Endpoint, body: dict[str, Any] | None) -> Normalised:
     upstream_model = endpoint.upstream.model if endpoint.upstream else None
     if body is None:
         return Normalised(None, endpoint.model or upstream_model, {}, 0, 0, False)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -59,6 +61,7 @@ from sidecar.upstream import Reply, UpstreamClient
 logger = logging.getLogger("hexarch.sidecar")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 WARNING_HEADER = "X-Hexarch-Warning"
 DECISION_HEADER = "X-Hexarch-Decision-Id"
 _GENERATING_APIS = frozenset({"openai.chat", "openai.completions", "ollama.chat", "ollama.generate", "json"})
@@ -449,7 +452,9 @@ class Proxy:
             return request.path
         if "{" not in ep.upstream_path:
             return ep.upstream_path
-        return ep.upstream_path.format_map(dict(request.match_info))
+        # Placeholders were checked against the route path when the settings were loaded.
+        info = request.match_info
+        return _PLACEHOLDER.sub(lambda m: quote(info.get(m.group(1), ""), safe=""), ep.upstream_path)
 
     async def _forward(
         self,

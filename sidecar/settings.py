@@ -413,6 +413,11 @@ def _route(node: Node, c: _Collector) -> RouteSettings | None:
     elif path is not None and not path.startswith("/"):
         c.add(path_node.diag(f"route path '{path}' must start with '/'"))
         path = None
+    elif path is not None:
+        problem = _path_problem(path)
+        if problem is not None:
+            c.add(path_node.diag(f"route path '{path}' is not a valid pattern: {problem}"))
+            path = None
     api = c.string(node.get("api"), None, choices=ROUTE_APIS)
     methods_node = node.get("methods")
     methods = tuple(m.upper() for m in c.strings(methods_node))
@@ -428,9 +433,20 @@ def _route(node: Node, c: _Collector) -> RouteSettings | None:
     resources = c.strings(node.get("resource"))
     upstream_path_node = node.get("upstream_path")
     upstream_path = c.string(upstream_path_node)
-    if upstream_path is not None and not upstream_path.startswith("/"):
-        assert upstream_path_node is not None
-        c.add(upstream_path_node.diag(f"upstream_path '{upstream_path}' must start with '/'"))
+    if upstream_path is not None and upstream_path_node is not None:
+        if not upstream_path.startswith("/"):
+            c.add(upstream_path_node.diag(f"upstream_path '{upstream_path}' must start with '/'"))
+        else:
+            plain = _PLAIN_PLACEHOLDER.sub("", upstream_path)
+            defined = _placeholders(path) if path else set()
+            missing = set(_PLAIN_PLACEHOLDER.findall(upstream_path)) - defined
+            if "{" in plain or "}" in plain:
+                message = f"upstream_path '{upstream_path}' may only use plain {{name}} placeholders"
+                c.add(upstream_path_node.diag(message))
+            elif missing:
+                message = f"upstream_path uses {{{sorted(missing)[0]}}}, which the route path does not define"
+                hint = f"the path defines: {', '.join(sorted(defined)) or 'no placeholders'}"
+                c.add(upstream_path_node.diag(message, hint))
     if path is None:
         return None
     return RouteSettings(
@@ -446,6 +462,29 @@ def _route(node: Node, c: _Collector) -> RouteSettings | None:
         model=c.string(node.get("model")),
         guard=guard,
     )
+
+
+_PLAIN_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*)?\}")
+
+
+def _placeholders(pattern: str) -> set[str]:
+    """Names of `{name}` / `{name:regex}` placeholders in a route pattern."""
+    return set(_PLACEHOLDER.findall(pattern))
+
+
+def _path_problem(path: str) -> str | None:
+    """Why aiohttp's router would refuse `path`, or None."""
+    from aiohttp import web
+
+    try:
+        web.UrlDispatcher().add_resource(path)
+    except ValueError as exc:
+        return str(exc)
+    stripped = _PLACEHOLDER.sub("", path)
+    if "{" in stripped or "}" in stripped:
+        return "unbalanced '{' or '}'"
+    return None
 
 
 def _principal_fields(node: Node | None, keys: tuple[str, ...], what: str, c: _Collector) -> Node | None:

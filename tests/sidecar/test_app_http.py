@@ -260,3 +260,10 @@ async def test_generic_json_route_with_placeholders(h: Harness) -> None:
     status, doc, _ = await _json(h, "POST", "/custom/generate", json={**body, "temperature": 0.9})
     assert status == 400
     assert doc["error"]["param"] == "temperature"
+
+
+async def test_deeply_nested_body_is_400_not_500(h: Harness) -> None:
+    nested = b'{"model": "tinyllama", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}"
+    status, doc, _ = await _json(h, "POST", "/api/chat", data=nested)
+    assert status == 400
+    assert doc["error"]["code"] == "invalid_json"

@@ -152,3 +152,18 @@ def test_upstream_url_from_env_alone() -> None:
 def test_yaml_syntax_error_is_located(tmp_path: Path) -> None:
     path = write(tmp_path, "sidecar:\n  listen: [unclosed\n")
     assert "malformed YAML" in errors_of(path)
+
+
+def test_route_patterns_and_upstream_placeholders(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "up:\n  base_url: http://h:1\n"
+        "sidecar:\n  routes:\n"
+        "    - {path: '/a/{id}', upstream_path: '/b/{id}/{other}'}\n"
+        "    - {path: '/c/{id', api: none}\n"
+        "    - {path: '/d/{id:[0-9]+}', upstream_path: '/e/{id}'}\n",
+    )
+    text = errors_of(path)
+    assert "upstream_path uses {other}, which the route path does not define" in text
+    assert "route path '/c/{id' is not a valid pattern" in text
+    assert "/e/{id}" not in text
