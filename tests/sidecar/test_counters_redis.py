@@ -326,6 +326,9 @@ async def test_redis_cluster_runs_every_group_in_one_slot(tmp_path: Path) -> Non
         await command(admin, "SCRIPT", "FLUSH")
         await store.refund(adm)
         assert (await store.admit("c", [rate(subj, 2)])).states[0].used == 2
+        burst = [rate(subject(), 20), budget(subject(), 10**6, 1)]  # two slots per admission
+        replies = await asyncio.gather(*(store.admit(f"burst{i}", burst) for i in range(60)))
+        assert sum(r.admitted for r in replies) == 20
         await store.close()
         await admin.aclose()
     finally:
