@@ -217,7 +217,7 @@ def test_command_line_serves_on_the_given_port() -> None:
 
         def up() -> bool:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
-                return resp.status == 200
+                return bool(resp.status == 200)
 
         wait_for(up, 10, "demo model")
         req = urllib.request.Request(

@@ -11,11 +11,14 @@ from typing import Any
 import ollama
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam
 
 from sidecar.demo_model import reply_words
 from tests.e2e.conftest import LIMITED_MODEL, LIMITED_RPM, RunningStack
 
-HELLO = [{"role": "user", "content": "What is Python?"}]  # 15 characters -> 4 prompt tokens
+HELLO: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is Python?"}
+]  # 15 characters -> 4 prompt tokens
 
 
 def upstream_calls(stack: RunningStack) -> int:
