@@ -81,6 +81,17 @@ class Services:
     upstream: UpstreamClient
 
 
+@dataclass(frozen=True)
+class _Ticket:
+    """What an admitted request carries to settlement."""
+
+    admission: Admission
+    store: CounterStore
+    pricing: Mapping[str, Any] | None
+    reservation: int  # output tokens reserved: charged when the upstream reports no usage
+    hide_usage_chunk: bool  # the sidecar asked for the stream's usage event; the client did not
+
+
 def _window_text(lim: Limit) -> str:
     if lim.period:
         return f"per {lim.period}"
@@ -213,6 +224,7 @@ class Proxy:
 
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
         forwarded = raw
+        hide_usage_chunk = False
         if body is not None and ep.api in _GENERATING_APIS:
             changed = False
             # Only blocking caps rewrite the body: under `warn`/`monitor` enforcement nothing is enforced.
@@ -221,14 +233,17 @@ class Proxy:
                 apply_token_cap(ep, body, min(caps))
                 changed = True
             if norm.stream and request_stream_usage(ep, body):
-                changed = True
+                changed = hide_usage_chunk = True
             if changed:
                 forwarded = orjson.dumps(body)
-        reservation = self._reservation(norm, limits)
-        pricing = decision.get("pricing") if decision is not None else None
-        return await self._forward(
-            request, ep, forwarded, norm, extra, admission, store, pricing, reservation, rec
+        ticket = _Ticket(
+            admission=admission,
+            store=store,
+            pricing=decision.get("pricing") if decision is not None else None,
+            reservation=self._reservation(norm, limits),
+            hide_usage_chunk=hide_usage_chunk,
         )
+        return await self._forward(request, ep, forwarded, norm, extra, ticket, rec)
 
     # ---------------------------------------------------------------------------------------
     def _input(
@@ -463,10 +478,7 @@ class Proxy:
         body: bytes,
         norm: Normalised,
         extra: CIMultiDict[str],
-        admission: Admission,
-        store: CounterStore,
-        pricing: Mapping[str, Any] | None,
-        reservation: int,
+        ticket: _Ticket,
         rec: DecisionRecord,
     ) -> web.StreamResponse:
         rec.warnings = len(extra.getall(WARNING_HEADER, []))
@@ -485,33 +497,26 @@ class Proxy:
                 norm.stream,
             )
             rec.upstream = target.name
-            reply = await self.s.upstream.relay(request, resp, target, started, extra, norm.stream)
+            reply = await self.s.upstream.relay(
+                request, resp, target, started, extra, norm.stream, ticket.hide_usage_chunk
+            )
         except UpstreamError as exc:
             rec.outcome, rec.code = "upstream_error", exc.code
-            await self._refund(admission, store)
+            await self._refund(ticket.admission, ticket.store)
             return upstream_error_response(exc, rec.decision_id, headers=extra)
         except asyncio.CancelledError:
             # shutdown cancelled the call: give the reservation back before going
-            await asyncio.shield(self._refund(admission, store))
+            await asyncio.shield(self._refund(ticket.admission, ticket.store))
             raise
         rec.upstream_ms = round(reply.seconds * 1000, 3)
         if not reply.response.prepared:
             # Send the reply first: settling is bookkeeping the client need not wait for.
             await reply.response.prepare(request)
             await reply.response.write_eof()
-        await self._settle(reply, norm, admission, store, pricing, reservation, rec)
+        await self._settle(reply, norm, ticket, rec)
         return reply.response
 
-    async def _settle(
-        self,
-        reply: Reply,
-        norm: Normalised,
-        admission: Admission,
-        store: CounterStore,
-        pricing: Mapping[str, Any] | None,
-        reservation: int,
-        rec: DecisionRecord,
-    ) -> None:
+    async def _settle(self, reply: Reply, norm: Normalised, ticket: _Ticket, rec: DecisionRecord) -> None:
         if reply.status >= 400 and reply.counts is None:
             counts = TokenCounts(0, 0)  # refused by the upstream: nothing was generated
         elif reply.counts is not None:
@@ -520,8 +525,8 @@ class Proxy:
             counts = TokenCounts(0, 0)
         else:
             # No usage reported (or the stream broke before it): the reservation stands.
-            counts = TokenCounts(norm.prompt_tokens, reservation)
-        cost = cost_micros(pricing, counts)
+            counts = TokenCounts(norm.prompt_tokens, ticket.reservation)
+        cost = cost_micros(ticket.pricing, counts)
         rec.prompt_tokens, rec.completion_tokens, rec.cost_usd_micros = (
             counts.prompt_tokens,
             counts.completion_tokens,
@@ -532,7 +537,9 @@ class Proxy:
         metrics.tokens.labels("completion").inc(counts.completion_tokens)
         metrics.cost.inc(cost)
         try:
-            await store.settle(admission, Usage(counts.prompt_tokens, counts.completion_tokens, cost))
+            await ticket.store.settle(
+                ticket.admission, Usage(counts.prompt_tokens, counts.completion_tokens, cost)
+            )
         except CounterStoreError as exc:
             metrics.redis_errors.inc()
             logger.warning("settling %s failed (its reservation expires by TTL): %s", rec.decision_id, exc)

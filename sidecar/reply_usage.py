@@ -6,6 +6,7 @@ only lines that can carry counts are decoded, so pass-through stays cheap.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,3 +93,57 @@ class StreamScanner:
             return
         if found is not None:
             self.counts = found
+
+
+_EVENT_END = re.compile(rb"\r?\n\r?\n")
+_MAX_PENDING = 65536
+
+
+def _usage_only(event: bytes) -> bool:
+    text = event.strip()
+    if not text.startswith(b"data:") or b"usage" not in text:
+        return False
+    try:
+        doc = orjson.loads(text[5:].strip())
+    except orjson.JSONDecodeError:
+        return False
+    return isinstance(doc, dict) and doc.get("choices") == [] and isinstance(doc.get("usage"), dict)
+
+
+class UsageChunkFilter:
+    """Removes the usage-only SSE event from a stream whose usage the sidecar asked for itself.
+
+    A client that did not ask for `stream_options.include_usage` may index `choices[0]` of every
+    chunk; the extra event (empty `choices`) would break it. Events are passed on whole, as soon as
+    their blank-line terminator arrives; only text around a `"choices":[]` is ever decoded.
+    """
+
+    __slots__ = ("_pending",)
+
+    def __init__(self) -> None:
+        self._pending = b""
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._pending + chunk if self._pending else chunk
+        ends = [m.end() for m in _EVENT_END.finditer(data)]
+        if not ends:
+            if len(data) > _MAX_PENDING:  # not SSE framing after all: stop holding bytes back
+                self._pending = b""
+                return data
+            self._pending = data
+            return b""
+        complete, self._pending = data[: ends[-1]], data[ends[-1] :]
+        if b'"choices":[]' not in complete and b'"choices": []' not in complete:
+            return complete
+        kept: list[bytes] = []
+        start = 0
+        for end in _EVENT_END.finditer(complete):
+            event = complete[start : end.end()]
+            if not _usage_only(event):
+                kept.append(event)
+            start = end.end()
+        return b"".join(kept)
+
+    def finish(self) -> bytes:
+        rest, self._pending = self._pending, b""
+        return b"" if _usage_only(rest) else rest

@@ -22,7 +22,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
 from sidecar.metrics import Metrics
-from sidecar.reply_usage import StreamScanner, TokenCounts, counts_of_body
+from sidecar.reply_usage import StreamScanner, TokenCounts, UsageChunkFilter, counts_of_body
 from sidecar.settings import Settings, UpstreamSettings, upstream_secret
 
 _HOP_BY_HOP = frozenset(
@@ -208,8 +208,13 @@ class UpstreamClient:
         started: float,
         extra_headers: Mapping[str, str] | CIMultiDict[str],
         stream_requested: bool,
+        hide_usage_chunk: bool = False,
     ) -> Reply:
-        """Pass the reply to the client (streamed or whole) and read its token counts on the way."""
+        """Pass the reply to the client (streamed or whole) and read its token counts on the way.
+
+        `hide_usage_chunk`: the sidecar added `stream_options.include_usage`; the usage-only event it
+        caused is read for settling but not passed on.
+        """
         headers: CIMultiDict[str] = CIMultiDict(
             (k, v) for k, v in resp.headers.items() if k.lower() not in _RESPONSE_DROP
         )
@@ -231,7 +236,8 @@ class UpstreamClient:
                 counts = counts_of_body(raw) if resp.status < 400 else None
                 out = web.Response(status=resp.status, body=raw, headers=headers)
                 return Reply(out, resp.status, upstream.name, counts, True, seconds)
-            return await self._stream(request, resp, upstream, started, headers)
+            hide = hide_usage_chunk and content_type.startswith("text/event-stream")
+            return await self._stream(request, resp, upstream, started, headers, hide)
         finally:
             resp.release()
 
@@ -242,16 +248,24 @@ class UpstreamClient:
         upstream: UpstreamSettings,
         started: float,
         headers: CIMultiDict[str],
+        hide_usage_chunk: bool,
     ) -> Reply:
         out = web.StreamResponse(status=resp.status, headers=headers)
         scanner = StreamScanner()
+        usage_filter = UsageChunkFilter() if hide_usage_chunk else None
         complete = False
         try:
             await out.prepare(request)
             async for chunk in resp.content.iter_any():
                 scanner.feed(chunk)
+                if usage_filter is not None:
+                    chunk = usage_filter.feed(chunk)
+                    if not chunk:
+                        continue
                 await out.write(chunk)
             scanner.finish()
+            if usage_filter is not None and (rest := usage_filter.finish()):
+                await out.write(rest)
             await out.write_eof()
             complete = True
         except (ConnectionResetError, ConnectionError):

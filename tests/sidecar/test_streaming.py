@@ -12,6 +12,7 @@ import orjson
 import pytest
 import redis
 
+from sidecar.reply_usage import UsageChunkFilter
 from tests.sidecar.app_support import Harness, demo_server, harness, start_policy_opa
 from tests.support.servers import OpaServer, RedisServer
 
@@ -86,13 +87,7 @@ async def _settled(redis_url: str, expected: int) -> int:
     return value
 
 
-async def test_sse_stream_passes_through_and_settles_real_usage(h: Harness, redis_url: str) -> None:
-    body = {
-        "model": "tinyllama",
-        "stream": True,
-        "max_tokens": 100,
-        "messages": [{"role": "user", "content": "Tell me a story " * 20}],
-    }
+async def _sse(h: Harness, body: dict[str, object]) -> tuple[list[str], list[float]]:
     arrivals: list[float] = []
     raw = b""
     async with h.session.post(h.url("/v1/chat/completions"), json=body) as resp:
@@ -101,16 +96,54 @@ async def test_sse_stream_passes_through_and_settles_real_usage(h: Harness, redi
         async for chunk in resp.content.iter_any():
             arrivals.append(time.monotonic())
             raw += chunk
+    return [line[6:] for line in raw.decode().splitlines() if line.startswith("data: ")], arrivals
+
+
+async def test_sse_stream_passes_through_and_settles_real_usage(h: Harness, redis_url: str) -> None:
+    content = "Tell me a story " * 20  # 320 characters: 80 prompt tokens for the demo model
+    body = {
+        "model": "tinyllama",
+        "stream": True,
+        "max_tokens": 100,
+        "messages": [{"role": "user", "content": content}],
+    }
+    events, arrivals = await _sse(h, body)
     # chunk by chunk: the reply arrived over time, not in one piece at the end
     assert len(arrivals) > 3
     assert arrivals[-1] - arrivals[0] > 0.1
-    events = [line[6:] for line in raw.decode().splitlines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
-    usage = orjson.loads(events[-2])["usage"]  # the sidecar asked for stream_options.include_usage
-    assert usage["completion_tokens"] == 12
-    expected = math.ceil(usage["prompt_tokens"] * 3.0 + usage["completion_tokens"] * 7.0)
-    # the reservation (max_tokens 100) was replaced by the real usage
+    chunks = [orjson.loads(e) for e in events[:-1]]
+    # the sidecar asked for the usage event itself; the client, which did not, never sees it
+    assert all(c["choices"] for c in chunks)
+    expected = math.ceil(80 * 3.0 + 12 * 7.0)
+    # the reservation (prompt estimate + max_tokens 100) was replaced by the real usage
     assert await _settled(redis_url, expected) == expected
+
+
+async def test_sse_usage_event_reaches_a_client_that_asked(h: Harness, redis_url: str) -> None:
+    body = {
+        "model": "tinyllama",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "abcd" * 10}],
+    }
+    events, _ = await _sse(h, body)
+    usage = orjson.loads(events[-2])["usage"]
+    assert usage == {"prompt_tokens": 10, "completion_tokens": 12, "total_tokens": 22}
+    assert await _settled(redis_url, 114) == 114  # 10 x 3.0 + 12 x 7.0 micro-USD
+
+
+def test_usage_filter_handles_any_chunking() -> None:
+    events = [
+        b'data: {"choices":[{"delta":{"content":"a"}}],"usage":null}\n\n',
+        b'data: {"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2}}\r\n\r\n',
+        b"data: [DONE]\n\n",
+    ]
+    stream = b"".join(events)
+    for size in (1, 3, 7, len(stream)):
+        f = UsageChunkFilter()
+        out = b"".join(f.feed(stream[i : i + size]) for i in range(0, len(stream), size)) + f.finish()
+        assert out == events[0] + events[2], size
 
 
 async def test_ollama_ndjson_stream_is_settled_from_eval_counts(h: Harness, redis_url: str) -> None:
