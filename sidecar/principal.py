@@ -61,7 +61,9 @@ class PrincipalResolver:
 
     def resolve(self, headers: Mapping[str, str]) -> Principal:
         """The principal of a request, or Unauthenticated (401). Never reveals which part failed."""
-        presented = _presented_key(headers)
+        # With no keys configured, keys are not in use: a placeholder some SDKs insist on sending
+        # (`api_key="unused"`) must not turn an anonymous or trusted-header setup into a 401.
+        presented = _presented_key(headers) if self._keys else None
         if presented is not None:
             principal = self._match(presented)
             if principal is None:

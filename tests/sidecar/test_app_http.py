@@ -147,6 +147,11 @@ async def test_health_ready_metrics(h: Harness) -> None:
         assert name in text
 
 
+async def test_placeholder_key_is_ignored_when_no_keys_are_configured(h: Harness) -> None:
+    status, _, _ = await _json(h, "POST", "/api/chat", json=CHAT, headers={"Authorization": "Bearer unused"})
+    assert status == 200
+
+
 async def test_trusted_headers_principal(h: Harness) -> None:
     status, _, _ = await _json(
         h, "POST", "/api/chat", json=CHAT, headers={"X-Hexarch-User": "bob", "X-Hexarch-Roles": "admin,dev"}
