@@ -91,6 +91,7 @@ OTHER_KEYS: dict[str, tuple[str, ...]] = {
     "confirmation": ("operation", "resource_types", "resource", "action"),
     "feature": ("enabled", "requires_approval", "approvers", "action"),
 }
+KIND_KEY_NAMES = tuple(k for ids in KIND_KEYS.values() for k in ids)
 LIMIT_KINDS = ("rate", "budget", "tokens")
 
 # key -> (limit id suffix, window seconds, budget period)
@@ -505,11 +506,12 @@ def _rule(v: _Validator, node: Node, index: int) -> Rule | None:
                 f"rule mixes keys of {len(kinds)} rule kinds: {named}",
                 "split it into one rule per kind",
             )
-        elif not unknown:
+        elif not any(did_you_mean(name, KIND_KEY_NAMES) for _, name in unknown):
+            # Unless a typo of a kind key explains it (reported above), say what is missing.
             v.error(
                 node,
                 "rule has no key that gives its kind",
-                "add one of " + ", ".join(k for ids in KIND_KEYS.values() for k in ids),
+                "add one of " + ", ".join(KIND_KEY_NAMES),
             )
         return None
     kind = kinds[0]

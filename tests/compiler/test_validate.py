@@ -165,6 +165,12 @@ def test_file_mistakes(text: str, fragment: str) -> None:
     assert any(fragment in line for line in found), found
 
 
+def test_rule_of_unknown_keys_only() -> None:
+    found = errors("policies:\n- id: p\n  rules:\n  - {colour: blue}\n")
+    assert any("unknown key 'colour' in a rule" in line for line in found)
+    assert any("4:5: error: rule has no key that gives its kind" in line for line in found)
+
+
 def test_disabled_policies_are_still_validated() -> None:
     found = errors("policies:\n- id: p\n  enabled: false\n  rules: [{requests_per_minut: 1}]\n")
     assert found == [
