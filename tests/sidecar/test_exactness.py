@@ -128,13 +128,18 @@ async def test_200_concurrent_requests_never_settle_more_than_the_budget(
             *(_fire(session, f"{sidecars[i % 2]}/budgeted/chat", body) for i in range(200))
         )
     statuses = Counter(status for status, _ in results)
-    assert set(statuses) <= {200, 429}, statuses
+    # 503 would only mean a sidecar ran out of Redis connections under load; never a 2xx over budget
+    assert set(statuses) <= {200, 429, 503}, statuses
     assert statuses[200] >= 1 and statuses[429] >= 1, statuses
-    # settling happens right after each reply is sent: give the last ones a moment
     client = redis.Redis.from_url(redis_url)
-    keys = [k for k in client.scan_iter("hexarch:{budgeted}:api_budget/*")]
+    # each reply is sent before its settlement runs: wait for the last reservations to be settled
+    deadline = asyncio.get_running_loop().time() + 5
+    while list(client.scan_iter("hexarch:{budgeted}:rsv:*")):
+        assert asyncio.get_running_loop().time() < deadline, "reservations were never settled"
+        await asyncio.sleep(0.05)
+    keys = list(client.scan_iter("hexarch:{budgeted}:api_budget/*"))
     assert len(keys) == 1, keys
-    await asyncio.sleep(0.3)
     settled = int(client.get(keys[0]) or 0)
     assert 0 < settled <= BUDGET_MICROS
-    assert not list(client.scan_iter("hexarch:{budgeted}:rsv:*")), "every reservation was settled"
+    # and the budget was actually used up, not refused early: one more request would not fit
+    assert settled > BUDGET_MICROS - 2 * 60, settled
