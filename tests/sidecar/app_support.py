@@ -15,13 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
+import redis
 from aiohttp.test_utils import TestServer
 
 from compiler.api import compile_policy
 from sidecar.app import create_app
 from sidecar.demo_model import DemoSettings, create_demo_app
 from sidecar.settings import Settings, load_settings
-from tests.support.servers import ROOT, OpaServer, free_port, start_opa
+from tests.support.servers import ROOT, OpaServer, RedisServer, free_port, start_opa
 
 EXAMPLE = ROOT / "examples" / "hexarch.yaml"
 OPS_KEY = "hexarch-demo-ops-bot"  # admin (sha256 in examples/hexarch.yaml)
@@ -55,6 +57,25 @@ def start_policy_opa(policy: Path, tmp: Path) -> OpaServer:
     path = tmp / f"bundle-{bundle.revision[:12]}.tar.gz"
     path.write_bytes(bundle.data)
     return start_opa(["-b", str(path)], tmp)
+
+
+def policy_opa(policy_text: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
+    """Body of a module fixture: OPA with `policy_text` compiled into its bundle, stopped afterwards."""
+    tmp = tmp_path_factory.mktemp("opa")
+    policy = tmp / "policy.yaml"
+    policy.write_text(policy_text)
+    server = start_policy_opa(policy, tmp)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def flushed_redis_url(server: RedisServer, db: int) -> str:
+    """A URL of database `db` of the session's Redis, emptied (each test module owns one db)."""
+    url = f"redis://127.0.0.1:{server.port}/{db}"
+    redis.Redis.from_url(url).flushdb()
+    return url
 
 
 @dataclass

@@ -6,9 +6,14 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.sidecar.app_support import Harness, demo_server, harness, start_policy_opa
+from tests.sidecar.app_support import (
+    Harness,
+    demo_server,
+    flushed_redis_url,
+    harness,
+    policy_opa,
+)
 from tests.support.servers import OpaServer, RedisServer
 
 POLICY = """
@@ -36,20 +41,12 @@ CHAT = {"model": "tinyllama", "messages": [{"role": "user", "content": "hi"}], "
 
 @pytest.fixture(scope="module")
 def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
-    tmp = tmp_path_factory.mktemp("opa-warn")
-    policy = tmp / "policy.yaml"
-    policy.write_text(POLICY)
-    server = start_policy_opa(policy, tmp)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from policy_opa(POLICY, tmp_path_factory)
 
 
 @pytest.fixture
 async def h(opa: OpaServer, redis_server: RedisServer, tmp_path: Path) -> AsyncIterator[Harness]:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-    redis.Redis.from_url(url).flushdb()
+    url = flushed_redis_url(redis_server, DB)
     async with demo_server() as demo, harness(POLICY, tmp_path, opa, url, demo) as h:
         yield h
 

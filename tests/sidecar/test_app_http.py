@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 
-from tests.sidecar.app_support import Harness, demo_server, harness, start_policy_opa
+from tests.sidecar.app_support import Harness, demo_server, flushed_redis_url, harness, policy_opa
 from tests.support.servers import OpaServer, RedisServer, free_port
 
 POLICY = """
@@ -61,21 +60,12 @@ def policy(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="module")
 def opa(tmp_path_factory: pytest.TempPathFactory, policy: str) -> Iterator[OpaServer]:
-    tmp = tmp_path_factory.mktemp("opa-http")
-    path = tmp / "policy.yaml"
-    path.write_text(policy)
-    server = start_policy_opa(path, tmp)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from policy_opa(policy, tmp_path_factory)
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return flushed_redis_url(redis_server, DB)
 
 
 @pytest.fixture

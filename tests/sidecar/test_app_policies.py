@@ -21,8 +21,9 @@ from tests.sidecar.app_support import (
     demo_server,
     example_policies,
     example_sidecar_block,
+    flushed_redis_url,
     harness,
-    start_policy_opa,
+    policy_opa,
 )
 from tests.support.servers import OpaServer, RedisServer
 
@@ -54,21 +55,12 @@ DB = 3
 
 @pytest.fixture(scope="module")
 def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
-    tmp = tmp_path_factory.mktemp("opa-example")
-    policy = tmp / "policy.yaml"
-    policy.write_text(CONFIG)
-    server = start_policy_opa(policy, tmp)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from policy_opa(CONFIG, tmp_path_factory)
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return flushed_redis_url(redis_server, DB)
 
 
 @pytest.fixture

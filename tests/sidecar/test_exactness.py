@@ -15,7 +15,13 @@ import aiohttp
 import pytest
 import redis
 
-from tests.sidecar.app_support import demo_server, serving, start_policy_opa, with_upstream
+from tests.sidecar.app_support import (
+    demo_server,
+    flushed_redis_url,
+    policy_opa,
+    serving,
+    with_upstream,
+)
 from tests.support.servers import OpaServer, RedisServer
 
 LIMIT = 25
@@ -61,21 +67,12 @@ DB = 4
 
 @pytest.fixture(scope="module")
 def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
-    tmp = tmp_path_factory.mktemp("opa-exact")
-    policy = tmp / "policy.yaml"
-    policy.write_text(POLICY)
-    server = start_policy_opa(policy, tmp)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from policy_opa(POLICY, tmp_path_factory)
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return flushed_redis_url(redis_server, DB)
 
 
 @pytest.fixture

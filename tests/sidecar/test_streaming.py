@@ -13,7 +13,13 @@ import pytest
 import redis
 
 from sidecar.reply_usage import UsageChunkFilter
-from tests.sidecar.app_support import Harness, demo_server, harness, start_policy_opa
+from tests.sidecar.app_support import (
+    Harness,
+    demo_server,
+    flushed_redis_url,
+    harness,
+    policy_opa,
+)
 from tests.support.servers import OpaServer, RedisServer
 
 POLICY = """
@@ -45,21 +51,12 @@ DB = 5
 
 @pytest.fixture(scope="module")
 def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
-    tmp = tmp_path_factory.mktemp("opa-stream")
-    policy = tmp / "policy.yaml"
-    policy.write_text(POLICY)
-    server = start_policy_opa(policy, tmp)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from policy_opa(POLICY, tmp_path_factory)
 
 
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
-    url = f"redis://127.0.0.1:{redis_server.port}/{DB}"
-    redis.Redis.from_url(url).flushdb()
-    return url
+    return flushed_redis_url(redis_server, DB)
 
 
 @pytest.fixture
