@@ -380,6 +380,12 @@ class Stack:
             str(config),
             "--log-level",
             "error",
+            # Bundle data is kept as AST, so a decision does not convert data.hexarch.config from Go
+            # values on every query (docs/performance.md measures the difference).
+            "--optimize-store-for-read-speed",
+            "--skip-version-check",  # no call to GitHub from a local stack
+            "--shutdown-grace-period",
+            "2",
         ]
         child = self._spawn("opa", cmd)
         self._wait(f"{self.opa_url}/health?bundles", "OPA with the hexarch bundle", child)
