@@ -9,14 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Union
 
 import yaml
 
 from compiler.diagnostics import Diagnostic
 from compiler.errors import PolicyError
 
-Scalar = Union[str, int, float, bool, None]
+Scalar = str | int | float | bool | None
 
 
 @dataclass(frozen=True)
@@ -81,12 +80,16 @@ def _scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Scalar:
     return str(node.value)
 
 
-def _convert(loader: yaml.SafeLoader, node: yaml.Node, path: str, file: str, errors: list[Diagnostic]) -> Node:
+def _convert(
+    loader: yaml.SafeLoader, node: yaml.Node, path: str, file: str, errors: list[Diagnostic]
+) -> Node:
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
     if isinstance(node, yaml.ScalarNode):
         return Node(_scalar(loader, node), "scalar", line, col, path, file)
     if isinstance(node, yaml.SequenceNode):
-        items = tuple(_convert(loader, child, _child_path(path, i), file, errors) for i, child in enumerate(node.value))
+        items = tuple(
+            _convert(loader, child, _child_path(path, i), file, errors) for i, child in enumerate(node.value)
+        )
         return Node(items, "sequence", line, col, path, file)
     if isinstance(node, yaml.MappingNode):
         pairs: list[tuple[Node, Node]] = []

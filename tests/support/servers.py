@@ -77,8 +77,24 @@ class RedisServer:
 def start_redis(port: int | None = None, extra: list[str] | None = None) -> RedisServer:
     binary = find_binary("redis-server", "HEXARCH_REDIS_SERVER")
     port = port or free_port()
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-            "--maxmemory", "64mb", "--daemonize", "no", "--loglevel", "warning", *(extra or [])]
+    args = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--maxmemory",
+        "64mb",
+        "--daemonize",
+        "no",
+        "--loglevel",
+        "warning",
+        *(extra or []),
+    ]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     server = RedisServer(port, proc)
     wait_for(server.ping, 10, f"redis-server on {port}")
