@@ -18,7 +18,6 @@ JSON = "application/json"
 
 
 def error_body(
-    status: int,
     message: str,
     *,
     code: str,
@@ -56,7 +55,6 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     body = error_body(
-        status,
         message,
         code=code,
         type_=type_,

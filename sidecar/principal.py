@@ -24,7 +24,7 @@ class Principal:
     roles: tuple[str, ...]
     tier: str | None
     authenticated: bool
-    via: str  # "api_key" | "trusted_headers" | "anonymous" | "none"
+    via: str  # "api_key" | "trusted_headers" | "anonymous"
 
     def document(self) -> dict[str, Any]:
         return {
@@ -34,9 +34,6 @@ class Principal:
             "tier": self.tier,
             "authenticated": self.authenticated,
         }
-
-
-NOBODY = Principal("anonymous", None, (), None, False, "none")
 
 
 class PrincipalResolver:

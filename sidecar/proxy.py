@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -55,13 +54,12 @@ from sidecar.metrics import Metrics
 from sidecar.opa_client import OpaClient
 from sidecar.principal import Principal, PrincipalResolver
 from sidecar.reply_usage import TokenCounts
-from sidecar.settings import Settings
+from sidecar.settings import PLAIN_PLACEHOLDER, Settings
 from sidecar.upstream import Reply, UpstreamClient
 
 logger = logging.getLogger("hexarch.sidecar")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 WARNING_HEADER = "X-Hexarch-Warning"
 DECISION_HEADER = "X-Hexarch-Decision-Id"
 _GENERATING_APIS = frozenset({"openai.chat", "openai.completions", "ollama.chat", "ollama.generate", "json"})
@@ -469,7 +467,7 @@ class Proxy:
             return ep.upstream_path
         # Placeholders were checked against the route path when the settings were loaded.
         info = request.match_info
-        return _PLACEHOLDER.sub(lambda m: quote(info.get(m.group(1), ""), safe=""), ep.upstream_path)
+        return PLAIN_PLACEHOLDER.sub(lambda m: quote(info.get(m.group(1), ""), safe=""), ep.upstream_path)
 
     async def _forward(
         self,

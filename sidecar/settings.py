@@ -437,9 +437,9 @@ def _route(node: Node, c: _Collector) -> RouteSettings | None:
         if not upstream_path.startswith("/"):
             c.add(upstream_path_node.diag(f"upstream_path '{upstream_path}' must start with '/'"))
         else:
-            plain = _PLAIN_PLACEHOLDER.sub("", upstream_path)
+            plain = PLAIN_PLACEHOLDER.sub("", upstream_path)
             defined = _placeholders(path) if path else set()
-            missing = set(_PLAIN_PLACEHOLDER.findall(upstream_path)) - defined
+            missing = set(PLAIN_PLACEHOLDER.findall(upstream_path)) - defined
             if "{" in plain or "}" in plain:
                 message = f"upstream_path '{upstream_path}' may only use plain {{name}} placeholders"
                 c.add(upstream_path_node.diag(message))
@@ -464,7 +464,7 @@ def _route(node: Node, c: _Collector) -> RouteSettings | None:
     )
 
 
-_PLAIN_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+PLAIN_PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::[^{}]*)?\}")
 
 

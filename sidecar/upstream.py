@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -78,12 +78,6 @@ class _Breaker:
         self.open_until = 0.0
 
 
-@dataclass
-class _Attempts:
-    last: UpstreamError | None = None
-    tried: list[str] = field(default_factory=list)
-
-
 class UpstreamClient:
     def __init__(self, settings: Settings, metrics: Metrics, env: Mapping[str, str] | None = None) -> None:
         self._upstreams = settings.upstreams
@@ -134,13 +128,13 @@ class UpstreamClient:
         """Send the request through the retry/fallback chain; the response is open, headers read."""
         assert self._session is not None, "UpstreamClient.start() was not awaited"
         chain = [upstream, *(self._upstreams[n] for n in upstream.fallback if n in self._upstreams)]
-        attempts = _Attempts()
+        last: UpstreamError | None = None
         for target in chain:
             breaker = self._breakers.setdefault(target.name, _Breaker())
             if breaker.is_open(time.monotonic()):
                 # A circuit opened by repeated failures: go straight to the next fallback.
                 self._metrics.upstream_errors.labels(target.name, "circuit_open").inc()
-                attempts.last = attempts.last or UpstreamUnavailable(
+                last = last or UpstreamUnavailable(
                     f"upstream '{target.name}' is failing; its circuit is open"
                 )
                 continue
@@ -153,7 +147,6 @@ class UpstreamClient:
             for attempt in range(target.retries + 1):
                 if attempt:
                     await asyncio.sleep(min(1.0, 0.05 * 2 ** (attempt - 1)))
-                attempts.tried.append(target.name)
                 started = time.perf_counter()
                 outcome = await self._attempt(
                     target, method, self._url(target, path, query), body, headers, timeout
@@ -161,12 +154,12 @@ class UpstreamClient:
                 if isinstance(outcome, aiohttp.ClientResponse):
                     breaker.succeeded()
                     return outcome, target, started
-                attempts.last = outcome
+                last = outcome
                 breaker.failed(target, time.monotonic())
                 if breaker.is_open(time.monotonic()):
                     break
-        assert attempts.last is not None
-        raise attempts.last
+        assert last is not None
+        raise last
 
     async def _attempt(
         self,
