@@ -453,6 +453,7 @@ def run(args: argparse.Namespace) -> int:
         demo_port=args.demo_port,
         work_dir=Path(args.work_dir),
         demo_latency_ms=args.demo_latency_ms,
+        demo_failure_rate=args.demo_failure_rate,
     )
     stop = threading.Event()
 
@@ -510,6 +511,9 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--redis-port", type=int, default=None, help="default: 6379 if free, else any")
     parser.add_argument("--demo-port", type=int, default=None, help="default: 11434 if free, else any")
     parser.add_argument("--demo-latency-ms", type=float, default=0.0, help="demo model latency")
+    parser.add_argument(
+        "--demo-failure-rate", type=float, default=0.0, help="share of demo model calls answered 500"
+    )
     parser.add_argument(
         "--work-dir", default=".hexarch/run", help="logs and OPA config (default .hexarch/run)"
     )

@@ -41,6 +41,7 @@ def e2e_policy(target: Path, *, temperature_max: float = 1.0, api_key: bool = Tr
             "rules": [{"resource": LIMITED_MODEL, "requests_per_minute": LIMITED_RPM, "action": "block"}],
         }
     )
+    doc["sidecar"].pop("api_keys", None)
     if api_key:
         doc["sidecar"]["api_keys"] = [{"id": "alice", "key_env": "HEXARCH_E2E_KEY", "roles": ["admin"]}]
     target.write_text(yaml.safe_dump(doc, sort_keys=False))
