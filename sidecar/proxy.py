@@ -507,11 +507,15 @@ class Proxy:
             await asyncio.shield(self._refund(ticket.admission, ticket.store))
             raise
         rec.upstream_ms = round(reply.seconds * 1000, 3)
-        if not reply.response.prepared:
-            # Send the reply first: settling is bookkeeping the client need not wait for.
-            await reply.response.prepare(request)
-            await reply.response.write_eof()
-        await self._settle(reply, norm, ticket, rec)
+        try:
+            if not reply.response.prepared:
+                # Send the reply first: settling is bookkeeping the client need not wait for.
+                await reply.response.prepare(request)
+                await reply.response.write_eof()
+        except ConnectionError:
+            pass  # the client left; the upstream's work was done all the same and is charged
+        finally:
+            await self._settle(reply, norm, ticket, rec)
         return reply.response
 
     async def _settle(self, reply: Reply, norm: Normalised, ticket: _Ticket, rec: DecisionRecord) -> None:
