@@ -90,6 +90,15 @@ def up(tmp_path: Path) -> Iterator[Up]:
     policy = e2e_policy(tmp_path / "hexarch.yaml", api_key=False)
     port = free_port()
     output = tmp_path / "up.out"
+    # Explicit ports for the private parts too: parallel test runs must not race for 6379/8181/11434.
+    private = [
+        "--redis-port",
+        str(free_port()),
+        "--opa-port",
+        str(free_port()),
+        "--demo-port",
+        str(free_port()),
+    ]
     cmd = [
         *HEXARCH,
         "up",
@@ -98,6 +107,7 @@ def up(tmp_path: Path) -> Iterator[Up]:
         "--demo",
         "--port",
         str(port),
+        *private,
         "--work-dir",
         str(tmp_path / "run"),
     ]
