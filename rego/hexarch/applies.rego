@@ -12,21 +12,21 @@ import data.hexarch.lib.request
 # description: >-
 #   True when the rule's resource is "*", is one of input.resources, or input.resources is
 #   missing (a missing field makes every rule apply).
-resource_matches(resource) if resource == "*"
+resource_matches(resource) if resource in _matching_resources
 
 resource_matches(_) if not request.resources_known
 
-resource_matches(resource) if resource in request.resource_set
+_matching_resources := request.resource_set | {"*"}
 
 # METADATA
 # title: Operation matches
 # description: >-
 #   True when the rule's operation is "*", equals input.operation, or input.operation is missing.
-operation_matches(operation) if operation == "*"
-
-operation_matches(_) if not request.operation_known
+operation_matches("*")
 
 operation_matches(operation) if operation == request.operation
+
+operation_matches(_) if not request.operation_known
 
 # METADATA
 # title: Rule applies
@@ -48,10 +48,13 @@ rule_action(rule) := action if {
 
 # METADATA
 # title: Rule active
-# description: True when the rule applies and its action is not allow (allow adds nothing).
+# description: >-
+#   True when the rule applies and its action is not allow (allow adds nothing). The hot path of
+#   every check, so it is written out rather than calling applies and rule_action.
 active(rule) if {
-	rule_action(rule) != "allow"
-	applies(rule)
+	not rule.action == "allow"
+	resource_matches(object.get(rule, "resource", "*"))
+	operation_matches(object.get(rule, "operation", "*"))
 }
 
 # METADATA

@@ -18,10 +18,10 @@ config := data.hexarch.config if {
 	present
 } else := {}
 
-# The lists are used as they are (no per-entry copy: this runs on every request); the compiler
-# writes only objects into them.
-_entries(name) := config[name] if {
-	is_array(config[name])
+# Each list is read straight from data (not through `config`, which would materialise the whole
+# document on every request) and used as it is: the compiler writes only objects into them.
+_entries(name) := data.hexarch.config[name] if {
+	is_array(data.hexarch.config[name])
 } else := []
 
 # METADATA

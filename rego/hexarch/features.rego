@@ -47,6 +47,6 @@ approver(rule) if {
 	role in rule.approver_roles
 }
 
-_who := sprintf("principal %q", [request.principal_id]) if request.principal_id
-
-else := "an unidentified principal"
+_who := sprintf("principal %q", [request.principal_id]) if {
+	request.principal_id
+} else := "an unidentified principal"

@@ -42,11 +42,11 @@ _scope(entry) := entry.scope if {
 	entry.scope in {"global", "principal", "team"}
 } else := "global"
 
-_subject(entry) := request.principal_subject if {
-	_scope(entry) == "principal"
-} else := request.team_subject if {
-	_scope(entry) == "team"
-} else := object.get(entry, "resource", "*")
+_subject("principal", _) := request.principal_subject
+
+_subject("team", _) := request.team_subject
+
+_subject("global", entry) := object.get(entry, "resource", "*")
 
 # warn and monitor enforcement never block on a limit; otherwise a limit blocks unless it warns.
 _action(entry) := "block" if {
@@ -54,37 +54,45 @@ _action(entry) := "block" if {
 	applies.rule_action(entry) != "warn"
 } else := "warn"
 
-_common(entry, cost) := {
-	"id": entry.id,
-	"policy": object.get(entry, "policy", ""),
-	"scope": _scope(entry),
-	"subject": _subject(entry),
-	"limit": entry.limit,
-	"cost": cost,
-	"warn_at": object.get(entry, "warn_at", null),
-	"action": _action(entry),
-}
-
 _token_cost(entry) := output_reservation if {
 	entry.window_seconds == 0
 } else := token_cost
 
-_rows contains [object.get(entry, "policy", ""), object.get(entry, "rule", 0), entry.id, item] if {
+# One row per applying limit: [policy, rule, id, item], so sorting the rows orders the items.
+_rows contains [policy, object.get(entry, "rule", 0), entry.id, item] if {
 	some entry in compiled.rate_limits
 	applies.active(entry)
-	item := object.union(_common(entry, 1), {"unit": "requests", "window_seconds": entry.window_seconds})
+	policy := object.get(entry, "policy", "")
+	scope := _scope(entry)
+	item := {
+		"id": entry.id, "policy": policy, "unit": "requests", "window_seconds": entry.window_seconds,
+		"scope": scope, "subject": _subject(scope, entry), "limit": entry.limit, "cost": 1,
+		"warn_at": object.get(entry, "warn_at", null), "action": _action(entry),
+	}
 }
 
-_rows contains [object.get(entry, "policy", ""), object.get(entry, "rule", 0), entry.id, item] if {
+_rows contains [policy, object.get(entry, "rule", 0), entry.id, item] if {
 	some entry in compiled.token_limits
 	applies.active(entry)
-	item := object.union(_common(entry, _token_cost(entry)), {"unit": "tokens", "window_seconds": entry.window_seconds})
+	policy := object.get(entry, "policy", "")
+	scope := _scope(entry)
+	item := {
+		"id": entry.id, "policy": policy, "unit": "tokens", "window_seconds": entry.window_seconds,
+		"scope": scope, "subject": _subject(scope, entry), "limit": entry.limit, "cost": _token_cost(entry),
+		"warn_at": object.get(entry, "warn_at", null), "action": _action(entry),
+	}
 }
 
-_rows contains [object.get(entry, "policy", ""), object.get(entry, "rule", 0), entry.id, item] if {
+_rows contains [policy, object.get(entry, "rule", 0), entry.id, item] if {
 	some entry in compiled.budgets
 	applies.active(entry)
-	item := object.union(_common(entry, usd_micros_cost), {"unit": "usd_micros", "period": entry.period})
+	policy := object.get(entry, "policy", "")
+	scope := _scope(entry)
+	item := {
+		"id": entry.id, "policy": policy, "unit": "usd_micros", "period": entry.period,
+		"scope": scope, "subject": _subject(scope, entry), "limit": entry.limit, "cost": usd_micros_cost,
+		"warn_at": object.get(entry, "warn_at", null), "action": _action(entry),
+	}
 }
 
 # METADATA

@@ -64,9 +64,9 @@ principal_roles := {role | some role in input.principal.roles; is_string(role)}
 # METADATA
 # title: Principal counter subject
 # description: The principal id, or "anonymous", for principal-scoped limits.
-principal_subject := principal_id if principal_id
-
-else := "anonymous"
+principal_subject := principal_id if {
+	principal_id
+} else := "anonymous"
 
 # METADATA
 # title: Team counter subject
@@ -79,9 +79,9 @@ team_subject := input.principal.team if {
 # METADATA
 # title: Parameters
 # description: input.params when it is an object, else an empty object.
-params := input.params if is_object(input.params)
-
-else := {}
+params := input.params if {
+	is_object(input.params)
+} else := {}
 
 # METADATA
 # title: Prompt tokens

@@ -125,9 +125,9 @@ _subject(rule) := sprintf("%v are", [applies.operation_label(rule)]) if {
 	object.get(rule, "operation", "*") == "*"
 } else := sprintf("%v is", [applies.operation_label(rule)])
 
-_now_text := sprintf("%v %v", [today, _show_minute(now_minute)]) if _clock_known
-
-else := "unknown"
+_now_text := sprintf("%v %v", [today, _show_minute(now_minute)]) if {
+	_clock_known
+} else := "unknown"
 
 _show_windows(windows) := concat(", ", [_show_window(window) | some window in windows])
 
