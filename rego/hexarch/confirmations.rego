@@ -40,4 +40,6 @@ _message(rule) := sprintf("%v on a %q requires confirmation (send the request ag
 	request.resource_type,
 ]) if {
 	request.resource_type
-} else := sprintf("%v requires confirmation (send the request again confirmed)", [applies.operation_label(rule)])
+} else := sprintf("%v requires confirmation (send the request again confirmed)", [
+	applies.operation_label(rule),
+])

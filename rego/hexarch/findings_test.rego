@@ -14,34 +14,46 @@ _bound(action) := {
 
 _hot := {"params": {"temperature": 2}}
 
+# Violations and warnings for a configuration and input, without custom policies.
+_violations(config, doc) := result if {
+	result := findings.violations with data.hexarch.custom as {}
+		with data.hexarch.config as config
+		with input as doc
+}
+
+_warnings(config, doc) := result if {
+	result := findings.warnings with data.hexarch.custom as {}
+		with data.hexarch.config as config
+		with input as doc
+}
+
 test_block_action_is_a_violation if {
-	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("block")]} with input as _hot
+	vs := _violations({"param_bounds": [_bound("block")]}, _hot)
 	[[v.code, v.status, v.action] | some v in vs] == [["invalid_parameter", 400, "block"]]
-	ws := findings.warnings with data.hexarch.config as {"param_bounds": [_bound("block")]} with input as _hot
+	ws := _warnings({"param_bounds": [_bound("block")]}, _hot)
 	ws == set()
 }
 
 test_unknown_action_blocks if {
-	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("warn_at_80%")]} with input as _hot
+	vs := _violations({"param_bounds": [_bound("warn_at_80%")]}, _hot)
 	[v.action | some v in vs] == ["block"]
 }
 
 test_warn_action_is_a_warning if {
-	ws := findings.warnings with data.hexarch.config as {"param_bounds": [_bound("warn")]} with input as _hot
+	ws := _warnings({"param_bounds": [_bound("warn")]}, _hot)
 	[[w.code, w.status, w.action] | some w in ws] == [["invalid_parameter", 400, "warn"]]
-	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("warn")]} with input as _hot
+	vs := _violations({"param_bounds": [_bound("warn")]}, _hot)
 	vs == set()
 }
 
 test_require_confirmation_action if {
-	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("require_confirmation")]} with input as _hot
+	vs := _violations({"param_bounds": [_bound("require_confirmation")]}, _hot)
 	vs == {{
 		"policy": "quality_control", "rule": 0, "code": "confirmation_required", "status": 428,
 		"action": "require_confirmation",
 		"message": "temperature 2 is above the maximum 1; confirm the request to proceed",
 	}}
-	confirmed := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"param_bounds": [_bound("require_confirmation")]}
-		with input as object.union(_hot, {"confirmed": true})
+	confirmed := _violations({"param_bounds": [_bound("require_confirmation")]}, object.union(_hot, {"confirmed": true}))
 	confirmed == set()
 }
 
@@ -50,7 +62,7 @@ test_confirmation_rule_with_block_action if {
 		"policy": "confirmations", "rule": 0, "operation": "delete", "resource": "*",
 		"resource_types": ["*"], "action": "block",
 	}
-	vs := findings.violations with data.hexarch.custom as {} with data.hexarch.config as {"confirmations": [rule]} with input as {"operation": "delete"}
+	vs := _violations({"confirmations": [rule]}, {"operation": "delete"})
 	[[v.code, v.status, v.action] | some v in vs] == [["confirmation_required", 428, "block"]]
 }
 

@@ -36,7 +36,12 @@ token_cost := request.prompt_tokens + output_reservation
 # METADATA
 # title: Budget cost
 # description: Micro-USD the request may spend, rounded up (USD per million tokens times tokens).
-usd_micros_cost := ceil((request.prompt_tokens * pricing.pricing.input_per_million_usd) + (output_reservation * pricing.pricing.output_per_million_usd))
+usd_micros_cost := ceil(_input_usd_micros + _output_usd_micros)
+
+# USD per million tokens times tokens is micro-USD.
+_input_usd_micros := request.prompt_tokens * pricing.pricing.input_per_million_usd
+
+_output_usd_micros := output_reservation * pricing.pricing.output_per_million_usd
 
 _scope(entry) := entry.scope if {
 	entry.scope in {"global", "principal", "team"}

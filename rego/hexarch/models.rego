@@ -42,7 +42,10 @@ _allow_policies := {rule.policy | some rule in _allow_rules}
 _satisfied_policies := {rule.policy | some rule in _allow_rules; _matches(rule)}
 
 # The lowest-numbered applying allow rule of a policy speaks for the policy's allow-list.
-_first_allow_rule(policy) := sort([[object.get(rule, "rule", 0), rule] | some rule in _allow_rules; rule.policy == policy])[0][1]
+_first_allow_rule(policy) := sort([[object.get(rule, "rule", 0), rule] |
+	some rule in _allow_rules
+	rule.policy == policy
+])[0][1]
 
 _allowed_patterns(policy) := applies.join(sort({pattern |
 	some rule in _allow_rules
@@ -86,4 +89,7 @@ _deny_message(rule) := sprintf("model %q is not allowed by policy %v (denied: %v
 	applies.join(_patterns(rule)),
 ]) if {
 	request.model
-} else := sprintf("the request names no model; policy %v denies: %v", [rule.policy, applies.join(_patterns(rule))])
+} else := sprintf("the request names no model; policy %v denies: %v", [
+	rule.policy,
+	applies.join(_patterns(rule)),
+])
