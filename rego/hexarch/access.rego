@@ -6,15 +6,16 @@
 package hexarch.lib.access
 
 import data.hexarch.lib.applies
-import data.hexarch.lib.compiled
 import data.hexarch.lib.request
 
 # METADATA
 # title: Access findings
 # description: Findings with code access_denied (403).
 findings contains applies.finding(rule, "access_denied", 403, _message(rule)) if {
-	some rule in compiled.access_rules
-	applies.active(rule)
+	some rule in data.hexarch.config.access_rules
+	applies.resources[rule.resource]
+	applies.operations[rule.operation]
+	rule.action != "allow"
 	not permitted(rule)
 }
 

@@ -29,6 +29,33 @@ operation_matches(operation) if operation == request.operation
 operation_matches(_) if not request.operation_known
 
 # METADATA
+# title: Applying resources
+# description: >-
+#   The set of rule resources that apply: "*" and input.resources; when input.resources is
+#   missing, every resource the compiled data names. Hot paths test `resources[rule.resource]`,
+#   one lookup in a set computed once per request instead of a function call per rule.
+resources := {resource | some resource in input.resources} | {"*"} if {
+	is_array(input.resources)
+} else := {entry.resource |
+	some section in data.hexarch.config
+	some entry in section
+	is_string(entry.resource)
+}
+
+# METADATA
+# title: Applying operations
+# description: >-
+#   The set of rule operations that apply: "*" and input.operation; when input.operation is
+#   missing, every operation the compiled data names.
+operations := {"*", input.operation} if {
+	is_string(input.operation)
+} else := {entry.operation |
+	some section in data.hexarch.config
+	some entry in section
+	is_string(entry.operation)
+}
+
+# METADATA
 # title: Rule applies
 # description: True when the rule's resource and operation (default "*") match the request.
 applies(rule) if {

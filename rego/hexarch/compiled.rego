@@ -78,7 +78,7 @@ pricing_table := _entries("pricing")
 # title: Enforcement mode
 # description: strict, warn or monitor; anything else (or nothing) is strict.
 enforcement := mode if {
-	mode := config.enforcement
+	mode := data.hexarch.config.enforcement
 	mode in {"strict", "warn", "monitor"}
 } else := "strict"
 
@@ -86,7 +86,7 @@ enforcement := mode if {
 # title: Timezone
 # description: IANA timezone in which time windows are read; UTC when absent.
 timezone := tz if {
-	tz := config.timezone
+	tz := data.hexarch.config.timezone
 	is_string(tz)
 } else := "UTC"
 
@@ -94,7 +94,7 @@ timezone := tz if {
 # title: Default output reservation
 # description: Tokens reserved for the output when neither the request nor a per-request limit says.
 default_max_output_tokens := tokens if {
-	tokens := config.default_max_output_tokens
+	tokens := data.hexarch.config.default_max_output_tokens
 	is_number(tokens)
 	tokens >= 0
 } else := 1024
@@ -106,7 +106,7 @@ default_pricing := {
 	"input_per_million_usd": price.input_per_million_usd,
 	"output_per_million_usd": price.output_per_million_usd,
 } if {
-	price := config.default_pricing
+	price := data.hexarch.config.default_pricing
 	is_number(price.input_per_million_usd)
 	is_number(price.output_per_million_usd)
 } else := {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}

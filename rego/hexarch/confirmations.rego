@@ -7,15 +7,16 @@
 package hexarch.lib.confirmations
 
 import data.hexarch.lib.applies
-import data.hexarch.lib.compiled
 import data.hexarch.lib.request
 
 # METADATA
 # title: Confirmation findings
 # description: Findings with code confirmation_required (428).
 findings contains applies.finding(rule, "confirmation_required", 428, _message(rule)) if {
-	some rule in compiled.confirmations
-	applies.active(rule)
+	some rule in data.hexarch.config.confirmations
+	applies.operations[rule.operation]
+	applies.resources[rule.resource]
+	rule.action != "allow"
 	type_matches(rule)
 	not request.confirmed
 }

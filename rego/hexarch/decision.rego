@@ -28,7 +28,13 @@ _config_violations contains {
 	not compiled.present
 }
 
-_violations := findings.violations | _config_violations
+# The compiler always writes enforcement: testing that one field first avoids reading the whole
+# configuration document on every request.
+_violations := findings.violations if {
+	data.hexarch.config.enforcement
+} else := findings.violations if {
+	compiled.present
+} else := findings.violations | _config_violations
 
 # METADATA
 # title: Allow
@@ -37,11 +43,11 @@ _violations := findings.violations | _config_violations
 default allow := false
 
 allow if {
-	enforcement == "strict"
+	compiled.enforcement == "strict"
 	count(_violations) == 0
 }
 
-allow if enforcement != "strict"
+allow if compiled.enforcement != "strict"
 
 # METADATA
 # title: Violations
@@ -49,7 +55,7 @@ allow if enforcement != "strict"
 #   Blocking findings, sorted by policy, rule, code and message. Empty under warn enforcement
 #   (they move to warnings); still reported under monitor, where they do not block.
 violations := [] if {
-	enforcement == "warn"
+	compiled.enforcement == "warn"
 } else := _sorted(_violations)
 
 # METADATA
@@ -58,7 +64,7 @@ violations := [] if {
 #   Warning findings, sorted. Under warn and monitor enforcement every violation is also a
 #   warning, with action warn.
 warnings := _sorted(findings.warnings) if {
-	enforcement == "strict"
+	compiled.enforcement == "strict"
 } else := _sorted(findings.warnings | _softened)
 
 _softened := {object.union(violation, {"action": "warn"}) | some violation in _violations}
@@ -78,14 +84,17 @@ pricing := price_rules.pricing
 # description: The decision document of DESIGN.md, always an object.
 decision := {
 	"allow": allow,
-	"enforcement": enforcement,
+	"enforcement": compiled.enforcement,
 	"violations": violations,
 	"warnings": warnings,
-	"limits": limits,
-	"pricing": pricing,
+	"limits": limit_rules.limits,
+	"pricing": price_rules.pricing,
 }
 
-_sorted(items) := [row[6] | some row in sort([_sort_key(item) | some item in items])]
+# Nothing to sort on the common path (no findings): no key building at all.
+_sorted(items) := [] if {
+	count(items) == 0
+} else := [row[6] | some row in sort([_sort_key(item) | some item in items])]
 
 _sort_key(item) := [
 	object.get(item, "policy", ""),

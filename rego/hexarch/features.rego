@@ -7,14 +7,13 @@
 package hexarch.lib.features
 
 import data.hexarch.lib.applies
-import data.hexarch.lib.compiled
 import data.hexarch.lib.request
 
-_active contains rule if {
-	some rule in compiled.features
-	rule.feature == request.feature
+_active := [rule |
+	some rule in data.hexarch.config.features
+	rule.feature == input.feature
 	applies.active(rule)
-}
+]
 
 # METADATA
 # title: Feature findings

@@ -19,27 +19,22 @@ import data.hexarch.lib.time_windows
 # METADATA
 # title: All findings
 # description: The union of the findings of every check package.
-all := {finding |
-	some check in [
-		params.findings,
-		models.findings,
-		time_windows.findings,
-		access.findings,
-		confirmations.findings,
-		features.findings,
-	]
-	some finding in check
-}
+all := ((((params.findings | models.findings) | time_windows.findings) | access.findings) | confirmations.findings) | features.findings
 
 # METADATA
 # title: Violations
 # description: Findings whose action blocks, plus custom policy violations (strict semantics).
-violations contains finding if {
+violations := custom.violations if {
+	# Nothing found (the common case): only custom policies can add violations.
+	count(all) == 0
+} else := _blocking | custom.violations
+
+_blocking contains finding if {
 	some finding in all
 	finding.action == "block"
 }
 
-violations contains object.union(finding, confirmation) if {
+_blocking contains object.union(finding, confirmation) if {
 	some finding in all
 	finding.action == "require_confirmation"
 	not request.confirmed
@@ -48,10 +43,6 @@ violations contains object.union(finding, confirmation) if {
 		"status": 428,
 		"message": _confirmation_message(finding),
 	}
-}
-
-violations contains violation if {
-	some violation in custom.violations
 }
 
 # METADATA

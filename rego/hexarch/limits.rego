@@ -8,99 +8,119 @@ package hexarch.lib.limits
 import data.hexarch.lib.applies
 import data.hexarch.lib.compiled
 import data.hexarch.lib.pricing
-import data.hexarch.lib.request
+
+# Every rule below is on the path of every request, so each is one rule with inline input checks
+# (no helper rules or functions per entry): OPA's cost is per rule and per expression evaluated.
 
 # METADATA
 # title: Output reservation
 # description: >-
-#   Output tokens reserved for the request: input.estimate.max_output_tokens when present, else
-#   the smallest applying per-request token limit, else default_max_output_tokens.
-output_reservation := request.max_output_tokens if {
-	is_number(request.max_output_tokens)
+#   Output tokens reserved for the request: input.estimate.max_output_tokens (rounded up) when it
+#   is a non-negative number, else the smallest applying per-request token limit, else
+#   default_max_output_tokens.
+output_reservation := ceil(input.estimate.max_output_tokens) if {
+	is_number(input.estimate.max_output_tokens)
+	input.estimate.max_output_tokens >= 0
 } else := min(_per_request_limits) if {
 	count(_per_request_limits) > 0
 } else := compiled.default_max_output_tokens
 
 _per_request_limits := {entry.limit |
-	some entry in compiled.token_limits
+	some entry in data.hexarch.config.token_limits
 	entry.window_seconds == 0
 	is_number(entry.limit)
-	applies.active(entry)
+	applies.resources[entry.resource]
+	entry.action != "allow"
 }
+
+# Estimated prompt tokens (rounded up); 0 when missing or invalid.
+_prompt_tokens := ceil(input.estimate.prompt_tokens) if {
+	is_number(input.estimate.prompt_tokens)
+	input.estimate.prompt_tokens >= 0
+} else := 0
 
 # METADATA
 # title: Token cost
 # description: Prompt tokens plus the output reservation (windowed token limits).
-token_cost := request.prompt_tokens + output_reservation
+token_cost := _prompt_tokens + output_reservation
 
 # METADATA
 # title: Budget cost
 # description: Micro-USD the request may spend, rounded up (USD per million tokens times tokens).
-usd_micros_cost := ceil(_input_usd_micros + _output_usd_micros)
+usd_micros_cost := ceil((_prompt_tokens * price.input_per_million_usd) + (output_reservation * price.output_per_million_usd)) if {
+	price := pricing.pricing
+}
 
-# USD per million tokens times tokens is micro-USD.
-_input_usd_micros := request.prompt_tokens * pricing.pricing.input_per_million_usd
+# Subjects of principal- and team-scoped limits ("anonymous" for an unidentified principal); an
+# unknown scope is global, whose subject is the rule's resource.
+_subjects := {"principal": principal, "team": team} if {
+	# The common case (both named) without a function call per field.
+	principal := input.principal.id
+	is_string(principal)
+	principal != ""
+	team := input.principal.team
+	is_string(team)
+	team != ""
+} else := {
+	"principal": _named(object.get(input, ["principal", "id"], null)),
+	"team": _named(object.get(input, ["principal", "team"], null)),
+}
 
-_output_usd_micros := output_reservation * pricing.pricing.output_per_million_usd
+_named(value) := value if {
+	is_string(value)
+	value != ""
+} else := "anonymous"
 
-_scope(entry) := entry.scope if {
-	entry.scope in {"global", "principal", "team"}
-} else := "global"
-
-_subject("principal", _) := request.principal_subject
-
-_subject("team", _) := request.team_subject
-
-_subject("global", entry) := object.get(entry, "resource", "*")
+_scopes := {"global": "global", "principal": "principal", "team": "team"}
 
 # warn and monitor enforcement never block on a limit; otherwise a limit blocks unless it warns.
-_action(entry) := "block" if {
+_actions := {"warn": "warn"} if {
 	compiled.enforcement == "strict"
-	applies.rule_action(entry) != "warn"
-} else := "warn"
-
-_token_cost(entry) := output_reservation if {
-	entry.window_seconds == 0
-} else := token_cost
+} else := {"block": "warn", "warn": "warn", "require_confirmation": "warn"}
 
 # One row per applying limit: [policy, rule, id, item], so sorting the rows orders the items.
-_rows contains [policy, object.get(entry, "rule", 0), entry.id, item] if {
-	some entry in compiled.rate_limits
-	applies.active(entry)
-	policy := object.get(entry, "policy", "")
-	scope := _scope(entry)
+# Rows are arrays (the compiler writes unique ids), not sets of objects.
+_rate_rows := [[entry.policy, entry.rule, entry.id, item] |
+	some entry in data.hexarch.config.rate_limits
+	applies.resources[entry.resource]
+	entry.action != "allow"
+	scope := object.get(_scopes, entry.scope, "global")
 	item := {
-		"id": entry.id, "policy": policy, "unit": "requests", "window_seconds": entry.window_seconds,
-		"scope": scope, "subject": _subject(scope, entry), "limit": entry.limit, "cost": 1,
-		"warn_at": object.get(entry, "warn_at", null), "action": _action(entry),
+		"id": entry.id, "policy": entry.policy, "unit": "requests", "window_seconds": entry.window_seconds,
+		"scope": scope, "subject": object.get(_subjects, scope, entry.resource), "limit": entry.limit,
+		"cost": 1, "warn_at": entry.warn_at, "action": object.get(_actions, entry.action, "block"),
 	}
-}
+]
 
-_rows contains [policy, object.get(entry, "rule", 0), entry.id, item] if {
-	some entry in compiled.token_limits
-	applies.active(entry)
-	policy := object.get(entry, "policy", "")
-	scope := _scope(entry)
+_token_rows := [[entry.policy, entry.rule, entry.id, item] |
+	some entry in data.hexarch.config.token_limits
+	applies.resources[entry.resource]
+	entry.action != "allow"
+	scope := object.get(_scopes, entry.scope, "global")
 	item := {
-		"id": entry.id, "policy": policy, "unit": "tokens", "window_seconds": entry.window_seconds,
-		"scope": scope, "subject": _subject(scope, entry), "limit": entry.limit, "cost": _token_cost(entry),
-		"warn_at": object.get(entry, "warn_at", null), "action": _action(entry),
+		"id": entry.id, "policy": entry.policy, "unit": "tokens", "window_seconds": entry.window_seconds,
+		"scope": scope, "subject": object.get(_subjects, scope, entry.resource), "limit": entry.limit,
+		"cost": _token_costs[entry.window_seconds == 0], "warn_at": entry.warn_at,
+		"action": object.get(_actions, entry.action, "block"),
 	}
-}
+]
 
-_rows contains [policy, object.get(entry, "rule", 0), entry.id, item] if {
-	some entry in compiled.budgets
-	applies.active(entry)
-	policy := object.get(entry, "policy", "")
-	scope := _scope(entry)
+# Per-request token limits (window 0) cost the output reservation; windowed ones the whole request.
+_token_costs := {true: output_reservation, false: token_cost}
+
+_budget_rows := [[entry.policy, entry.rule, entry.id, item] |
+	some entry in data.hexarch.config.budgets
+	applies.resources[entry.resource]
+	entry.action != "allow"
+	scope := object.get(_scopes, entry.scope, "global")
 	item := {
-		"id": entry.id, "policy": policy, "unit": "usd_micros", "period": entry.period,
-		"scope": scope, "subject": _subject(scope, entry), "limit": entry.limit, "cost": usd_micros_cost,
-		"warn_at": object.get(entry, "warn_at", null), "action": _action(entry),
+		"id": entry.id, "policy": entry.policy, "unit": "usd_micros", "period": entry.period,
+		"scope": scope, "subject": object.get(_subjects, scope, entry.resource), "limit": entry.limit,
+		"cost": usd_micros_cost, "warn_at": entry.warn_at, "action": object.get(_actions, entry.action, "block"),
 	}
-}
+]
 
 # METADATA
 # title: Limits
 # description: Applying limits, sorted by policy, rule and id so the decision is stable.
-limits := [row[3] | some row in sort(_rows)]
+limits := [row[3] | some row in sort(array.concat(array.concat(_rate_rows, _token_rows), _budget_rows))]

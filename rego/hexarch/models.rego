@@ -8,23 +8,17 @@
 package hexarch.lib.models
 
 import data.hexarch.lib.applies
-import data.hexarch.lib.compiled
 import data.hexarch.lib.request
 
-_active contains rule if {
-	some rule in compiled.model_rules
-	applies.active(rule)
-}
+_active := [rule |
+	some rule in data.hexarch.config.model_rules
+	applies.resources[rule.resource]
+	rule.action != "allow"
+]
 
-_allow_rules contains rule if {
-	some rule in _active
-	object.get(rule, "allowed", true) != false
-}
+_allow_rules := [rule | some rule in _active; rule.allowed != false]
 
-_deny_rules contains rule if {
-	some rule in _active
-	object.get(rule, "allowed", true) == false
-}
+_deny_rules := [rule | some rule in _active; rule.allowed == false]
 
 _patterns(rule) := rule.patterns if {
 	is_array(rule.patterns)
@@ -32,14 +26,18 @@ _patterns(rule) := rule.patterns if {
 	is_string(rule.patterns)
 } else := []
 
+# Compiled patterns are always a list; the request model is read raw (glob.match on a missing or
+# non-string model is undefined, so it matches nothing and fails allow-lists).
 _matches(rule) if {
-	some pattern in _patterns(rule)
-	glob.match(pattern, null, request.model)
+	some pattern in rule.patterns
+	glob.match(pattern, null, input.model)
 }
 
-_allow_policies := {rule.policy | some rule in _allow_rules}
-
-_satisfied_policies := {rule.policy | some rule in _allow_rules; _matches(rule)}
+_unsatisfied_policies := {rule.policy | some rule in _allow_rules} - {rule.policy |
+	some rule in _allow_rules
+	some pattern in rule.patterns
+	glob.match(pattern, null, input.model)
+}
 
 # The lowest-numbered applying allow rule of a policy speaks for the policy's allow-list.
 _first_allow_rule(policy) := sort([[object.get(rule, "rule", 0), rule] |
@@ -57,8 +55,7 @@ _allowed_patterns(policy) := applies.join(sort({pattern |
 # title: Model findings
 # description: Findings with code model_not_allowed (403).
 findings contains applies.finding(rule, "model_not_allowed", 403, message) if {
-	some policy in _allow_policies
-	not policy in _satisfied_policies
+	some policy in _unsatisfied_policies
 	rule := _first_allow_rule(policy)
 	message := _allow_list_message(policy)
 }

@@ -6,14 +6,16 @@
 package hexarch.lib.params
 
 import data.hexarch.lib.applies
-import data.hexarch.lib.compiled
-import data.hexarch.lib.request
 
-_checked contains [bound, value] if {
-	some bound in compiled.param_bounds
-	applies.active(bound)
-	value := request.params[bound.parameter]
-}
+# The parameter lookup comes first: most bounds name a parameter the request does not send.
+# input.params of another type than object yields no value here (nothing to check).
+_checked := [[bound, value] |
+	some bound in data.hexarch.config.param_bounds
+	value := input.params[bound.parameter]
+	applies.resources[bound.resource]
+	applies.operations[bound.operation]
+	bound.action != "allow"
+]
 
 _finding(bound, message) := applies.finding(bound, "invalid_parameter", 400, message)
 

@@ -41,10 +41,12 @@ in_window([start, end]) if {
 	now_minute < end
 }
 
-_active contains rule if {
-	some rule in compiled.time_windows
-	applies.active(rule)
-}
+_active := [rule |
+	some rule in data.hexarch.config.time_windows
+	applies.operations[rule.operation]
+	applies.resources[rule.resource]
+	rule.action != "allow"
+]
 
 _list(rule, name) := [item | some item in rule[name]]
 
