@@ -48,7 +48,11 @@ _blocking contains object.union(finding, confirmation) if {
 # METADATA
 # title: Warnings
 # description: Findings whose rule action is warn.
-warnings contains finding if {
+warnings := set() if {
+	count(all) == 0
+} else := _warnings
+
+_warnings contains finding if {
 	some finding in all
 	finding.action == "warn"
 }

@@ -16,9 +16,7 @@ _active := [rule |
 	rule.action != "allow"
 ]
 
-_allow_rules := [rule | some rule in _active; rule.allowed != false]
-
-_deny_rules := [rule | some rule in _active; rule.allowed == false]
+_allow_rules := [rule | some rule in _active; object.get(rule, "allowed", true) != false]
 
 _patterns(rule) := rule.patterns if {
 	is_array(rule.patterns)
@@ -33,8 +31,9 @@ _matches(rule) if {
 	glob.match(pattern, null, input.model)
 }
 
-_unsatisfied_policies := {rule.policy | some rule in _allow_rules} - {rule.policy |
-	some rule in _allow_rules
+_unsatisfied_policies := {rule.policy | some rule in _active; object.get(rule, "allowed", true) != false} - {rule.policy |
+	some rule in _active
+	object.get(rule, "allowed", true) != false
 	some pattern in rule.patterns
 	glob.match(pattern, null, input.model)
 }
@@ -61,7 +60,8 @@ findings contains applies.finding(rule, "model_not_allowed", 403, message) if {
 }
 
 findings contains applies.finding(rule, "model_not_allowed", 403, _deny_message(rule)) if {
-	some rule in _deny_rules
+	some rule in _active
+	object.get(rule, "allowed", true) == false
 	_denied(rule)
 }
 

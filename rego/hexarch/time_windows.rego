@@ -60,7 +60,12 @@ _inside_any(windows) if {
 # METADATA
 # title: Time findings
 # description: Findings with code time_restricted (403).
-findings contains _finding(rule, message) if {
+findings := set() if {
+	# No applying rule (the common case): skip every check body.
+	count(_active) == 0
+} else := _findings
+
+_findings contains _finding(rule, message) if {
 	some rule in _active
 	windows := _list(rule, "allowed_hours")
 	count(windows) > 0
@@ -71,7 +76,7 @@ findings contains _finding(rule, message) if {
 	])
 }
 
-findings contains _finding(rule, message) if {
+_findings contains _finding(rule, message) if {
 	some rule in _active
 	some window in _list(rule, "forbidden_hours")
 	in_window(window)
@@ -81,7 +86,7 @@ findings contains _finding(rule, message) if {
 	])
 }
 
-findings contains _finding(rule, message) if {
+_findings contains _finding(rule, message) if {
 	some rule in _active
 	days := _list(rule, "allowed_days")
 	count(days) > 0
@@ -92,13 +97,13 @@ findings contains _finding(rule, message) if {
 	])
 }
 
-findings contains _finding(rule, message) if {
+_findings contains _finding(rule, message) if {
 	some rule in _active
 	today in _list(rule, "forbidden_days")
 	message := sprintf("%v not allowed on %v (%v)", [_subject(rule), today, compiled.timezone])
 }
 
-findings contains _finding(rule, message) if {
+_findings contains _finding(rule, message) if {
 	some rule in _active
 	_forbids_something(rule)
 	not _clock_known
