@@ -13,9 +13,9 @@ import data.hexarch.lib.request
 # description: Findings with code access_denied (403).
 findings contains applies.finding(rule, "access_denied", 403, _message(rule)) if {
 	some rule in data.hexarch.config.access_rules
-	applies.resources[rule.resource]
-	applies.operations[rule.operation]
-	rule.action != "allow"
+	applies.resources[object.get(rule, "resource", "*")]
+	applies.operations[object.get(rule, "operation", "*")]
+	object.get(rule, "action", "block") != "allow"
 	not permitted(rule)
 }
 

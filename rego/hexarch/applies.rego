@@ -32,27 +32,28 @@ operation_matches(_) if not request.operation_known
 # title: Applying resources
 # description: >-
 #   The set of rule resources that apply: "*" and input.resources; when input.resources is
-#   missing, every resource the compiled data names. Hot paths test `resources[rule.resource]`,
-#   one lookup in a set computed once per request instead of a function call per rule.
+#   missing, "*" and every resource the compiled data names (so every rule applies). Hot paths
+#   test `resources[object.get(rule, "resource", "*")]`, one lookup in a set computed once per
+#   request instead of a function call per rule.
 resources := {resource | some resource in input.resources} | {"*"} if {
 	is_array(input.resources)
-} else := {entry.resource |
+} else := {"*"} | {resource |
 	some section in data.hexarch.config
 	some entry in section
-	is_string(entry.resource)
+	resource := entry.resource
 }
 
 # METADATA
 # title: Applying operations
 # description: >-
 #   The set of rule operations that apply: "*" and input.operation; when input.operation is
-#   missing, every operation the compiled data names.
+#   missing, "*" and every operation the compiled data names (so every rule applies).
 operations := {"*", input.operation} if {
 	is_string(input.operation)
-} else := {entry.operation |
+} else := {"*"} | {operation |
 	some section in data.hexarch.config
 	some entry in section
-	is_string(entry.operation)
+	operation := entry.operation
 }
 
 # METADATA

@@ -14,9 +14,9 @@ import data.hexarch.lib.request
 # description: Findings with code confirmation_required (428).
 findings contains applies.finding(rule, "confirmation_required", 428, _message(rule)) if {
 	some rule in data.hexarch.config.confirmations
-	applies.operations[rule.operation]
-	applies.resources[rule.resource]
-	rule.action != "allow"
+	applies.operations[object.get(rule, "operation", "*")]
+	applies.resources[object.get(rule, "resource", "*")]
+	object.get(rule, "action", "block") != "allow"
 	type_matches(rule)
 	not request.confirmed
 }

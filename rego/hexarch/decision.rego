@@ -55,6 +55,8 @@ allow if compiled.enforcement != "strict"
 #   Blocking findings, sorted by policy, rule, code and message. Empty under warn enforcement
 #   (they move to warnings); still reported under monitor, where they do not block.
 violations := [] if {
+	count(_violations) == 0
+} else := [] if {
 	compiled.enforcement == "warn"
 } else := _sorted(_violations)
 
@@ -63,7 +65,11 @@ violations := [] if {
 # description: >-
 #   Warning findings, sorted. Under warn and monitor enforcement every violation is also a
 #   warning, with action warn.
-warnings := _sorted(findings.warnings) if {
+warnings := [] if {
+	# No finding at all (the common case): nothing to merge or sort.
+	count(findings.warnings) == 0
+	count(_violations) == 0
+} else := _sorted(findings.warnings) if {
 	compiled.enforcement == "strict"
 } else := _sorted(findings.warnings | _softened)
 
@@ -91,10 +97,7 @@ decision := {
 	"pricing": price_rules.pricing,
 }
 
-# Nothing to sort on the common path (no findings): no key building at all.
-_sorted(items) := [] if {
-	count(items) == 0
-} else := [row[6] | some row in sort([_sort_key(item) | some item in items])]
+_sorted(items) := [row[6] | some row in sort([_sort_key(item) | some item in items])]
 
 _sort_key(item) := [
 	object.get(item, "policy", ""),

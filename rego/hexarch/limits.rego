@@ -29,8 +29,8 @@ _per_request_limits := {entry.limit |
 	some entry in data.hexarch.config.token_limits
 	entry.window_seconds == 0
 	is_number(entry.limit)
-	applies.resources[entry.resource]
-	entry.action != "allow"
+	applies.resources[object.get(entry, "resource", "*")]
+	object.get(entry, "action", "block") != "allow"
 }
 
 # Estimated prompt tokens (rounded up); 0 when missing or invalid.
@@ -71,8 +71,6 @@ _named(value) := value if {
 	value != ""
 } else := "anonymous"
 
-_scopes := {"global": "global", "principal": "principal", "team": "team"}
-
 # warn and monitor enforcement never block on a limit; otherwise a limit blocks unless it warns.
 _actions := {"warn": "warn"} if {
 	compiled.enforcement == "strict"
@@ -82,26 +80,26 @@ _actions := {"warn": "warn"} if {
 # Rows are arrays (the compiler writes unique ids), not sets of objects.
 _rate_rows := [[entry.policy, entry.rule, entry.id, item] |
 	some entry in data.hexarch.config.rate_limits
-	applies.resources[entry.resource]
-	entry.action != "allow"
-	scope := object.get(_scopes, entry.scope, "global")
+	applies.resources[object.get(entry, "resource", "*")]
+	object.get(entry, "action", "block") != "allow"
+	scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
 	item := {
 		"id": entry.id, "policy": entry.policy, "unit": "requests", "window_seconds": entry.window_seconds,
-		"scope": scope, "subject": object.get(_subjects, scope, entry.resource), "limit": entry.limit,
-		"cost": 1, "warn_at": entry.warn_at, "action": object.get(_actions, entry.action, "block"),
+		"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
+		"cost": 1, "warn_at": entry.warn_at, "action": object.get(_actions, object.get(entry, "action", "block"), "block"),
 	}
 ]
 
 _token_rows := [[entry.policy, entry.rule, entry.id, item] |
 	some entry in data.hexarch.config.token_limits
-	applies.resources[entry.resource]
-	entry.action != "allow"
-	scope := object.get(_scopes, entry.scope, "global")
+	applies.resources[object.get(entry, "resource", "*")]
+	object.get(entry, "action", "block") != "allow"
+	scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
 	item := {
 		"id": entry.id, "policy": entry.policy, "unit": "tokens", "window_seconds": entry.window_seconds,
-		"scope": scope, "subject": object.get(_subjects, scope, entry.resource), "limit": entry.limit,
+		"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
 		"cost": _token_costs[entry.window_seconds == 0], "warn_at": entry.warn_at,
-		"action": object.get(_actions, entry.action, "block"),
+		"action": object.get(_actions, object.get(entry, "action", "block"), "block"),
 	}
 ]
 
@@ -110,13 +108,13 @@ _token_costs := {true: output_reservation, false: token_cost}
 
 _budget_rows := [[entry.policy, entry.rule, entry.id, item] |
 	some entry in data.hexarch.config.budgets
-	applies.resources[entry.resource]
-	entry.action != "allow"
-	scope := object.get(_scopes, entry.scope, "global")
+	applies.resources[object.get(entry, "resource", "*")]
+	object.get(entry, "action", "block") != "allow"
+	scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
 	item := {
 		"id": entry.id, "policy": entry.policy, "unit": "usd_micros", "period": entry.period,
-		"scope": scope, "subject": object.get(_subjects, scope, entry.resource), "limit": entry.limit,
-		"cost": usd_micros_cost, "warn_at": entry.warn_at, "action": object.get(_actions, entry.action, "block"),
+		"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
+		"cost": usd_micros_cost, "warn_at": entry.warn_at, "action": object.get(_actions, object.get(entry, "action", "block"), "block"),
 	}
 ]
 

@@ -12,8 +12,8 @@ import data.hexarch.lib.request
 
 _active := [rule |
 	some rule in data.hexarch.config.model_rules
-	applies.resources[rule.resource]
-	rule.action != "allow"
+	applies.resources[object.get(rule, "resource", "*")]
+	object.get(rule, "action", "block") != "allow"
 ]
 
 _allow_rules := [rule | some rule in _active; object.get(rule, "allowed", true) != false]
@@ -24,18 +24,17 @@ _patterns(rule) := rule.patterns if {
 	is_string(rule.patterns)
 } else := []
 
-# Compiled patterns are always a list; the request model is read raw (glob.match on a missing or
-# non-string model is undefined, so it matches nothing and fails allow-lists).
+# The request model is read raw: glob.match on a missing or non-string model is undefined, so it
+# matches nothing (allow-lists fail; deny-lists fail closed through _denied).
 _matches(rule) if {
-	some pattern in rule.patterns
+	some pattern in _patterns(rule)
 	glob.match(pattern, null, input.model)
 }
 
 _unsatisfied_policies := {rule.policy | some rule in _active; object.get(rule, "allowed", true) != false} - {rule.policy |
 	some rule in _active
 	object.get(rule, "allowed", true) != false
-	some pattern in rule.patterns
-	glob.match(pattern, null, input.model)
+	_matches(rule)
 }
 
 # The lowest-numbered applying allow rule of a policy speaks for the policy's allow-list.

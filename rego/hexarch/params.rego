@@ -12,9 +12,9 @@ import data.hexarch.lib.applies
 _checked := [[bound, value] |
 	some bound in data.hexarch.config.param_bounds
 	value := input.params[bound.parameter]
-	applies.resources[bound.resource]
-	applies.operations[bound.operation]
-	bound.action != "allow"
+	applies.resources[object.get(bound, "resource", "*")]
+	applies.operations[object.get(bound, "operation", "*")]
+	object.get(bound, "action", "block") != "allow"
 ]
 
 _finding(bound, message) := applies.finding(bound, "invalid_parameter", 400, message)

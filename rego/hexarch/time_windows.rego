@@ -43,9 +43,9 @@ in_window([start, end]) if {
 
 _active := [rule |
 	some rule in data.hexarch.config.time_windows
-	applies.operations[rule.operation]
-	applies.resources[rule.resource]
-	rule.action != "allow"
+	applies.operations[object.get(rule, "operation", "*")]
+	applies.resources[object.get(rule, "resource", "*")]
+	object.get(rule, "action", "block") != "allow"
 ]
 
 _list(rule, name) := [item | some item in rule[name]]
