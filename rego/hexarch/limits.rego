@@ -78,47 +78,48 @@ _actions := {"warn": "warn"} if {
 
 # One row per applying limit: [policy, rule, id, item], so sorting the rows orders the items.
 # Rows are arrays (the compiler writes unique ids), not sets of objects.
-_rate_rows := [[entry.policy, entry.rule, entry.id, item] |
-	some entry in data.hexarch.config.rate_limits
-	applies.resources[object.get(entry, "resource", "*")]
-	object.get(entry, "action", "block") != "allow"
-	scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
-	item := {
-		"id": entry.id, "policy": entry.policy, "unit": "requests", "window_seconds": entry.window_seconds,
-		"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
-		"cost": 1, "warn_at": entry.warn_at, "action": object.get(_actions, object.get(entry, "action", "block"), "block"),
-	}
-]
-
-_token_rows := [[entry.policy, entry.rule, entry.id, item] |
-	some entry in data.hexarch.config.token_limits
-	applies.resources[object.get(entry, "resource", "*")]
-	object.get(entry, "action", "block") != "allow"
-	scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
-	item := {
-		"id": entry.id, "policy": entry.policy, "unit": "tokens", "window_seconds": entry.window_seconds,
-		"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
-		"cost": _token_costs[entry.window_seconds == 0], "warn_at": entry.warn_at,
-		"action": object.get(_actions, object.get(entry, "action", "block"), "block"),
-	}
-]
 
 # Per-request token limits (window 0) cost the output reservation; windowed ones the whole request.
 _token_costs := {true: output_reservation, false: token_cost}
 
-_budget_rows := [[entry.policy, entry.rule, entry.id, item] |
-	some entry in data.hexarch.config.budgets
-	applies.resources[object.get(entry, "resource", "*")]
-	object.get(entry, "action", "block") != "allow"
-	scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
-	item := {
-		"id": entry.id, "policy": entry.policy, "unit": "usd_micros", "period": entry.period,
-		"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
-		"cost": usd_micros_cost, "warn_at": entry.warn_at, "action": object.get(_actions, object.get(entry, "action", "block"), "block"),
-	}
-]
-
 # METADATA
 # title: Limits
 # description: Applying limits, sorted by policy, rule and id so the decision is stable.
-limits := [row[3] | some row in sort(array.concat(array.concat(_rate_rows, _token_rows), _budget_rows))]
+limits := [row[3] | some row in sort(array.concat(
+	array.concat(
+		[[entry.policy, entry.rule, entry.id, item] |
+			some entry in data.hexarch.config.rate_limits
+			applies.resources[object.get(entry, "resource", "*")]
+			object.get(entry, "action", "block") != "allow"
+			scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
+			item := {
+				"id": entry.id, "policy": entry.policy, "unit": "requests", "window_seconds": entry.window_seconds,
+				"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
+				"cost": 1, "warn_at": entry.warn_at, "action": object.get(_actions, object.get(entry, "action", "block"), "block"),
+			}
+		],
+		[[entry.policy, entry.rule, entry.id, item] |
+			some entry in data.hexarch.config.token_limits
+			applies.resources[object.get(entry, "resource", "*")]
+			object.get(entry, "action", "block") != "allow"
+			scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
+			item := {
+				"id": entry.id, "policy": entry.policy, "unit": "tokens", "window_seconds": entry.window_seconds,
+				"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
+				"cost": _token_costs[entry.window_seconds == 0], "warn_at": entry.warn_at,
+				"action": object.get(_actions, object.get(entry, "action", "block"), "block"),
+			}
+		],
+	),
+	[[entry.policy, entry.rule, entry.id, item] |
+		some entry in data.hexarch.config.budgets
+		applies.resources[object.get(entry, "resource", "*")]
+		object.get(entry, "action", "block") != "allow"
+		scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
+		item := {
+			"id": entry.id, "policy": entry.policy, "unit": "usd_micros", "period": entry.period,
+			"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
+			"cost": usd_micros_cost, "warn_at": entry.warn_at, "action": object.get(_actions, object.get(entry, "action", "block"), "block"),
+		}
+	],
+))]

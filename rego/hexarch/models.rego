@@ -31,10 +31,18 @@ _matches(rule) if {
 	glob.match(pattern, null, input.model)
 }
 
-_unsatisfied_policies := {rule.policy | some rule in _active; object.get(rule, "allowed", true) != false} - {rule.policy |
+# Matching is written out for the compiled shape (a list of patterns) and for a single string,
+# instead of calling _matches: one comprehension costs less than two function calls per rule.
+_unsatisfied_policies := ({rule.policy | some rule in _active; object.get(rule, "allowed", true) != false} - {rule.policy |
 	some rule in _active
 	object.get(rule, "allowed", true) != false
-	_matches(rule)
+	is_array(rule.patterns)
+	some pattern in rule.patterns
+	glob.match(pattern, null, input.model)
+}) - {rule.policy |
+	some rule in _active
+	object.get(rule, "allowed", true) != false
+	glob.match(rule.patterns, null, input.model)
 }
 
 # The lowest-numbered applying allow rule of a policy speaks for the policy's allow-list.
