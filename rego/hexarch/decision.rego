@@ -6,11 +6,17 @@
 #   must enforce with their costs, and the model's pricing. It is defined for every input.
 package hexarch
 
+import data.hexarch.lib.access
 import data.hexarch.lib.compiled
+import data.hexarch.lib.confirmations
 import data.hexarch.lib.custom
+import data.hexarch.lib.features
 import data.hexarch.lib.findings
 import data.hexarch.lib.limits as limit_rules
+import data.hexarch.lib.models
+import data.hexarch.lib.params
 import data.hexarch.lib.pricing as price_rules
+import data.hexarch.lib.time_windows
 
 # METADATA
 # title: Enforcement
@@ -112,7 +118,12 @@ decision := {
 # none of the rules that merge, soften and sort findings needs to run.
 _quiet if {
 	data.hexarch.config.enforcement
-	count(findings.all) == 0
+	count(params.findings) == 0
+	count(models.findings) == 0
+	count(time_windows.findings) == 0
+	count(access.findings) == 0
+	count(confirmations.findings) == 0
+	count(features.findings) == 0
 	count(custom.violations) == 0
 }
 
