@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from compiler.diagnostics import Diagnostic, did_you_mean
 from compiler.errors import PolicyError
 from compiler.parse import Node, parse_file
+from compiler.validate import TOP_LEVEL_KEYS
 from sidecar.errors import SettingsError
 
 FAIL_MODES = ("fail_closed", "fail_open")
@@ -37,20 +38,7 @@ ROUTE_APIS = (
 )
 HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 # Top-level keys that belong to the compiler: never treated as upstream sections.
-COMPILER_KEYS = frozenset(
-    {
-        "version",
-        "enforcement",
-        "timezone",
-        "logging",
-        "opa",
-        "pricing",
-        "defaults",
-        "custom",
-        "policies",
-        "sidecar",
-    }
-)
+COMPILER_KEYS = frozenset(TOP_LEVEL_KEYS)
 ENV_FILE = "<environment>"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
 

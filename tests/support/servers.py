@@ -37,6 +37,17 @@ def find_binary(name: str, env_var: str) -> str:
     raise RuntimeError(f"{name} not found (set {env_var} or run scripts/setup.sh)")
 
 
+def terminate(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 5 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
 def wait_for(check: object, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     last: BaseException | None = None
@@ -65,13 +76,7 @@ class RedisServer:
             return sock.recv(16).startswith(b"+PONG")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
 
 
 def start_redis(port: int | None = None, extra: list[str] | None = None) -> RedisServer:
@@ -117,13 +122,7 @@ class OpaServer:
             return resp.status == 200
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        terminate(self.proc)
 
 
 def start_opa(args: list[str], log_dir: Path, wait_bundles: bool = False) -> OpaServer:
