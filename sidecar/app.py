@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import orjson
 from aiohttp import web
 
+from sidecar.background import BackgroundJobs
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
 from sidecar.errors import CounterStoreError
@@ -129,12 +130,17 @@ def _services_ctx(
             # Not fatal: EVALSHA reloads scripts on NOSCRIPT once Redis is back; /readyz reports it.
             metrics.redis_errors.inc()
             logger.warning("Redis at %s is not answering yet: %s", redact(settings.redis_url), exc)
-        services = Services(settings, metrics, PrincipalResolver(settings), opa, counters, fallback, upstream)
+        background = BackgroundJobs()
+        services = Services(
+            settings, metrics, PrincipalResolver(settings), opa, counters, fallback, upstream, background
+        )
         app[SERVICES_KEY] = services
         proxy.attach(services)
         try:
             yield
         finally:
+            # the server has stopped taking requests: let pending settlements reach Redis first
+            await background.drain()
             proxy.attach(None)
             await upstream.close()
             await opa.close()

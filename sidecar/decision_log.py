@@ -34,6 +34,8 @@ class DecisionRecord:
     completion_tokens: int | None = None
     cost_usd_micros: int | None = None
     warnings: int = 0
+    finished: float | None = None  # when the reply was handed to the client
+    settling: bool = False  # a settlement job will log this record once it has run
 
     def line(self) -> str:
         doc: dict[str, Any] = {
@@ -46,7 +48,7 @@ class DecisionRecord:
             "status": self.status,
             "policy": self.policy,
             "code": self.code,
-            "latency_ms": round((time.perf_counter() - self.started) * 1000, 3),
+            "latency_ms": round(((self.finished or time.perf_counter()) - self.started) * 1000, 3),
             "decision_ms": self.decision_ms,
             "upstream": self.upstream,
             "upstream_ms": self.upstream_ms,

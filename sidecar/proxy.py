@@ -23,6 +23,7 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from sidecar.background import BackgroundJobs
 from sidecar.counters import Admission, CounterStore, Limit, LimitState, Usage
 from sidecar.decision_log import DecisionRecord, emit
 from sidecar.errors import (
@@ -77,6 +78,7 @@ class Services:
     counters: CounterStore
     fallback_counters: CounterStore | None  # fail_open stand-in when Redis fails
     upstream: UpstreamClient
+    background: BackgroundJobs  # settlements and refunds, run after the reply is sent
 
 
 @dataclass(frozen=True)
@@ -162,9 +164,10 @@ class Proxy:
         if not response.prepared:
             response.headers[DECISION_HEADER] = record.decision_id
         record.status = response.status
+        record.finished = time.perf_counter()
         self.s.metrics.requests.labels(record.outcome, record.policy or "").inc()
-        if self._log:
-            emit(record)
+        if self._log and not record.settling:
+            emit(record)  # otherwise the settlement job logs the record once it has the usage
         return response
 
     async def _read(self, request: web.Request) -> bytes:
@@ -500,25 +503,27 @@ class Proxy:
             )
         except UpstreamError as exc:
             rec.outcome, rec.code = "upstream_error", exc.code
-            await self._refund(ticket.admission, ticket.store)
+            await self.s.background.run(self._refund(ticket.admission, ticket.store))
             return upstream_error_response(exc, rec.decision_id, headers=extra)
         except asyncio.CancelledError:
-            # shutdown cancelled the call: give the reservation back before going
-            await asyncio.shield(self._refund(ticket.admission, ticket.store))
+            # shutdown cancelled the call: give the reservation back (the app drains it before going)
+            self.s.background.spawn(self._refund(ticket.admission, ticket.store))
             raise
         rec.upstream_ms = round(reply.seconds * 1000, 3)
         try:
             if not reply.response.prepared:
-                # Send the reply first: settling is bookkeeping the client need not wait for.
                 await reply.response.prepare(request)
                 await reply.response.write_eof()
         except ConnectionError:
             pass  # the client left; the upstream's work was done all the same and is charged
         finally:
-            await self._settle(reply, norm, ticket, rec)
+            # Settling is bookkeeping the client need not wait for: it runs after the handler returns.
+            usage = self._usage(reply, norm, ticket, rec)
+            rec.settling = True
+            await self.s.background.run(self._settle(ticket, usage, rec))
         return reply.response
 
-    async def _settle(self, reply: Reply, norm: Normalised, ticket: _Ticket, rec: DecisionRecord) -> None:
+    def _usage(self, reply: Reply, norm: Normalised, ticket: _Ticket, rec: DecisionRecord) -> Usage:
         if reply.status >= 400 and reply.counts is None:
             counts = TokenCounts(0, 0)  # refused by the upstream: nothing was generated
         elif reply.counts is not None:
@@ -538,13 +543,19 @@ class Proxy:
         metrics.tokens.labels("prompt").inc(counts.prompt_tokens)
         metrics.tokens.labels("completion").inc(counts.completion_tokens)
         metrics.cost.inc(cost)
+        return Usage(counts.prompt_tokens, counts.completion_tokens, cost)
+
+    async def _settle(self, ticket: _Ticket, usage: Usage, rec: DecisionRecord) -> None:
         try:
-            await ticket.store.settle(
-                ticket.admission, Usage(counts.prompt_tokens, counts.completion_tokens, cost)
-            )
+            await ticket.store.settle(ticket.admission, usage)
         except CounterStoreError as exc:
-            metrics.redis_errors.inc()
+            self.s.metrics.redis_errors.inc()
             logger.warning("settling %s failed (its reservation expires by TTL): %s", rec.decision_id, exc)
+        finally:
+            rec.settling = False
+            # status 0: the handler has not finished (the job ran inline) or never will (cancelled)
+            if self._log and rec.status:
+                emit(rec)
 
     async def _refund(self, admission: Admission, store: CounterStore) -> None:
         try:
