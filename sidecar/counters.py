@@ -19,13 +19,14 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import orjson
 from redis.asyncio import Redis
 from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
@@ -44,6 +45,10 @@ BUCKETS_PER_WINDOW = 60
 BUDGET_TTL_MARGIN_SECONDS = 86_400
 _MAX_REQUEST_ID_CHARS = 64
 _LUA_DIR = Path(__file__).resolve().parent / "lua"
+# Validated limits by their decision entry's JSON text: the same few entries come back on every
+# request, and validating one costs more than encoding it (cleared when full).
+_LIMIT_CACHE_SIZE = 4096
+_limit_cache: dict[bytes, Limit] = {}
 logger = logging.getLogger(__name__)
 
 RedisClient: TypeAlias = "Redis | RedisCluster"
@@ -116,6 +121,26 @@ class Limit:
         )
 
 
+def limits_from_decision(entries: Iterable[Any]) -> list[Limit]:
+    """`Limit.from_decision` of each entry, remembered by the entry's exact JSON text (so `true`
+    and `1`, or `1` and `1.0`, never share a cache slot)."""
+    limits: list[Limit] = []
+    for entry in entries:
+        try:
+            text = orjson.dumps(entry)
+        except TypeError:
+            text = b""
+        found = _limit_cache.get(text) if text else None
+        if found is None:
+            found = Limit.from_decision(entry)
+            if text:
+                if len(_limit_cache) >= _LIMIT_CACHE_SIZE:
+                    _limit_cache.clear()
+                _limit_cache[text] = found
+        limits.append(found)
+    return limits
+
+
 @dataclass(frozen=True)
 class LimitState:
     """A limit as seen by one admission.
@@ -180,6 +205,7 @@ class CounterStore(Protocol):
 # Planning: pure functions shared by the Redis and in-process stores.
 
 
+@functools.lru_cache(maxsize=256)
 def window_geometry(window_seconds: int) -> tuple[int, int]:
     """(bucket width ms, buckets per window) for a sliding window; the width divides the window."""
     window_ms = window_seconds * 1000
@@ -200,6 +226,17 @@ def budget_period(period: str, now: float, tz: ZoneInfo) -> tuple[str, float]:
         nxt = date(local.year + 1, 1, 1) if local.month == 12 else date(local.year, local.month + 1, 1)
     end = datetime(nxt.year, nxt.month, nxt.day, tzinfo=tz).timestamp()
     return label, end
+
+
+@functools.lru_cache(maxsize=1024)
+def _budget_period_of_minute(period: str, minute: int, tz: ZoneInfo) -> tuple[str, float]:
+    # Period boundaries fall on whole minutes in every current time zone, so one answer per minute.
+    return budget_period(period, minute * 60, tz)
+
+
+@functools.lru_cache(maxsize=4096)
+def _counter_key(subject: str, limit_id: str, window: str) -> str:
+    return redis_keys.counter_key(subject, limit_id, window)
 
 
 @dataclass(frozen=True)
@@ -253,16 +290,16 @@ def _plan(
         if lim.unit == "usd_micros":
             if lim.period not in PERIODS:
                 raise PolicyEngineError(f"limit {lim.id!r}: a budget needs period day or month")
-            label, end = budget_period(lim.period, now, tz)
+            label, end = _budget_period_of_minute(lim.period, int(now // 60), tz)
             ttl_ms = max(1000, int((end - now + BUDGET_TTL_MARGIN_SECONDS) * 1000))
-            key = redis_keys.counter_key(lim.subject, lim.id, label)
+            key = _counter_key(lim.subject, lim.id, label)
             item = _Planned(index, lim, key, "c", ttl_ms, 0, end)
         else:
             window = lim.window_seconds or 0
             if window <= 0:
                 raise PolicyEngineError(f"limit {lim.id!r}: a rate needs window_seconds > 0")
             bucket_ms, buckets = window_geometry(window)
-            key = redis_keys.counter_key(lim.subject, lim.id, redis_keys.window_label(window))
+            key = _counter_key(lim.subject, lim.id, redis_keys.window_label(window))
             item = _Planned(index, lim, key, "w", bucket_ms, buckets, 0.0)
         if key in seen:
             raise PolicyEngineError(f"limit {lim.id!r} appears twice for subject {lim.subject!r}")

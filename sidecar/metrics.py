@@ -6,19 +6,24 @@ Labels carry outcomes, policy ids, limit ids and upstream names: never keys, pro
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 # Decisions take ~0.5 ms on loopback; the buckets resolve that range and the OPA timeout.
 _DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+_M = TypeVar("_M", bound=MetricWrapperBase)
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         r = self.registry
         self.requests = Counter(
             "hexarch_requests_total",
@@ -66,6 +71,16 @@ class Metrics:
         self.bundle_reloads = Counter(
             "hexarch_bundle_reloads_total", "Bundle rebuilds by result", ["result"], registry=r
         )
+
+    def child(self, metric: _M, *values: str) -> _M:
+        """`metric.labels(*values)`, remembered: `labels` validates and locks on every call, and the
+        hot path asks for the same few children on every request. Holds no more children than the
+        metric itself keeps."""
+        key = (id(metric), values)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*values)
+        return found
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

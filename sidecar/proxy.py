@@ -24,7 +24,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.background import BackgroundJobs
-from sidecar.counters import Admission, CounterStore, Limit, LimitState, Usage
+from sidecar.counters import Admission, CounterStore, Limit, LimitState, Usage, limits_from_decision
 from sidecar.decision_log import DecisionRecord, emit
 from sidecar.errors import (
     CounterStoreError,
@@ -165,7 +165,8 @@ class Proxy:
             response.headers[DECISION_HEADER] = record.decision_id
         record.status = response.status
         record.finished = time.perf_counter()
-        self.s.metrics.requests.labels(record.outcome, record.policy or "").inc()
+        metrics = self.s.metrics
+        metrics.child(metrics.requests, record.outcome, record.policy or "").inc()
         if self._log and not record.settling:
             emit(record)  # otherwise the settlement job logs the record once it has the usage
         return response
@@ -204,12 +205,13 @@ class Proxy:
                 if isinstance(warning, dict):
                     text = f"{warning.get('policy', '')}: {warning.get('message', '')}"
                     extra.add(WARNING_HEADER, header_value(text))
-                    self.s.metrics.warnings.labels(str(warning.get("policy", ""))).inc()
+                    metrics = self.s.metrics
+                    metrics.child(metrics.warnings, str(warning.get("policy", ""))).inc()
 
         limits: list[Limit] = []
         if decision is not None:
             try:
-                limits = [Limit.from_decision(entry) for entry in decision.get("limits") or ()]
+                limits = limits_from_decision(decision.get("limits") or ())
             except PolicyEngineError as exc:
                 failed = self._dependency_failed("opa", exc, rec)
                 if failed is not None:
@@ -438,7 +440,8 @@ class Proxy:
         for state in admission.states:
             lim = state.limit
             if lim.unit == "usd_micros":
-                self.s.metrics.budget_remaining.labels(lim.id, lim.subject).set(state.remaining)
+                metrics = self.s.metrics
+                metrics.child(metrics.budget_remaining, lim.id, lim.subject).set(state.remaining)
             # A request that named no maximum is capped by the sidecar itself: nothing to warn about.
             if state.warn and not (lim.is_request_cap and not named_max):
                 unit = _UNIT_WORDS[lim.unit]
@@ -446,7 +449,7 @@ class Proxy:
                 if lim.is_request_cap:
                     text = f"{lim.policy}: {lim.cost} of {lim.limit} tokens per request"
                 extra.add(WARNING_HEADER, header_value(text))
-                self.s.metrics.warnings.labels(lim.policy).inc()
+                self.s.metrics.child(self.s.metrics.warnings, lim.policy).inc()
         tight = _tightest(admission.states)
         if tight is not None:
             extra.update(ratelimit_headers(tight))
@@ -540,8 +543,8 @@ class Proxy:
             cost,
         )
         metrics = self.s.metrics
-        metrics.tokens.labels("prompt").inc(counts.prompt_tokens)
-        metrics.tokens.labels("completion").inc(counts.completion_tokens)
+        metrics.child(metrics.tokens, "prompt").inc(counts.prompt_tokens)
+        metrics.child(metrics.tokens, "completion").inc(counts.completion_tokens)
         metrics.cost.inc(cost)
         return Usage(counts.prompt_tokens, counts.completion_tokens, cost)
 

@@ -225,7 +225,7 @@ class UpstreamClient:
                     )(f"upstream '{upstream.name}' broke off its reply")
                     raise error from exc
                 seconds = time.perf_counter() - started
-                self._metrics.upstream_seconds.labels(upstream.name).observe(seconds)
+                self._metrics.child(self._metrics.upstream_seconds, upstream.name).observe(seconds)
                 counts = counts_of_body(raw) if resp.status < 400 else None
                 out = web.Response(status=resp.status, body=raw, headers=headers)
                 return Reply(out, resp.status, upstream.name, counts, True, seconds)
@@ -266,5 +266,5 @@ class UpstreamClient:
         except (TimeoutError, aiohttp.ClientError):
             self._metrics.upstream_errors.labels(upstream.name, "stream").inc()
         seconds = time.perf_counter() - started
-        self._metrics.upstream_seconds.labels(upstream.name).observe(seconds)
+        self._metrics.child(self._metrics.upstream_seconds, upstream.name).observe(seconds)
         return Reply(out, resp.status, upstream.name, scanner.counts, complete, seconds)
