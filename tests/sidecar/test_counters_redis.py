@@ -91,6 +91,9 @@ async def test_budget_never_exceeded_under_200_concurrent_admit_and_settle(
     seen_used: list[int] = []
 
     async def one(i: int) -> None:
+        # arrivals spread over 20 ms, so later requests can meet budget freed by earlier settlements
+        # (all 200 at one instant would each see only reservations, however fast the store)
+        await asyncio.sleep(i / 10_000)
         adm = await counters.admit(f"b{i}", [lim])
         if not adm.admitted:
             return
