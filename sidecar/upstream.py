@@ -78,6 +78,14 @@ class _Breaker:
         self.open_until = 0.0
 
 
+def _timeout(upstream: UpstreamSettings, stream: bool) -> aiohttp.ClientTimeout:
+    return aiohttp.ClientTimeout(
+        total=None if stream else upstream.timeout_seconds,
+        connect=upstream.connect_timeout_seconds,
+        sock_read=upstream.timeout_seconds,
+    )
+
+
 class UpstreamClient:
     def __init__(self, settings: Settings, metrics: Metrics, env: Mapping[str, str] | None = None) -> None:
         self._upstreams = settings.upstreams
@@ -85,6 +93,12 @@ class UpstreamClient:
         self._secrets = {name: s for name, u in settings.upstreams.items() if (s := upstream_secret(u, env))}
         self._session: aiohttp.ClientSession | None = None
         self._breakers = {name: _Breaker() for name in settings.upstreams}
+        # built once per upstream and mode instead of once per request
+        self._timeouts = {
+            (u.name, stream): _timeout(u, stream)
+            for u in settings.upstreams.values()
+            for stream in (False, True)
+        }
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
@@ -139,11 +153,7 @@ class UpstreamClient:
                 )
                 continue
             headers = self._headers(target, incoming)
-            timeout = aiohttp.ClientTimeout(
-                total=None if stream else target.timeout_seconds,
-                connect=target.connect_timeout_seconds,
-                sock_read=target.timeout_seconds,
-            )
+            timeout = self._timeouts.get((target.name, stream)) or _timeout(target, stream)
             for attempt in range(target.retries + 1):
                 if attempt:
                     await asyncio.sleep(min(1.0, 0.05 * 2 ** (attempt - 1)))
