@@ -33,7 +33,6 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from sidecar import redis_keys
 from sidecar.errors import CounterStoreError, PolicyEngineError
-from sidecar.resp_client import RespClient, as_bytes, pack
 
 UNITS = ("requests", "tokens", "usd_micros")
 ACTIONS = ("block", "warn")
@@ -514,8 +513,6 @@ class Counters(_Engine):
         self._redis = redis
         self._admit_src, self._admit_sha = _load_script("admit.lua")
         self._settle_src, self._settle_sha = _load_script("settle.lua")
-        # the scripts' hot path bypasses redis-py where it can (sidecar/resp_client.py says why)
-        self._resp = RespClient.for_client(redis) if isinstance(redis, Redis) else None
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD both scripts (on every primary of a cluster); EVALSHA reloads on NOSCRIPT too."""
@@ -536,8 +533,6 @@ class Counters(_Engine):
             return False
 
     async def close(self) -> None:
-        if self._resp is not None:
-            await self._resp.close()
         await self._redis.aclose()
 
     async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[int]]:
@@ -572,14 +567,6 @@ class Counters(_Engine):
     async def _send(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """One round trip for all groups: a pipeline, or concurrent calls on a cluster (which refuses
         EVALSHA in pipelines). Errors come back as values so NOSCRIPT can be retried per call."""
-        if self._resp is not None:
-            head = (b"EVALSHA", sha.encode())
-            return await self._resp.execute(
-                [
-                    pack(*head, b"%d" % len(keys), *map(as_bytes, keys), *map(as_bytes, args))
-                    for keys, args in calls
-                ]
-            )
         if len(calls) == 1:
             keys, args = calls[0]
             try:

@@ -103,8 +103,13 @@ class UpstreamClient:
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, ttl_dns_cache=300)
         # auto_decompress: usage is read from the bytes we relay, so they must be plain.
+        # DummyCookieJar: one session serves every client; a cookie an upstream sets for one caller
+        # must never ride along on another caller's request.
         self._session = aiohttp.ClientSession(
-            connector=connector, auto_decompress=True, timeout=aiohttp.ClientTimeout(total=None)
+            connector=connector,
+            auto_decompress=True,
+            timeout=aiohttp.ClientTimeout(total=None),
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+from yarl import URL
 
 from tests.sidecar.app_support import Harness, demo_server, flushed_redis_url, harness, policy_opa
 from tests.support.servers import OpaServer, RedisServer, free_port
@@ -262,3 +265,41 @@ async def test_deeply_nested_body_is_400_not_500(h: Harness) -> None:
     status, doc, _ = await _json(h, "POST", "/api/chat", data=nested)
     assert status == 400
     assert doc["error"]["code"] == "invalid_json"
+
+
+async def test_upstream_cookies_never_leak_between_callers(
+    opa: OpaServer, redis_url: str, tmp_path: Path, policy: str
+) -> None:
+    """One upstream session serves every caller: a cookie set for one must not reach the next."""
+    seen: list[str | None] = []
+
+    async def tags(request: web.Request) -> web.Response:
+        seen.append(request.headers.get("Cookie"))
+        resp = web.json_response({"models": []})
+        resp.set_cookie("session", f"caller-{len(seen)}")
+        return resp
+
+    upstream_app = web.Application()
+    upstream_app.router.add_get("/api/tags", tags)
+    upstream = TestServer(upstream_app, host="127.0.0.1")
+    await upstream.start_server()
+    try:
+        # By name, not IP: aiohttp's default cookie jar ignores cookies from IP-address hosts.
+        by_name = _ByName(upstream)
+        async with harness(policy, tmp_path, opa, redis_url, by_name) as hx:  # type: ignore[arg-type]
+            for _ in range(2):
+                async with hx.session.get(hx.url("/api/tags")) as resp:
+                    assert resp.status == 200
+    finally:
+        await upstream.close()
+    assert seen == [None, None]
+
+
+class _ByName:
+    """A TestServer reached as `localhost` instead of 127.0.0.1."""
+
+    def __init__(self, server: TestServer) -> None:
+        self.server = server
+
+    def make_url(self, path: str) -> URL:
+        return self.server.make_url(path).with_host("localhost")
