@@ -65,6 +65,13 @@ def opa_sign(bundle_dir: Path, signing_key: str, signing_alg: str, output_dir: P
     Runs inside the directory: the signed file names must be the bundle's own (".manifest", ...),
     not paths of the temporary directory, or `opa run --verification-key` rejects the bundle.
     """
+    # `opa sign` runs in the bundle directory, so a key file named relative to the caller's
+    # directory must be made absolute; a value that is no file is an HMAC secret (HS*) as it is.
+    key_path = Path(signing_key)
+    if key_path.is_file():
+        signing_key = str(key_path.resolve())
+    elif not signing_alg.upper().startswith("HS"):
+        raise OpaToolError(f"signing key file {signing_key} not found ({signing_alg} needs a PEM key file)")
     result = run_opa(
         [
             "sign",

@@ -175,6 +175,23 @@ def test_bad_signing_key_is_a_clean_error(hexarch: Hexarch, tmp_path: Path) -> N
     out = tmp_path / "bundle.tar.gz"
     result = hexarch("compile", EXAMPLE_POLICY, "-o", out, "--signing-key", tmp_path / "missing.pem")
     assert result.code == 1
-    assert result.err.startswith("hexarch: error: opa sign failed")
+    assert result.err.startswith("hexarch: error: signing key file")
+    assert "missing.pem not found" in result.err
     assert "Traceback" not in result.err
     assert not out.exists()
+
+
+def test_signing_key_relative_to_the_callers_directory(
+    hexarch: Hexarch, tmp_path: Path, rsa_keys: tuple[Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hexarch compile p.yaml -o b.tar.gz --signing-key private.pem`, run where the key lies."""
+    private, public = rsa_keys
+    monkeypatch.chdir(private.parent)
+    out = tmp_path / "relative.tar.gz"
+    result = hexarch("compile", EXAMPLE_POLICY, "-o", out, "--signing-key", private.name)
+    assert result.code == 0, result.err
+    server = start_opa(["--verification-key", str(public), "--bundle", str(out)], tmp_path)
+    try:
+        assert query(server.url, "hexarch/config/enforcement") == "strict"
+    finally:
+        server.stop()
