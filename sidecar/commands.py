@@ -1,4 +1,4 @@
-"""Sidecar sub-commands of `hexarch`: `serve`, plus `demo-model` and `up` from their modules.
+"""Sidecar sub-commands of `hexarch`: `serve`, plus `demo-model`, `up` and `usage` from their modules.
 
 `hexarch serve --config hexarch.yaml` runs the sidecar. Flags override `HEXARCH_*` variables, which
 override the file (docs/sidecar.md lists them all).
@@ -13,7 +13,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    from sidecar import demo_model, stack
+    from sidecar import demo_model, stack, usage
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
@@ -34,6 +34,7 @@ def register(subparsers: Any) -> None:
     parser.set_defaults(func=_serve)
     demo_model.register(subparsers)
     stack.register(subparsers)
+    usage.register(subparsers)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:
