@@ -81,9 +81,11 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "feature": ("feature",),
 }
 OTHER_KEYS: dict[str, tuple[str, ...]] = {
-    "rate": ("resource", "scope", "action"),
-    "budget": ("resource", "alert_at_percentage", "scope", "action"),
-    "tokens": ("resource", "warn_at_percentage", "scope", "action"),
+    # The seeds write alert_at_percentage on budgets and warn_at_percentage on tokens; both mean the
+    # same warn threshold, so every limit kind takes either spelling.
+    "rate": ("resource", "alert_at_percentage", "warn_at_percentage", "scope", "action"),
+    "budget": ("resource", "alert_at_percentage", "warn_at_percentage", "scope", "action"),
+    "tokens": ("resource", "alert_at_percentage", "warn_at_percentage", "scope", "action"),
     "param": ("min", "max", "max_length", "allowed_values", "resource", "operation", "action"),
     "time": ("operation", "resource", "action"),
     "model": ("allowed", "resource", "action"),

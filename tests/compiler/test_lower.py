@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from compiler.api import load_policy
+from compiler.api import compile_policy, load_policy
 from compiler.lower import config_json, lower, usd_to_micros
 from tests.conftest import EXAMPLE_POLICY
 
@@ -230,3 +230,17 @@ def test_money_is_exact_micro_usd() -> None:
     assert usd_to_micros(19.99) == 19_990_000
     assert usd_to_micros(100) == 100_000_000
     assert usd_to_micros(0.0000015) == 2  # half a micro-dollar rounds up
+
+
+def test_either_warn_threshold_spelling_on_every_limit_kind(tmp_path: Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "policies:\n  - id: a\n    rules:\n"
+        "      - {resource: x, requests_per_minute: 10, warn_at_percentage: 80}\n"
+        "      - {resource: x, max_tokens_per_hour: 1000, alert_at_percentage: 70}\n"
+        "      - {resource: x, monthly_budget_usd: 10, warn_at_percentage: 50}\n"
+    )
+    config = compile_policy(policy).config
+    assert config["rate_limits"][0]["warn_at"] == 0.8
+    assert config["token_limits"][0]["warn_at"] == 0.7
+    assert config["budgets"][0]["warn_at"] == 0.5

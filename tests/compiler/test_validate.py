@@ -121,7 +121,11 @@ def test_windows_days_models_and_principals_are_normalised() -> None:
         ("requires: confirmation", "needs an 'operation'"),
         ("feature: vision", "needs 'enabled: true' or 'enabled: false'"),
         ("max_tokens_per_hour: 10\n    warn_at_percentage: 100", "between 0 and 100"),
-        ("max_tokens_per_hour: 10\n    alert_at_percentage: 50", "did you mean 'warn_at_percentage'?"),
+        ("max_tokens_per_hour: 10\n    warn_at_percent: 50", "did you mean 'warn_at_percentage'?"),
+        (
+            "max_tokens_per_hour: 10\n    alert_at_percentage: 50\n    warn_at_percentage: 60",
+            "give the warning threshold once",
+        ),
         ("requests_per_minute: 30\n    action: warn_at_0%", "between 1% and 99%"),
         ("requests_per_minute: 30\n    scope: everyone", "unknown scope 'everyone'"),
     ],
