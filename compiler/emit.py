@@ -724,12 +724,12 @@ class _Emitter:
         def expected(model_name: str | None, resources: list[str]) -> list[ModelRule]:
             applying = [r for r in rules if r.resource == "*" or r.resource in resources]
             allow = [r for r in applying if r.allowed]
+            # An unnamed model might be a denied one: it fails deny-lists too (fail closed).
             culprits = [
                 r
                 for r in applying
                 if not r.allowed
-                and model_name is not None
-                and any(glob_match(p, model_name) for p in r.patterns)
+                and (model_name is None or any(glob_match(p, model_name) for p in r.patterns))
             ]
             if allow and (
                 model_name is None or not any(glob_match(p, model_name) for r in allow for p in r.patterns)
