@@ -265,7 +265,7 @@ def _time_violates(rule: TimeRule, day: int, minute: int) -> bool:
     )
 
 
-_ALPHABET = "xa0-_:.Zb1"
+_ALPHABET = "xa0-_:.Zb1" + "23456789cdefghijklmnopqrstuvwyzABCDEFGHIJKLMNOPQRSTUVWXY"
 
 
 def glob_sample(pattern: str) -> str:
@@ -719,7 +719,6 @@ class _Emitter:
         code = "model_not_allowed"
         all_patterns = [p for r in rules for p in r.patterns]
         resources_sets = {tuple(_resources(r.resource)) for r in rules}
-        actions = {r.action for r in rules if r.allowed}
 
         def expected(model_name: str | None, resources: list[str]) -> list[ModelRule]:
             applying = [r for r in rules if r.resource == "*" or r.resource in resources]
@@ -752,16 +751,13 @@ class _Emitter:
                 label = "no model" if sample is None else f"model {sample}"
                 name = f"{label}_on_{'_'.join(resources)}"
                 if not culprits:
-                    checks = [self.passes(policy.id, "*", a, code) for a in sorted({r.action for r in rules})]
+                    # Per rule, not "*": another rule of the policy may report confirmation_required.
+                    checks = [self.passes(policy.id, r.index, r.action, code) for r in rules]
                     f.add(name, f"{label} on {list(resources)} -> passes", doc, self.now, checks)
                     continue
+                # An allow-list violation names the policy's lowest-numbered applying allow rule.
                 culprit = culprits[0]
-                if not culprit.allowed:
-                    check = self.verdict(policy.id, culprit.index, culprit.action, code)
-                elif len(actions) == 1:
-                    check = self.verdict(policy.id, "*", culprit.action, code)
-                else:
-                    check = f'reported_anywhere(d, "{policy.id}", "*", "{code}")'
+                check = self.verdict(policy.id, culprit.index, culprit.action, code)
                 f.add(name, f"{label} on {list(resources)} -> reported", doc, self.now, [check])
                 if culprit.action == "require_confirmation" and sample is not None:
                     f.add(
@@ -769,11 +765,7 @@ class _Emitter:
                         "confirmed request passes",
                         {**doc, "confirmed": True},
                         self.now,
-                        [
-                            self.passes(
-                                policy.id, culprit.index if not culprit.allowed else "*", culprit.action, code
-                            )
-                        ],
+                        [self.passes(policy.id, culprit.index, culprit.action, code)],
                     )
 
     def access_rule(self, f: _File, policy: Policy, rule: AccessRule) -> None:
