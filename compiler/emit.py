@@ -835,7 +835,7 @@ class _Emitter:
 
     def confirmation_rule(self, f: _File, policy: Policy, rule: ConfirmationRule) -> None:
         code = "confirmation_required"
-        resources, operation = _resources(rule.resource), rule.operation
+        resources, operation = _resources(rule.resource), _operation(rule.operation)
         any_type = "*" in rule.resource_types
         types = [t for t in rule.resource_types if t != "*"] or [f"{OTHER}-type"]
         for rtype in types:
@@ -871,6 +871,7 @@ class _Emitter:
                 {**doc, "resource_type": unlisted},
                 False,
             )
+        # operation "*" confirms every operation: another operation is reported too.
         self.expect(
             f,
             policy,
@@ -879,7 +880,7 @@ class _Emitter:
             f"r{rule.index}_other_operation",
             "another operation",
             {**doc, "operation": f"{OTHER}-operation"},
-            False,
+            rule.operation == "*",
         )
         if rule.resource != "*":
             self.expect(

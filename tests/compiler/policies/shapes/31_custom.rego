@@ -1,0 +1,3 @@
+package hexarch.custom.always
+
+violations contains {"code": "custom_always", "message": "always"}
