@@ -37,6 +37,7 @@ from compiler.model import (
     Scalar,
     TimeRule,
     TokenRule,
+    glob_is_valid,
     glob_match,
 )
 
@@ -279,9 +280,12 @@ def glob_sample(pattern: str) -> str:
             i += 2
             continue
         if ch == "[":
+            # The class ends at the first `]` that closes a valid class (`[\\]]`, `[a-]]`).
             end = pattern.find("]", i + 1)
+            while end >= 0 and not glob_is_valid(pattern[i : end + 1]):
+                end = pattern.find("]", end + 1)
             cls = pattern[i : end + 1]
-            pick = next((c for c in _ALPHABET if glob_match(cls, c)), None)
+            pick = next((c for c in _ALPHABET + cls if glob_match(cls, c)), None)
             if end < 0 or pick is None:
                 break
             out.append(pick)

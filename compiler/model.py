@@ -235,14 +235,11 @@ def glob_regex(pattern: str) -> str | None:
         elif ch == "?":
             out.append(".")
         elif ch == "[":
-            end = pattern.find("]", i + 1)
-            if end < 0:
+            cls = _glob_class(pattern, i + 1)
+            if cls is None:
                 return None
-            body = pattern[i + 1 : end]
-            negate = body.startswith("!")
-            body = body[1:] if negate else body
-            out.append("[" + ("^" if negate else "") + body.replace("\\", "\\\\") + "]")
-            i = end + 1
+            out.append(cls[0])
+            i = cls[1]
             continue
         elif ch == "{":
             depth += 1
@@ -258,6 +255,30 @@ def glob_regex(pattern: str) -> str | None:
             out.append(re.escape(ch))
         i += 1
     return None if depth else "".join(out)
+
+
+def _glob_class(pattern: str, i: int) -> tuple[str, int] | None:
+    """The `[...]` class starting after `[` at `i`, as OPA's glob lexer reads it: `!` negates;
+    `x-y]` is a range, anything else a list of literal characters (`\\` escapes, `^` and `-`
+    included) up to `]`. Returns (regex, index after `]`); None when OPA rejects it."""
+    negate = pattern.startswith("!", i)
+    i += negate
+    prefix = "[^" if negate else "["
+    if i + 1 < len(pattern) and pattern[i + 1] == "-":
+        if i + 3 >= len(pattern) or pattern[i + 3] != "]" or pattern[i] > pattern[i + 2]:
+            return None
+        return f"{prefix}{re.escape(pattern[i])}-{re.escape(pattern[i + 2])}]", i + 4
+    chars: list[str] = []
+    while i < len(pattern) and pattern[i] != "]":
+        if pattern[i] == "\\":
+            i += 1
+            if i >= len(pattern):
+                return None
+        chars.append(pattern[i])
+        i += 1
+    if i >= len(pattern) or not chars:
+        return None
+    return prefix + "".join(re.escape(c) for c in chars) + "]", i + 1
 
 
 def glob_is_valid(pattern: str) -> bool:

@@ -15,6 +15,7 @@ import pytest
 
 from compiler.api import compile_policy
 from compiler.bundle import extract_bundle
+from compiler.model import glob_is_valid, glob_match
 from tests.support.servers import ROOT
 
 SHAPES = sorted((ROOT / "tests" / "compiler" / "policies" / "shapes").glob("*.yaml"))
@@ -54,3 +55,56 @@ def test_hexarch_test_passes_on_shape(opa_bin: str, tmp_path: Path, policy: Path
             enabled.id
         )
     assert "data.hexarch.generated.hexarch_settings_test" in packages
+
+
+# Class forms where a regex-minded reading and OPA's glob lexer disagree.
+GLOB_PATTERNS = [
+    "[^a]bc",
+    "[!a]bc",
+    "[a-c]x",
+    "[!a-c]x",
+    "[xa-c]",
+    "[a\\-z]",
+    "[\\]]",
+    "[--0]",
+    "{a,[b-c]}d",
+    "*[,}]",
+]
+GLOB_TEXTS = [
+    "abc",
+    "bbc",
+    "^bc",
+    "ax",
+    "bx",
+    "dx",
+    "a",
+    "b",
+    "-",
+    "z",
+    "]",
+    "/",
+    "ad",
+    "cd",
+    "x,",
+    "x}",
+    "x",
+]
+OPA_REJECTS = ["[a-]x", "[]", "[!]", "[c-a]", "[a-cx]", "[ab"]
+
+
+def test_compiler_globs_match_as_opa_reads_them(opa_bin: str, tmp_path: Path) -> None:
+    calls = [f"glob.match({json.dumps(p)}, null, {json.dumps(t)})" for p in GLOB_PATTERNS for t in GLOB_TEXTS]
+    module = tmp_path / "globs.rego"
+    module.write_text("package globs\n\nr := [" + ", ".join(calls) + "]\n")
+    proc = subprocess.run(
+        [opa_bin, "eval", "-d", str(module), "-f", "json", "data.globs.r"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    opa = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
+    ours = [glob_match(p, t) for p in GLOB_PATTERNS for t in GLOB_TEXTS]
+    assert ours == opa
+    # Patterns OPA cannot parse would match nothing at run time: the compiler rejects them.
+    assert [p for p in OPA_REJECTS if glob_is_valid(p)] == []
