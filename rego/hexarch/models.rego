@@ -77,6 +77,15 @@ _denied(rule) if _matches(rule)
 # Without a model name a deny-list cannot be checked, so it fails closed like an allow-list.
 _denied(_) if not request.model
 
+# glob.match fails on a pattern it cannot parse (like "[a-]"), which would match nothing and let
+# every model through a deny-list; such a pattern denies instead.
+_denied(rule) if {
+	some pattern in _patterns(rule)
+	not _parses(pattern)
+}
+
+_parses(pattern) if is_boolean(glob.match(pattern, null, ""))
+
 _allow_list_message(policy) := sprintf(
 	"model %q is not allowed by policy %v (allowed: %v)",
 	[request.model, policy, _allowed_patterns(policy)],

@@ -82,3 +82,10 @@ test_allow_action_rules_are_ignored if {
 test_malformed_patterns_match_nothing if {
 	_codes([_rule({"patterns": 7})], {"model": "gpt"}) == [["model_selection", 0, "model_not_allowed"]]
 }
+
+test_deny_pattern_opa_cannot_parse_fails_closed if {
+	r := _rule({"policy": "no_bad", "patterns": ["[a-]x"], "allowed": false})
+	_codes([r], {"model": "ax"}) == [["no_bad", 0, "model_not_allowed"]]
+	_codes([r], {"model": "tinyllama"}) == [["no_bad", 0, "model_not_allowed"]]
+	_codes([_rule({"policy": "no_gpt", "patterns": ["gpt-*", "o[1-3]"], "allowed": false})], {"model": "tinyllama"}) == []
+}
