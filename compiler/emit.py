@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -314,6 +314,14 @@ def _outside_sample(patterns: list[str], base: str) -> str | None:
     return None
 
 
+def _strings(value: Any) -> set[str]:
+    if isinstance(value, str):
+        return {value}
+    if isinstance(value, (tuple, list)):
+        return {s for v in value for s in _strings(v)}
+    return set()
+
+
 def _same_value(a: Scalar, b: Scalar) -> bool:
     """Equality as Rego sees it: 1 == 1.0, but true != 1 and "1" != 1 (Python says otherwise)."""
     if isinstance(a, (bool, str)) or isinstance(b, (bool, str)):
@@ -327,6 +335,19 @@ class _Emitter:
         self.config = config
         self.clock = _Clock(model.timezone)
         self.now = self.clock.ns(2, NOON)  # Wednesday noon, local time
+        # Every name the policy file uses, so the emitter's "someone/something else" is really else.
+        self.taken = {TEST_USER, TEST_TEAM}
+        for policy in model.policies:
+            for rule in policy.rules:
+                for item in fields(rule) if is_dataclass(rule) else ():
+                    self.taken |= _strings(getattr(rule, item.name))
+
+    def other(self, kind: str) -> str:
+        """A `kind` name (user, role, resource...) that the policy file does not mention."""
+        name = f"{OTHER}-{kind}"
+        while name in self.taken:
+            name += "-x"
+        return name
 
     # --- expectations --------------------------------------------------------------------------------
     def verdict(self, policy: str, rule: int | str, action: str, code: str) -> str:
@@ -555,7 +576,7 @@ class _Emitter:
                     [*head, *self.cost_checks(cost)],
                 )
             if rule.resource != "*":
-                doc = base_input(resources=[f"{OTHER}-resource"], model=model_name)
+                doc = base_input(resources=[self.other("resource")], model=model_name)
                 f.add(
                     f"r{rule.index}_{spec.suffix}_other_resource",
                     f"{lid} does not count other resources",
@@ -639,12 +660,12 @@ class _Emitter:
             raise EmitError(f"no violating value found for parameter rule {policy.id}/{rule.index}")
         self.confirm_variant(f, policy, rule, code, first_violation)
         if rule.resource != "*":
-            doc = {**first_violation, "resources": [f"{OTHER}-resource"]}
+            doc = {**first_violation, "resources": [self.other("resource")]}
             self.expect(
                 f, policy, rule, code, f"r{rule.index}_other_resource", "another resource", doc, False
             )
         if rule.operation != "*":
-            doc = {**first_violation, "operation": f"{OTHER}-operation"}
+            doc = {**first_violation, "operation": self.other("operation")}
             self.expect(
                 f, policy, rule, code, f"r{rule.index}_other_operation", "another operation", doc, False
             )
@@ -701,7 +722,7 @@ class _Emitter:
                 [self.passes(policy.id, rule.index, rule.action, code)],
             )
         if rule.operation != "*":
-            other = {**doc, "operation": f"{OTHER}-operation"}
+            other = {**doc, "operation": self.other("operation")}
             f.add(
                 f"r{rule.index}_other_operation",
                 "another operation is not restricted",
@@ -710,7 +731,7 @@ class _Emitter:
                 [self.passes(policy.id, rule.index, rule.action, code)],
             )
         if rule.resource != "*":
-            other = {**doc, "resources": [f"{OTHER}-resource"]}
+            other = {**doc, "resources": [self.other("resource")]}
             f.add(
                 f"r{rule.index}_other_resource",
                 "another resource is not restricted",
@@ -786,14 +807,12 @@ class _Emitter:
             doc = base_input(
                 resources=resources,
                 operation=operation,
-                principal=principal(f"{OTHER}-user", [f"{OTHER}-role", role]),
+                principal=principal(self.other("user"), [self.other("role"), role]),
             )
             self.expect(f, policy, rule, code, f"r{rule.index}_role_{role}", f"role @{role}", doc, False)
-        outsider = f"{OTHER}-user"
-        while outsider in rule.users:
-            outsider += "-x"
+        outsider = self.other("user")
         doc = base_input(
-            resources=resources, operation=operation, principal=principal(outsider, [f"{OTHER}-role"])
+            resources=resources, operation=operation, principal=principal(outsider, [self.other("role")])
         )
         self.expect(
             f,
@@ -822,7 +841,7 @@ class _Emitter:
                 code,
                 f"r{rule.index}_other_resource",
                 "another resource",
-                {**doc, "resources": [f"{OTHER}-resource"]},
+                {**doc, "resources": [self.other("resource")]},
                 False,
             )
         if rule.operation != "*":
@@ -833,7 +852,7 @@ class _Emitter:
                 code,
                 f"r{rule.index}_other_operation",
                 "another operation",
-                {**doc, "operation": f"{OTHER}-operation"},
+                {**doc, "operation": self.other("operation")},
                 False,
             )
 
@@ -841,7 +860,7 @@ class _Emitter:
         code = "confirmation_required"
         resources, operation = _resources(rule.resource), _operation(rule.operation)
         any_type = "*" in rule.resource_types
-        types = [t for t in rule.resource_types if t != "*"] or [f"{OTHER}-type"]
+        types = [t for t in rule.resource_types if t != "*"] or [self.other("type")]
         for rtype in types:
             doc = base_input(resources=resources, operation=operation, resource_type=rtype)
             self.expect(
@@ -862,9 +881,7 @@ class _Emitter:
             f, policy, rule, code, f"r{rule.index}_no_type", f"{operation} without a resource type", doc, True
         )
         if not any_type:
-            unlisted = f"{OTHER}-type"
-            while unlisted in rule.resource_types:
-                unlisted += "-x"
+            unlisted = self.other("type")
             self.expect(
                 f,
                 policy,
@@ -883,7 +900,7 @@ class _Emitter:
             code,
             f"r{rule.index}_other_operation",
             "another operation",
-            {**doc, "operation": f"{OTHER}-operation"},
+            {**doc, "operation": self.other("operation")},
             rule.operation == "*",
         )
         if rule.resource != "*":
@@ -894,13 +911,13 @@ class _Emitter:
                 code,
                 f"r{rule.index}_other_resource",
                 "another resource",
-                {**doc, "resources": [f"{OTHER}-resource"]},
+                {**doc, "resources": [self.other("resource")]},
                 False,
             )
 
     def feature_rule(self, f: _File, policy: Policy, rule: FeatureRule) -> None:
         doc = base_input(feature=rule.feature)
-        other = base_input(feature=f"{OTHER}-feature")
+        other = base_input(feature=self.other("feature"))
         if not rule.enabled:
             code = "feature_disabled"
             self.expect(
@@ -932,6 +949,14 @@ class _Emitter:
                 )
             return
         code = "feature_requires_approval"
+        outsider = {
+            "id": self.other("user"),
+            "team": TEST_TEAM,
+            "roles": [],
+            "tier": "free",
+            "authenticated": True,
+        }
+        doc = {**doc, "principal": outsider}
         self.expect(
             f,
             policy,
@@ -957,7 +982,7 @@ class _Emitter:
             )
         for role in rule.approver_roles:
             approver = {
-                "id": f"{OTHER}-user",
+                "id": self.other("user"),
                 "team": TEST_TEAM,
                 "roles": [role],
                 "tier": "free",
