@@ -62,6 +62,22 @@ class Node:
         return Diagnostic(self.file, self.line, self.col, self.path, message, hint)
 
 
+def describe(node: Node) -> str:
+    """What a value is, for "must be X, got Y" messages: `the string 'two'`, `a list`..."""
+    if node.kind == "mapping":
+        return "a mapping"
+    if node.kind == "sequence":
+        return "a list"
+    value = node.value
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return f"the string '{value}'"
+
+
 def _child_path(parent: str, key: str | int) -> str:
     if isinstance(key, int):
         return f"{parent}[{key}]"

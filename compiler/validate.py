@@ -43,7 +43,7 @@ from compiler.model import (
     Upstream,
     glob_is_valid,
 )
-from compiler.parse import Node
+from compiler.parse import Node, describe
 
 TOP_LEVEL_KEYS = (
     "version",
@@ -115,21 +115,6 @@ WARN_AT_ACTION = re.compile(r"^warn_at_(\d+(?:\.\d+)?)%$")
 WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
-def _describe(node: Node) -> str:
-    if node.kind == "mapping":
-        return "a mapping"
-    if node.kind == "sequence":
-        return "a list"
-    value = node.value
-    if value is None:
-        return "nothing (null)"
-    if isinstance(value, bool):
-        return f"the boolean {str(value).lower()}"
-    if isinstance(value, (int, float)):
-        return f"the number {value}"
-    return f"the string '{value}'"
-
-
 def _number_hint(value: object) -> str | None:
     """YAML 1.1 reads `1e3` (no dot, no sign) as text; say how to write it as a number."""
     if isinstance(value, str):
@@ -165,7 +150,7 @@ class _Validator:
     # --- typed readers (None means "reported" or "absent") -------------------------------------
     def mapping(self, node: Node, what: str) -> bool:
         if node.kind != "mapping":
-            self.error(node, f"{what} must be a mapping, got {_describe(node)}")
+            self.error(node, f"{what} must be a mapping, got {describe(node)}")
             return False
         return True
 
@@ -176,7 +161,7 @@ class _Validator:
             # YAML reads unquoted `off`, `yes`, `1.0` as booleans and numbers.
             quote = node.kind == "scalar" and node.value is not None and not isinstance(node.value, str)
             hint = "put it in quotes" if quote else None
-            self.error(node, f"{what} must be a non-empty string, got {_describe(node)}", hint)
+            self.error(node, f"{what} must be a non-empty string, got {describe(node)}", hint)
             return None
         return node.value
 
@@ -184,7 +169,7 @@ class _Validator:
         if node is None:
             return None
         if node.kind != "scalar" or not isinstance(node.value, bool):
-            self.error(node, f"{what} must be true or false, got {_describe(node)}")
+            self.error(node, f"{what} must be true or false, got {describe(node)}")
             return None
         return node.value
 
@@ -193,7 +178,7 @@ class _Validator:
             return None
         value = node.value
         if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.error(node, f"{what} must be a number, got {_describe(node)}", _number_hint(value))
+            self.error(node, f"{what} must be a number, got {describe(node)}", _number_hint(value))
             return None
         if value != value or value in (float("inf"), float("-inf")):
             self.error(node, f"{what} must be a finite number")
@@ -205,7 +190,7 @@ class _Validator:
             return None
         value = node.value
         if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, int):
-            self.error(node, f"{what} must be a whole number, got {_describe(node)}")
+            self.error(node, f"{what} must be a whole number, got {describe(node)}")
             return None
         if value <= 0:
             self.error(node, f"{what} must be greater than zero, got {value}")
@@ -230,7 +215,7 @@ class _Validator:
             one = self.string(node, what)
             return None if one is None else (one,)
         if node.kind != "sequence" or not node.elements():
-            self.error(node, f"{what} must be a string or a non-empty list of strings, got {_describe(node)}")
+            self.error(node, f"{what} must be a string or a non-empty list of strings, got {describe(node)}")
             return None
         out: list[str] = []
         for element in node.elements():
@@ -272,7 +257,7 @@ def _validate_file(v: _Validator, tree: Node, base_dir: Path) -> PolicyFile | No
     if version_node is not None and (
         version_node.kind != "scalar" or isinstance(version_node.value, bool) or version_node.value != 1
     ):
-        v.error(version_node, f"unsupported version: {_describe(version_node)}", "the only version is 1")
+        v.error(version_node, f"unsupported version: {describe(version_node)}", "the only version is 1")
 
     enforcement = v.choice(tree.get("enforcement"), ENFORCEMENTS, "enforcement") or "strict"
     timezone = _timezone(v, tree.get("timezone")) or "UTC"
@@ -290,7 +275,7 @@ def _validate_file(v: _Validator, tree: Node, base_dir: Path) -> PolicyFile | No
     if policies_node is None:
         v.error(tree, "the policy file has no 'policies' list", "add 'policies:' with at least one policy")
     elif policies_node.kind != "sequence":
-        v.error(policies_node, f"'policies' must be a list, got {_describe(policies_node)}")
+        v.error(policies_node, f"'policies' must be a list, got {describe(policies_node)}")
     else:
         seen: dict[str, Node] = {}
         for element in policies_node.elements():
@@ -408,7 +393,7 @@ def _custom(v: _Validator, node: Node | None, base_dir: Path) -> tuple[CustomPol
     if node is None:
         return ()
     if node.kind != "sequence":
-        v.error(node, f"'custom' must be a list of {{id, file}}, got {_describe(node)}")
+        v.error(node, f"'custom' must be a list of {{id, file}}, got {describe(node)}")
         return ()
     out: list[CustomPolicy] = []
     seen: dict[str, Node] = {}
@@ -478,7 +463,7 @@ def _policy(v: _Validator, node: Node, seen: dict[str, Node]) -> Policy | None:
     if rules_node is None:
         v.error(node, "a policy needs a 'rules' list")
     elif rules_node.kind != "sequence" or not rules_node.elements():
-        v.error(rules_node, f"'rules' must be a non-empty list, got {_describe(rules_node)}")
+        v.error(rules_node, f"'rules' must be a non-empty list, got {describe(rules_node)}")
     else:
         for index, rule_node in enumerate(rules_node.elements()):
             rule = _rule(v, rule_node, index)
@@ -676,14 +661,14 @@ def _param_rule(
     values: tuple[Scalar, ...] | None = None
     if values_node is not None:
         if values_node.kind != "sequence" or not values_node.elements():
-            v.error(values_node, f"'allowed_values' must be a non-empty list, got {_describe(values_node)}")
+            v.error(values_node, f"'allowed_values' must be a non-empty list, got {describe(values_node)}")
         else:
             scalars = [e for e in values_node.elements() if e.kind == "scalar" and e.value is not None]
             for element in values_node.elements():
                 if element not in scalars:
                     v.error(
                         element,
-                        f"each allowed value must be a string, number or boolean, got {_describe(element)}",
+                        f"each allowed value must be a string, number or boolean, got {describe(element)}",
                     )
             if len(scalars) == len(values_node.elements()):
                 values = tuple(cast(Scalar, e.value) for e in scalars)
@@ -743,7 +728,7 @@ def _windows(v: _Validator, node: Node | None, what: str) -> tuple[tuple[int, in
 
 def _window(v: _Validator, node: Node, what: str) -> tuple[int, int] | None:
     if node.kind != "scalar" or not isinstance(node.value, str):
-        v.error(node, f'{what} must be a quoted window like "22:00-06:00", got {_describe(node)}')
+        v.error(node, f'{what} must be a quoted window like "22:00-06:00", got {describe(node)}')
         return None
     text = node.value
     match = WINDOW.match(text)

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from compiler.diagnostics import Diagnostic, did_you_mean
 from compiler.errors import PolicyError
-from compiler.parse import Node, parse_file
+from compiler.parse import Node, describe, parse_file
 from compiler.validate import TOP_LEVEL_KEYS
 from sidecar.errors import SettingsError
 
@@ -158,7 +158,7 @@ class _Collector:
         if node is None:
             return default
         if node.kind != "scalar" or not isinstance(node.value, str) or not node.value:
-            self.add(node.diag(f"expected a non-empty string, got {_describe(node)}"))
+            self.add(node.diag(f"expected a non-empty string, got {describe(node)}"))
             return default
         if choices and node.value not in choices:
             hint = did_you_mean(node.value, choices) or f"one of: {', '.join(choices)}"
@@ -170,7 +170,7 @@ class _Collector:
         if node is None:
             return default
         if node.kind != "scalar" or not isinstance(node.value, bool):
-            self.add(node.diag(f"expected true or false, got {_describe(node)}"))
+            self.add(node.diag(f"expected true or false, got {describe(node)}"))
             return default
         return node.value
 
@@ -185,7 +185,7 @@ class _Collector:
             ok = False
         if not ok:
             kind = "an integer" if integer else "a number"
-            self.add(node.diag(f"expected {kind}, got {_describe(node)}"))
+            self.add(node.diag(f"expected {kind}, got {describe(node)}"))
             return default
         assert isinstance(value, (int, float))
         if value < minimum:
@@ -199,7 +199,7 @@ class _Collector:
         if allow_single and node.kind == "scalar" and isinstance(node.value, str) and node.value:
             return (node.value,)
         if node.kind != "sequence":
-            self.add(node.diag(f"expected a list of strings, got {_describe(node)}"))
+            self.add(node.diag(f"expected a list of strings, got {describe(node)}"))
             return ()
         out: list[str] = []
         for element in node.elements():
@@ -217,15 +217,6 @@ class _Collector:
             )
             return default
         return value
-
-
-def _describe(node: Node) -> str:
-    if node.kind != "scalar":
-        return f"a {node.kind}"
-    value = node.value
-    if value is None:
-        return "nothing (null)"
-    return f"{type(value).__name__} {value!r}"
 
 
 def _valid_url(value: str, schemes: tuple[str, ...]) -> bool:

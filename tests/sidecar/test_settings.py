@@ -77,7 +77,7 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
     text = errors_of(path)
     assert "2:13: error: 'htp:/nowhere' is not a valid URL" in text
     assert "3:8: error: 'olama' is not one of ollama, openai (at up.api); did you mean 'ollama'?" in text
-    assert "4:12: error: expected an integer, got str 'two'" in text
+    assert "4:12: error: expected an integer, got the string 'two'" in text
     assert "6:11: error: 'nowhere' is not a listen address" in text
     assert "7:14: error: 'open' is not one of fail_closed, fail_open" in text
     assert (
