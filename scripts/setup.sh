@@ -28,12 +28,16 @@ fi
 # --- OPA (pinned, built from the Go module proxy) -----------------------------
 mkdir -p .tools/bin
 opa_bin=.tools/bin/opa
-if [ ! -x "$opa_bin" ] || ! "$opa_bin" version 2>/dev/null | grep -q "^Version: ${OPA_VERSION#v}\$"; then
+# The version is read into a variable, not piped into `grep -q`: under pipefail, grep
+# leaving early sends SIGPIPE to `opa version` and fails the check now and then.
+opa_version() { [ -x "$opa_bin" ] && "$opa_bin" version 2>/dev/null | sed -n 's/^Version: //p'; }
+if [ "$(opa_version || true)" != "${OPA_VERSION#v}" ]; then
   command -v go >/dev/null || { log "Go is required to build OPA ${OPA_VERSION}"; exit 1; }
   log "building OPA ${OPA_VERSION} (takes about two minutes the first time)"
   GOBIN="$root/.tools/bin" GOFLAGS=-mod=mod go install "github.com/open-policy-agent/opa@${OPA_VERSION}"
 fi
-"$opa_bin" version | grep -q "^Version: ${OPA_VERSION#v}\$" || { log "OPA at $opa_bin is not ${OPA_VERSION}"; exit 1; }
+built=$(opa_version || true)
+[ "$built" = "${OPA_VERSION#v}" ] || { log "OPA at $opa_bin reports version '${built}', expected ${OPA_VERSION}"; exit 1; }
 
 # --- redis-server (Debian) ----------------------------------------------------
 if ! command -v redis-server >/dev/null; then
@@ -44,4 +48,4 @@ if ! command -v redis-server >/dev/null; then
 fi
 command -v redis-server >/dev/null || { log "redis-server is still missing"; exit 1; }
 
-log "ready: $("$opa_bin" version | head -1), $(redis-server --version | cut -d' ' -f1-3), $(.venv/bin/python --version)"
+log "ready: OPA ${built}, $(redis-server --version | cut -d' ' -f1-3), $(.venv/bin/python --version)"
