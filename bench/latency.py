@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -38,7 +39,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from sidecar.stack import ROOT, Stack, StackOptions, find_binary, free_port
+from bench.floor_proxy import decision_input
+from sidecar.stack import ROOT, Stack, StackOptions, find_binary, free_port, http_ok
 
 EXAMPLE = ROOT / "examples" / "hexarch.yaml"
 HUGE = 1_000_000_000
@@ -50,18 +52,7 @@ BODY = {
 }
 PATH = "/v1/chat/completions"
 # What the sidecar asks OPA for BODY (DESIGN.md input document), to time the decision on its own.
-DECISION_INPUT = {
-    "request": {"id": "bench", "method": "POST", "path": PATH, "api": "openai.chat"},
-    "principal": {"id": "anonymous", "team": None, "roles": [], "tier": None, "authenticated": False},
-    "resources": ["tinyllama", "*"],
-    "operation": "chat",
-    "resource_type": None,
-    "feature": None,
-    "confirmed": False,
-    "model": "tinyllama",
-    "params": {"temperature": 0.7, "max_tokens": 16, "num_predict": 16, "max_completion_tokens": 16},
-    "estimate": {"prompt_tokens": 10, "max_output_tokens": 16},
-}
+DECISION_INPUT = decision_input(BODY)
 
 
 def unthrottled_policy(source: Path, target: Path) -> None:
@@ -106,12 +97,18 @@ class Samples:
         return out
 
 
-def summary(direct: Samples, sidecar: Samples) -> dict[str, Any]:
-    d, s = direct.stats(), sidecar.stats()
-    result: dict[str, Any] = {"direct": d, "sidecar": s}
-    if "p50_ms" in d and "p50_ms" in s:
-        result["added_p50_ms"] = round(s["p50_ms"] - d["p50_ms"], 3)
-        result["added_p99_ms"] = round(s["p99_ms"] - d["p99_ms"], 3)
+def summary(direct: Samples, sidecar: Samples, floor: Samples) -> dict[str, Any]:
+    d, s, f = direct.stats(), sidecar.stats(), floor.stats()
+    result: dict[str, Any] = {"direct": d, "sidecar": s, "floor": f}
+
+    def added(prefix: str, over: dict[str, Any], base: dict[str, Any]) -> None:
+        if "p50_ms" in over and "p50_ms" in base:
+            result[f"{prefix}_p50_ms"] = round(over["p50_ms"] - base["p50_ms"], 3)
+            result[f"{prefix}_p99_ms"] = round(over["p99_ms"] - base["p99_ms"], 3)
+
+    added("added", s, d)  # what the sidecar costs a caller
+    added("floor_added", f, d)  # what OPA + one Redis call + a hop cost, with nothing else
+    added("sidecar_over_floor", s, f)  # the sidecar's own share
     return result
 
 
@@ -141,27 +138,30 @@ def caller(
     return call
 
 
-async def sequential(direct: Call, sidecar: Call, opa: Call, requests: int) -> dict[str, Any]:
-    d, s, o = Samples(), Samples(), Samples()
+def rotated(paths: list[tuple[Call, Samples]], i: int) -> list[tuple[Call, Samples]]:
+    """The paths in the i-th order, so no path always runs right after the same other one."""
+    k = i % len(paths)
+    return paths[k:] + paths[:k]
+
+
+async def sequential(direct: Call, sidecar: Call, floor: Call, opa: Call, requests: int) -> dict[str, Any]:
+    d, s, f, o = Samples(), Samples(), Samples(), Samples()
+    paths = [(direct, d), (sidecar, s), (floor, f)]
     for i in range(requests):
-        # Alternate which goes first so neither path always follows the other.
-        if i % 2:
-            await direct(d)
-            await sidecar(s)
-        else:
-            await sidecar(s)
-            await direct(d)
+        for call, into in rotated(paths, i):
+            await call(into)
         await opa(o)
-    result = summary(d, s)
+    result = summary(d, s, f)
     # Part of the added latency: one decision asked of OPA directly (HTTP round trip + evaluation).
     result["opa_decision_only"] = o.stats()
     return result
 
 
 async def concurrent(
-    direct: Call, sidecar: Call, requests: int, concurrency: int, batch: int
+    direct: Call, sidecar: Call, floor: Call, requests: int, concurrency: int, batch: int
 ) -> dict[str, Any]:
-    d, s = Samples(), Samples()
+    d, s, f = Samples(), Samples(), Samples()
+    paths = [(direct, d), (sidecar, s), (floor, f)]
 
     async def run_batch(call: Call, into: Samples) -> None:
         remaining = batch
@@ -178,10 +178,9 @@ async def concurrent(
 
     rounds = max(1, math.ceil(requests / batch))
     for i in range(rounds):
-        first, second = ((direct, d), (sidecar, s)) if i % 2 else ((sidecar, s), (direct, d))
-        await run_batch(*first)
-        await run_batch(*second)
-    result = summary(d, s)
+        for call, into in rotated(paths, i):
+            await run_batch(call, into)
+    result = summary(d, s, f)
     result["concurrency"] = concurrency
     return result
 
@@ -210,25 +209,29 @@ def versions(stack: Stack) -> dict[str, str]:
     return found
 
 
-async def measure(stack: Stack, requests: int, concurrency: int, batch: int, warmup: int) -> dict[str, Any]:
+async def measure(
+    stack: Stack, floor_url: str, requests: int, concurrency: int, batch: int, warmup: int
+) -> dict[str, Any]:
     assert stack.demo_url is not None
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=concurrency)
     headers = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(connector=connector) as session:
         direct = caller(session, stack.demo_url + PATH, headers)
         sidecar = caller(session, stack.sidecar_url + PATH, headers)
+        floor = caller(session, floor_url + PATH, headers)
         opa = caller(session, stack.opa_url + "/v1/data/hexarch/decision", headers, {"input": DECISION_INPUT})
         # Warm-up: connections, OPA's compiled query cache, Redis script cache, Python code paths.
         scratch = Samples()
         for _ in range(warmup):
             await direct(scratch)
             await sidecar(scratch)
-        await concurrent(direct, sidecar, batch * 2, concurrency, batch)
+            await floor(scratch)
+        await concurrent(direct, sidecar, floor, batch * 3, concurrency, batch)
         began = time.monotonic()
         seq_window = (time.time(), 0.0)
-        seq = await sequential(direct, sidecar, opa, requests)
+        seq = await sequential(direct, sidecar, floor, opa, requests)
         seq_window = (seq_window[0], time.time())
-        conc = await concurrent(direct, sidecar, requests, concurrency, batch)
+        conc = await concurrent(direct, sidecar, floor, requests, concurrency, batch)
         elapsed = time.monotonic() - began
     seq["sidecar_log_p50_ms"] = sidecar_log_medians(stack.work_dir / "sidecar.log", seq_window)
     return {"sequential": seq, "concurrent": conc, "elapsed_seconds": round(elapsed, 1)}
@@ -254,6 +257,33 @@ def sidecar_log_medians(log: Path, window: tuple[float, float]) -> dict[str, flo
     if {"latency_ms", "decision_ms", "upstream_ms"} <= out.keys():
         out["own_ms"] = round(out["latency_ms"] - out["decision_ms"] - out["upstream_ms"], 3)
     return out
+
+
+@contextlib.contextmanager
+def floor_proxy(stack: Stack) -> Iterator[str]:
+    """`bench.floor_proxy` on a free port, talking to the stack's OPA, Redis and demo model."""
+    assert stack.demo_url is not None
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = (stack.work_dir / "floor-proxy.log").open("wb")
+    cmd = [sys.executable, "-m", "bench.floor_proxy", "--port", str(port), "--opa", stack.opa_url]
+    cmd += ["--redis", stack.redis_url, "--upstream", stack.demo_url]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not http_ok(url + "/health"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the floor proxy did not start; see {log.name}")
+            time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -286,21 +316,24 @@ def main(argv: list[str] | None = None) -> int:
         stack = Stack(options)
         stack.start()
         try:
-            try:
-                import uvloop
+            with floor_proxy(stack) as floor_url:
+                try:
+                    import uvloop
 
-                runner: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]] = uvloop.run
-            except ImportError:
-                runner = asyncio.run
-            result = runner(measure(stack, args.requests, args.concurrency, args.batch, args.warmup))
-            result = {
-                "sequential": result["sequential"],
-                "concurrent": result["concurrent"],
-                "requests": args.requests,
-                "endpoint": f"POST {PATH} (non-streaming, max_tokens {BODY['max_tokens']})",
-                "elapsed_seconds": result["elapsed_seconds"],
-                "versions": versions(stack),
-            }
+                    runner: Callable[[Coroutine[Any, Any, dict[str, Any]]], dict[str, Any]] = uvloop.run
+                except ImportError:
+                    runner = asyncio.run
+                result = runner(
+                    measure(stack, floor_url, args.requests, args.concurrency, args.batch, args.warmup)
+                )
+                result = {
+                    "sequential": result["sequential"],
+                    "concurrent": result["concurrent"],
+                    "requests": args.requests,
+                    "endpoint": f"POST {PATH} (non-streaming, max_tokens {BODY['max_tokens']})",
+                    "elapsed_seconds": result["elapsed_seconds"],
+                    "versions": versions(stack),
+                }
         finally:
             stack.stop()
     text = json.dumps(result, indent=2)

@@ -200,6 +200,19 @@ def test_readme_openai_call_works_under_up_demo(up: Up) -> None:
     assert "temperature 1.5 is above the maximum 1.0" in str(caught.value)
 
 
+def test_up_runs_opa_with_its_go_runtime_settings(up: Up) -> None:
+    def program(pid: int) -> str:
+        return Path(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()).name
+
+    (opa,) = [pid for pid in children_of(up.proc.pid) if program(pid) == "opa"]
+    environ = dict(
+        item.split(b"=", 1) for item in Path(f"/proc/{opa}/environ").read_bytes().split(b"\0") if b"=" in item
+    )
+    # docs/performance.md: one scheduler thread and GOGC=400, unless the user's environment says otherwise
+    assert environ[b"GOMAXPROCS"] == os.environ.get("GOMAXPROCS", "1").encode()
+    assert environ[b"GOGC"] == os.environ.get("GOGC", "400").encode()
+
+
 def test_ctrl_c_stops_every_child(up: Up) -> None:
     children = children_of(up.proc.pid)
     assert len(children) == 4, children  # redis, demo model, sidecar, opa

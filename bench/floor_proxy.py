@@ -1,0 +1,122 @@
+"""The floor: the least a guarding proxy does per request, to compare the sidecar against.
+
+`python -m bench.floor_proxy --port P --opa URL --redis URL --upstream URL` serves
+`POST /v1/chat/completions` and, for each request, does only the steps no guard can skip:
+
+1. read and parse the JSON body;
+2. ask OPA for the same `data.hexarch.decision` the sidecar asks for (DESIGN.md input document,
+   model and parameters from the body), over the sidecar's own decision client, and refuse with 403
+   unless it allows;
+3. one EVALSHA on Redis (a one-line INCR script, standing for the admission call);
+4. forward the body to the upstream with aiohttp and return its reply.
+
+No principal, no limits, no settlement, no metrics, no decision log, no error shape: whatever the
+sidecar adds on top of this is its own overhead, and whatever this adds over a direct call is the
+price of the policy engine and the counter store on this machine. `bench.latency` runs it beside the
+sidecar in the same interleaved loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+import redis.asyncio as redis
+from aiohttp import web
+
+from sidecar.opa_http import JsonPoster
+
+PATH = "/v1/chat/completions"
+_INCR = "return redis.call('INCR', KEYS[1])"
+
+OPA_KEY: web.AppKey[JsonPoster] = web.AppKey("opa", JsonPoster)
+REDIS_KEY: web.AppKey[redis.Redis] = web.AppKey("redis", redis.Redis)
+SCRIPT_KEY: web.AppKey[str] = web.AppKey("script", str)
+SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
+
+
+def decision_input(body: dict[str, Any]) -> dict[str, Any]:
+    """The input document the sidecar builds for an anonymous OpenAI chat call."""
+    model = body.get("model")
+    max_tokens = body.get("max_tokens")
+    params: dict[str, Any] = {k: body[k] for k in ("temperature", "top_p", "max_tokens") if k in body}
+    if max_tokens is not None:
+        params["num_predict"] = params["max_completion_tokens"] = max_tokens
+    estimate: dict[str, Any] = {"prompt_tokens": 10}
+    if max_tokens is not None:
+        estimate["max_output_tokens"] = max_tokens
+    return {
+        "request": {"id": "floor", "method": "POST", "path": PATH, "api": "openai.chat"},
+        "principal": {"id": "anonymous", "team": None, "roles": [], "tier": None, "authenticated": False},
+        "resources": [model, "*"] if isinstance(model, str) else ["*"],
+        "operation": "chat",
+        "resource_type": None,
+        "feature": None,
+        "confirmed": False,
+        "model": model,
+        "params": params,
+        "estimate": estimate,
+    }
+
+
+def create_app(opa_url: str, redis_url: str, upstream_url: str) -> web.Application:
+    app = web.Application()
+
+    async def clients(app: web.Application) -> AsyncIterator[None]:
+        poster = JsonPoster(f"{opa_url.rstrip('/')}/v1/data/hexarch/decision", 1.0)
+        client = redis.Redis.from_url(redis_url)
+        app[OPA_KEY] = poster
+        app[REDIS_KEY] = client
+        app[SCRIPT_KEY] = await client.script_load(_INCR)
+        app[SESSION_KEY] = aiohttp.ClientSession()
+        yield
+        await app[SESSION_KEY].close()
+        await client.aclose()
+        await poster.close()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        body = orjson.loads(raw)
+        status, answer = await request.app[OPA_KEY].post(orjson.dumps({"input": decision_input(body)}))
+        if status != 200 or orjson.loads(answer).get("result", {}).get("allow") is not True:
+            return web.Response(status=403, body=answer)
+        await request.app[REDIS_KEY].evalsha(request.app[SCRIPT_KEY], 1, "hexarch-floor")
+        async with request.app[SESSION_KEY].post(
+            upstream_url.rstrip("/") + PATH, data=raw, headers={"Content-Type": "application/json"}
+        ) as resp:
+            return web.Response(status=resp.status, body=await resp.read(), content_type="application/json")
+
+    async def health(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=b'{"status":"ok"}', content_type="application/json")
+
+    app.cleanup_ctx.append(clients)
+    app.router.add_post(PATH, handle)
+    app.router.add_get("/health", health)
+    return app
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.floor_proxy", description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--opa", required=True, help="OPA base URL")
+    parser.add_argument("--redis", required=True, help="Redis URL")
+    parser.add_argument("--upstream", required=True, help="model base URL")
+    args = parser.parse_args(argv)
+    loop: asyncio.AbstractEventLoop
+    try:
+        import uvloop
+
+        loop = uvloop.new_event_loop()
+    except ImportError:  # the sidecar's event loop, so the comparison is like for like
+        loop = asyncio.new_event_loop()
+    app = create_app(args.opa, args.redis, args.upstream)
+    web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, loop=loop)
+
+
+if __name__ == "__main__":
+    main()
