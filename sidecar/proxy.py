@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import Any
 from urllib.parse import quote
 
@@ -55,6 +53,7 @@ from sidecar.metrics import Metrics
 from sidecar.opa_client import OpaClient
 from sidecar.principal import Principal, PrincipalResolver
 from sidecar.reply_usage import TokenCounts
+from sidecar.reservation import cost_micros, output_allowance, reserved_output
 from sidecar.settings import PLAIN_PLACEHOLDER, Settings
 from sidecar.upstream import Reply, UpstreamClient
 
@@ -118,14 +117,6 @@ def _tightest(states: Sequence[LimitState]) -> LimitState | None:
     requests = [s for s in stored if s.limit.unit == "requests"]
     pool = requests or stored
     return min(pool, key=lambda s: s.remaining / s.limit.limit if s.limit.limit else 0.0)
-
-
-def cost_micros(pricing: Mapping[str, Any] | None, counts: TokenCounts) -> int:
-    if not pricing:
-        return 0
-    price_in = Decimal(str(pricing.get("input_per_million_usd", 0) or 0))
-    price_out = Decimal(str(pricing.get("output_per_million_usd", 0) or 0))
-    return max(0, math.ceil(price_in * counts.prompt_tokens + price_out * counts.completion_tokens))
 
 
 class Proxy:
@@ -228,13 +219,16 @@ class Proxy:
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
         forwarded = raw
         hide_usage_chunk = False
+        pricing = decision.get("pricing") if decision is not None else None
         if body is not None and ep.api in _GENERATING_APIS:
             changed = False
-            # Only blocking caps rewrite the body: under `warn`/`monitor` enforcement nothing is enforced.
-            caps = [lim.limit for lim in limits if lim.is_request_cap and lim.blocks]
-            if caps and norm.max_output_tokens is None:
-                apply_token_cap(ep, body, min(caps))
-                changed = True
+            if norm.max_output_tokens is None:
+                # No maximum named: ask for no more output than the blocking reservations cover, so
+                # the reply cannot settle past what was admitted (sidecar/reservation.py).
+                allowance = output_allowance(limits, pricing, norm.prompt_tokens)
+                if allowance is not None:
+                    apply_token_cap(ep, body, max(1, allowance))
+                    changed = True
             if norm.stream and request_stream_usage(ep, body):
                 changed = hide_usage_chunk = True
             if changed:
@@ -242,8 +236,8 @@ class Proxy:
         ticket = _Ticket(
             admission=admission,
             store=store,
-            pricing=decision.get("pricing") if decision is not None else None,
-            reservation=self._reservation(norm, limits),
+            pricing=pricing,
+            reservation=reserved_output(norm.max_output_tokens, limits, pricing, norm.prompt_tokens),
             hide_usage_chunk=hide_usage_chunk,
         )
         return await self._forward(request, ep, forwarded, norm, extra, ticket, rec)
@@ -453,17 +447,6 @@ class Proxy:
         tight = _tightest(admission.states)
         if tight is not None:
             extra.update(ratelimit_headers(tight))
-
-    @staticmethod
-    def _reservation(norm: Normalised, limits: Sequence[Limit]) -> int:
-        """Output tokens the admission reserved: what settles when the upstream reports no usage."""
-        if norm.max_output_tokens is not None:
-            return norm.max_output_tokens
-        caps = [lim.limit for lim in limits if lim.is_request_cap]
-        if caps:
-            return min(caps)
-        windowed = [lim.cost - norm.prompt_tokens for lim in limits if lim.unit == "tokens"]
-        return max(windowed) if windowed else 0
 
     # ---------------------------------------------------------------------------------------
     def _upstream_path(self, request: web.Request, ep: Endpoint) -> str:

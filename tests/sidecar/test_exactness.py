@@ -1,7 +1,8 @@
 """Exactness under concurrency: limits hold across two `hexarch serve` processes sharing one Redis.
 
 3 x L concurrent requests against a rate limit of L let exactly L through; 200 concurrent requests
-against a USD budget never settle more than the budget.
+against a USD budget never settle more than the budget, also when they name no maximum output and
+the model would talk far longer than the reservation.
 """
 
 from __future__ import annotations
@@ -25,9 +26,13 @@ from tests.sidecar.app_support import (
 from tests.support.servers import OpaServer, RedisServer
 
 LIMIT = 25
+RESERVED_OUTPUT = 8  # defaults.max_output_tokens
+TALKATIVE = 400  # what the demo model says when nobody caps it
 
 POLICY = f"""
 version: 1
+defaults:
+  max_output_tokens: {RESERVED_OUTPUT}
 pricing:
   "tinyllama*":
     input_per_million_usd: 1.0
@@ -78,7 +83,7 @@ def redis_url(redis_server: RedisServer) -> str:
 @pytest.fixture
 async def sidecars(opa: OpaServer, redis_url: str, tmp_path: Path) -> AsyncIterator[list[str]]:
     # A little upstream latency keeps many requests in flight at once.
-    async with demo_server(latency_ms=20) as demo:
+    async with demo_server(latency_ms=20, tokens_per_reply=TALKATIVE) as demo:
         config = tmp_path / "hexarch.yaml"
         config.write_text(with_upstream(POLICY, str(demo.make_url("")).rstrip("/")))
         env = {"HEXARCH_OPA_URL": opa.url, "HEXARCH_REDIS_URL": redis_url, "HEXARCH_OPA_TIMEOUT_MS": "2000"}
@@ -111,15 +116,19 @@ async def test_3l_concurrent_requests_over_two_processes_let_exactly_l_through(s
     assert all(int(h["Retry-After"]) >= 1 and h["X-RateLimit-Remaining"] == "0" for h in refused)
 
 
+BUDGET_BODIES = {
+    "names_num_predict": {"options": {"num_predict": 16}},
+    # the sidecar caps the reply at the reservation, or the talkative model would overspend
+    "names_no_maximum": {},
+}
+
+
+@pytest.mark.parametrize("extra", BUDGET_BODIES.values(), ids=BUDGET_BODIES.keys())
 async def test_200_concurrent_requests_never_settle_more_than_the_budget(
-    sidecars: list[str], redis_url: str
+    sidecars: list[str], redis_url: str, extra: dict[str, object]
 ) -> None:
-    body = {
-        "model": "tinyllama",
-        "messages": [{"role": "user", "content": "budget " * 8}],
-        "stream": False,
-        "options": {"num_predict": 16},
-    }
+    body = {"model": "tinyllama", "messages": [{"role": "user", "content": "budget " * 8}], "stream": False}
+    body |= extra
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         results = await asyncio.gather(
             *(_fire(session, f"{sidecars[i % 2]}/budgeted/chat", body) for i in range(200))
