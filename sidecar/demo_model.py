@@ -244,6 +244,25 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+@dataclass(frozen=True)
+class _Envelope:
+    """The fields every OpenAI reply object and stream chunk of one completion share."""
+
+    ident: str
+    kind: str  # the `object` field
+    model: str
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def __call__(self, choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+        head = {"id": self.ident, "object": self.kind, "created": self.created, "model": self.model}
+        return {**head, "choices": choices, **extra}
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
 async def openai_chat(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     try:
@@ -256,39 +275,20 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
     n, finish = completion_tokens(settings, body.get("max_completion_tokens"), body.get("max_tokens"))
     words = reply_words(n)
     state.tokens_served += n
-    ident = f"chatcmpl-demo-{seq}"
-    created = int(time.time())
     if not body.get("stream"):
-        choice = {
-            "index": 0,
-            "message": {"role": "assistant", "content": "".join(words)},
-            "finish_reason": finish,
-            "logprobs": None,
-        }
-        return json_response(
-            {
-                "id": ident,
-                "object": "chat.completion",
-                "created": created,
-                "model": model,
-                "choices": [choice],
-                "usage": _usage(prompt, n),
-            }
-        )
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        reply = _Envelope(f"chatcmpl-demo-{seq}", "chat.completion", model)
+        message = {"role": "assistant", "content": "".join(words)}
+        choice = {"index": 0, "message": message, "finish_reason": finish, "logprobs": None}
+        return json_response(reply([choice], usage=_usage(prompt, n)))
+    envelope = _Envelope(f"chatcmpl-demo-{seq}", "chat.completion.chunk", model)
+    include_usage = _include_usage(body)
+    # With include_usage, OpenAI sends `"usage": null` on every chunk but the last.
+    usage_field: dict[str, Any] = {"usage": None} if include_usage else {}
 
     def chunk(delta: dict[str, Any], reason: str | None) -> bytes:
-        payload: dict[str, Any] = {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}],
-        }
-        if include_usage:
-            payload["usage"] = None
-        return sse(payload)
+        return sse(
+            envelope([{"index": 0, "delta": delta, "finish_reason": reason, "logprobs": None}], **usage_field)
+        )
 
     def lines() -> Iterator[bytes]:
         yield chunk({"role": "assistant", "content": ""}, None)
@@ -296,16 +296,7 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
             yield chunk({"content": word}, None)
         yield chunk({}, finish)
         if include_usage:
-            yield sse(
-                {
-                    "id": ident,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": _usage(prompt, n),
-                }
-            )
+            yield sse(envelope([], usage=_usage(prompt, n)))
         yield b"data: [DONE]\n\n"
 
     return await stream_lines(request, state, "text/event-stream", lines())
@@ -323,56 +314,21 @@ async def openai_completions(request: web.Request) -> web.StreamResponse:
     n, finish = completion_tokens(settings, body.get("max_tokens"))
     words = reply_words(n)
     state.tokens_served += n
-    ident = f"cmpl-demo-{seq}"
-    created = int(time.time())
+    envelope = _Envelope(f"cmpl-demo-{seq}", "text_completion", model)
+
+    def choice(text: str, reason: str | None) -> dict[str, Any]:
+        return {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
+
     if not body.get("stream"):
-        choice = {"index": 0, "text": "".join(words), "finish_reason": finish, "logprobs": None}
-        return json_response(
-            {
-                "id": ident,
-                "object": "text_completion",
-                "created": created,
-                "model": model,
-                "choices": [choice],
-                "usage": _usage(prompt, n),
-            }
-        )
-    options = body.get("stream_options")
-    include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        return json_response(envelope([choice("".join(words), finish)], usage=_usage(prompt, n)))
 
     def lines() -> Iterator[bytes]:
         for i, word in enumerate(words):
-            reason = finish if i == len(words) - 1 else None
-            yield sse(
-                {
-                    "id": ident,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [{"index": 0, "text": word, "finish_reason": reason, "logprobs": None}],
-                }
-            )
+            yield sse(envelope([choice(word, finish if i == len(words) - 1 else None)]))
         if not words:
-            yield sse(
-                {
-                    "id": ident,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [{"index": 0, "text": "", "finish_reason": finish, "logprobs": None}],
-                }
-            )
-        if include_usage:
-            yield sse(
-                {
-                    "id": ident,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": model,
-                    "choices": [],
-                    "usage": _usage(prompt, n),
-                }
-            )
+            yield sse(envelope([choice("", finish)]))
+        if _include_usage(body):
+            yield sse(envelope([], usage=_usage(prompt, n)))
         yield b"data: [DONE]\n\n"
 
     return await stream_lines(request, state, "text/event-stream", lines())
