@@ -3,7 +3,9 @@
 Started in dependency order, each as a child process bound to loopback:
 
 1. `redis-server` (no persistence, bounded memory) for the counters;
-2. with `--demo`, the demo model (`sidecar.demo_model`), which becomes the default upstream;
+2. with `--demo`, the demo model (`sidecar.demo_model`), which becomes the default upstream; also
+   without `--demo` when neither POLICY nor `HEXARCH_UPSTREAM_URL` configures an upstream, so the
+   stack answers out of the box (the banner says so);
 3. the sidecar (`hexarch serve --config POLICY`), which also compiles POLICY and serves the bundle
    at `/bundles/hexarch.tar.gz` with an ETag, recompiling when the file changes;
 4. OPA, configured (generated `opa-config.yaml` in the work directory) to poll that bundle every
@@ -162,6 +164,13 @@ def opa_config(sidecar_url: str, min_delay: int, max_delay: int) -> str:
         f"      min_delay_seconds: {min_delay}\n"
         f"      max_delay_seconds: {max_delay}\n"
     )
+
+
+def upstream_configured(policy: Path) -> bool:
+    """True when the policy file (or HEXARCH_* variables) names at least one upstream."""
+    from sidecar.settings import load_settings
+
+    return bool(load_settings(str(policy), env=dict(os.environ)).upstreams)
 
 
 def _anonymous_needed(policy: Path, env: Mapping[str, str]) -> bool:
@@ -450,9 +459,19 @@ def run(args: argparse.Namespace) -> int:
     if not policy.is_file():
         print(f"hexarch up: policy file {policy} not found", file=sys.stderr)
         return 2
+    try:
+        demo = args.demo or not upstream_configured(policy)
+    except SidecarError as exc:  # the settings in the file are invalid: the diagnostics say where
+        print(f"hexarch up: {exc}", file=sys.stderr)
+        return 1
+    if demo and not args.demo:
+        print(
+            f"hexarch up: {policy} configures no upstream; the demo model stands in (as with --demo)",
+            flush=True,
+        )
     options = StackOptions(
         policy=policy,
-        demo=args.demo,
+        demo=demo,
         host=args.host,
         port=args.port,
         opa_port=args.opa_port,
@@ -511,7 +530,11 @@ def register(subparsers: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--policy", required=True, help="the hexarch.yaml to enforce (hot-reloaded)")
-    parser.add_argument("--demo", action="store_true", help="start the demo model as the upstream")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="start the demo model as the upstream (automatic when the policy configures none)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address every part binds (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="sidecar port (default 8080)")
     parser.add_argument("--opa-port", type=int, default=None, help="default: 8181 if free, else any")

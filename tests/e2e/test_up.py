@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,9 +86,9 @@ class Up:
         return self.output.read_text(errors="replace")
 
 
-@pytest.fixture
-def up(tmp_path: Path) -> Iterator[Up]:
-    policy = e2e_policy(tmp_path / "hexarch.yaml", api_key=False)
+@contextlib.contextmanager
+def running_up(tmp_path: Path, policy: Path, *flags: str) -> Iterator[Up]:
+    """`hexarch up --policy POLICY *flags` until it prints that the stack is ready; Ctrl-C after."""
     port = free_port()
     output = tmp_path / "up.out"
     # Explicit ports for the private parts too: parallel test runs must not race for 6379/8181/11434.
@@ -99,18 +100,8 @@ def up(tmp_path: Path) -> Iterator[Up]:
         "--demo-port",
         str(free_port()),
     ]
-    cmd = [
-        *HEXARCH,
-        "up",
-        "--policy",
-        str(policy),
-        "--demo",
-        "--port",
-        str(port),
-        *private,
-        "--work-dir",
-        str(tmp_path / "run"),
-    ]
+    cmd = [*HEXARCH, "up", "--policy", str(policy), *flags, "--port", str(port), *private]
+    cmd += ["--work-dir", str(tmp_path / "run")]
     with output.open("wb") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
     running = Up(proc, port, policy, output)
@@ -129,6 +120,12 @@ def up(tmp_path: Path) -> Iterator[Up]:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+@pytest.fixture
+def up(tmp_path: Path) -> Iterator[Up]:
+    with running_up(tmp_path, e2e_policy(tmp_path / "hexarch.yaml", api_key=False), "--demo") as running:
+        yield running
 
 
 @dataclass
@@ -224,6 +221,26 @@ def test_ctrl_c_stops_every_child(up: Up) -> None:
     assert not [pid for pid in children if alive(pid)]
     assert not listening(up.port)
     assert "stopped" in up.text()
+
+
+def test_up_without_an_upstream_starts_the_demo_model_on_its_own(tmp_path: Path) -> None:
+    policy = tmp_path / "bare.yaml"
+    rules = "    rules:\n      - parameter: temperature\n        max: 1.0\n"
+    policy.write_text("version: 1\npolicies:\n  - id: quality\n" + rules)
+    with running_up(tmp_path, policy) as up:  # no --demo
+        assert "configures no upstream; the demo model stands in" in up.text()
+        assert "  demo      http://127.0.0.1:" in up.text()
+        status, doc = post(f"{up.url}/v1/chat/completions", CHAT)
+        assert status == 200 and doc["choices"][0]["message"]["content"]
+        status, doc = post(f"{up.url}/v1/chat/completions", {**CHAT, "temperature": 1.5})
+        assert status == 400 and doc["error"]["code"] == "invalid_parameter"
+
+
+def test_up_leaves_a_configured_upstream_alone(tmp_path: Path) -> None:
+    policy = e2e_policy(tmp_path / "hexarch.yaml", api_key=False)
+    with running_up(tmp_path, policy) as up:  # its tinyllama: upstream section, no --demo
+        assert "demo model" not in up.text() and "  demo  " not in up.text()
+        assert len(children_of(up.proc.pid)) == 3  # redis, sidecar, opa
 
 
 def test_up_refuses_a_busy_port_and_a_missing_policy(tmp_path: Path) -> None:
