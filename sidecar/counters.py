@@ -401,7 +401,9 @@ class _Engine:
         self._reservation_ttl_ms = reservation_ttl_seconds * 1000
         self._background: set[asyncio.Future[None]] = set()
 
-    async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[int]]:
+    async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[AdmitReply]:
+        """One reply per call; a call that failed comes back as its error, so what the other calls
+        consumed can be given back."""
         raise NotImplementedError
 
     async def _run_settle(self, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
@@ -417,17 +419,21 @@ class _Engine:
         if cap_refused:
             # the refusal stands without the store; the peek only fills in the other states
             try:
-                replies = await self._run_admit(calls)
+                replies = _all_answered(await self._run_admit(calls))
             except CounterStoreError:
                 replies = [[0, *([0, 0, -1] * len(g.items))] for g in groups]
         else:
-            replies = await self._admit_or_release(groups, calls)
+            answered = await self._admit_or_release(groups, calls)
+            try:
+                replies = _all_answered(answered)
+            except CounterStoreError:
+                # What the answered calls consumed is given back; a failed call may or may not have
+                # run, and stays counted if it did (never under-counted; docs/counters.md).
+                await self._roll_back(groups, answered)
+                raise
         admitted = not cap_refused and all(int(reply[0]) != 0 for reply in replies)
         if not admitted and not cap_refused:
-            taken = [g for g, reply in zip(groups, replies, strict=True) if int(reply[0]) == 1]
-            if taken:
-                # shielded: a cancelled caller must not leave the rollback half done
-                await asyncio.shield(self._settle_groups([g.reserved() for g in taken], None))
+            await self._roll_back(groups, replies)
         states: dict[int, LimitState] = dict(caps)
         for group, reply in zip(groups, replies, strict=True):
             states.update(_group_states(group, reply, now, admitted))
@@ -440,9 +446,25 @@ class _Engine:
             groups=tuple(g.reserved() for g in groups) if admitted else (),
         )
 
+    async def _roll_back(self, groups: Sequence[GroupPlan], replies: Sequence[AdmitReply]) -> None:
+        """Refund the groups an unsuccessful admission did take.
+
+        Status 2 (a replay: redis-py resent the call after a dropped connection, and its first run
+        had consumed) is taken as much as status 1. Shielded: a cancelled caller must not leave the
+        rollback half done. If Redis fails meanwhile, the groups stay counted until their window
+        passes or their period ends.
+        """
+        taken = [g.reserved() for g, reply in zip(groups, replies, strict=True) if _took(reply)]
+        if not taken:
+            return
+        try:
+            await asyncio.shield(self._settle_groups(taken, None))
+        except CounterStoreError as exc:
+            logger.warning("rolling back a refused admission failed (it stays counted): %s", exc)
+
     async def _admit_or_release(
         self, groups: Sequence[GroupPlan], calls: Sequence[tuple[list[str], list[Any]]]
-    ) -> list[list[int]]:
+    ) -> list[AdmitReply]:
         """Run the admit calls; if the caller is cancelled meanwhile (client gone, shutdown), let them
         finish and refund whatever they consumed, since nobody will ever settle it."""
         task = asyncio.ensure_future(self._run_admit(calls))
@@ -452,10 +474,10 @@ class _Engine:
             task.add_done_callback(functools.partial(self._release_orphan, groups))
             raise
 
-    def _release_orphan(self, groups: Sequence[GroupPlan], task: asyncio.Future[list[list[int]]]) -> None:
+    def _release_orphan(self, groups: Sequence[GroupPlan], task: asyncio.Future[list[AdmitReply]]) -> None:
         if task.cancelled() or task.exception() is not None:
             return
-        taken = [g.reserved() for g, reply in zip(groups, task.result(), strict=True) if reply[0] == 1]
+        taken = [g.reserved() for g, reply in zip(groups, task.result(), strict=True) if _took(reply)]
         if taken:
             refund = asyncio.ensure_future(self._settle_groups(taken, None))
             self._background.add(refund)
@@ -471,7 +493,9 @@ class _Engine:
         """The states `admit` would report for a refusal, consuming nothing (operator tooling)."""
         now = self._clock()
         caps, groups = _plan(new_reservation_id("peek"), limits, now, self._tz)
-        replies = await self._run_admit([g.script_args("p", int(now * 1000), 0) for g in groups])
+        replies = _all_answered(
+            await self._run_admit([g.script_args("p", int(now * 1000), 0) for g in groups])
+        )
         states: dict[int, LimitState] = dict(caps)
         for group, reply in zip(groups, replies, strict=True):
             states.update(_group_states(group, reply, now, admitted=False))
@@ -488,6 +512,28 @@ class _Engine:
     async def _settle_groups(self, groups: Sequence[ReservedGroup], usage: Usage | None) -> None:
         calls = [([g.reservation_key, *g.keys], list(settle_amounts(g, usage))) for g in groups]
         await self._run_settle(calls)
+
+
+AdmitReply = list[int] | CounterStoreError  # admit.lua's numbers, or why the call failed
+
+
+def _took(reply: AdmitReply) -> bool:
+    """The call consumed under this reservation: admitted now (1) or by an earlier run (2)."""
+    return not isinstance(reply, CounterStoreError) and reply[0] != 0
+
+
+def _text_of(reply: Any) -> str:
+    return reply.decode() if isinstance(reply, bytes) else str(reply)
+
+
+def _all_answered(replies: Sequence[AdmitReply]) -> list[list[int]]:
+    """The replies when every call answered; else the first failure, raised."""
+    answered: list[list[int]] = []
+    for reply in replies:
+        if isinstance(reply, CounterStoreError):
+            raise reply
+        answered.append(reply)
+    return answered
 
 
 def _load_script(name: str) -> tuple[str, str]:
@@ -511,12 +557,15 @@ class Counters(_Engine):
     ) -> None:
         super().__init__(timezone=timezone, clock=clock, reservation_ttl_seconds=reservation_ttl_seconds)
         self._redis = redis
+        self._initialised = False
+        self._init_lock = asyncio.Lock()
         self._admit_src, self._admit_sha = _load_script("admit.lua")
         self._settle_src, self._settle_sha = _load_script("settle.lua")
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD both scripts (on every primary of a cluster); EVALSHA reloads on NOSCRIPT too."""
         try:
+            await self._ready()
             for src, sha in ((self._admit_src, self._admit_sha), (self._settle_src, self._settle_sha)):
                 loaded = await self._redis.script_load(src)
                 if isinstance(loaded, bytes):
@@ -535,17 +584,22 @@ class Counters(_Engine):
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[int]]:
+    async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[AdmitReply]:
         replies = await self._evalsha(self._admit_sha, calls)
         # admit.lua answers one comma-separated string: far cheaper to parse than a nested reply
         return [
-            [int(x) for x in (r.decode() if isinstance(r, bytes) else str(r)).split(",")] for r in replies
+            r if isinstance(r, CounterStoreError) else [int(x) for x in _text_of(r).split(",")]
+            for r in replies
         ]
 
     async def _run_settle(self, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
-        await self._evalsha(self._settle_sha, calls)
+        for reply in await self._evalsha(self._settle_sha, calls):
+            if isinstance(reply, CounterStoreError):
+                raise reply
 
     async def _evalsha(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Each call's reply, or the CounterStoreError it failed with (a call whose reply is lost may
+        still have run: only the caller knows what to undo)."""
         if not calls:
             return []
         try:
@@ -557,16 +611,35 @@ class Counters(_Engine):
                 retried = await self._send(sha, [calls[i] for i in missing])
                 for i, reply in zip(missing, retried, strict=True):
                     replies[i] = reply
-            for reply in replies:
-                if isinstance(reply, BaseException):
-                    raise reply
-            return replies
         except _REDIS_FAILURES as exc:
             raise CounterStoreError(f"Redis counter script failed: {exc}") from exc
+        out: list[Any] = []
+        for reply in replies:
+            if isinstance(reply, _REDIS_FAILURES):
+                error = CounterStoreError(f"Redis counter script failed: {reply}")
+                error.__cause__ = reply
+                reply = error
+            elif isinstance(reply, BaseException):
+                raise reply
+            out.append(reply)
+        return out
+
+    async def _ready(self) -> None:
+        """Initialise a cluster client once, before its first burst (see `_send`)."""
+        if isinstance(self._redis, RedisCluster) and not self._initialised:
+            async with self._init_lock:
+                if not self._initialised:
+                    await self._redis.initialize()
+                    self._initialised = True
 
     async def _send(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """One round trip for all groups: a pipeline, or concurrent calls on a cluster (which refuses
-        EVALSHA in pipelines). Errors come back as values so NOSCRIPT can be retried per call."""
+        EVALSHA in pipelines). Errors come back as values so NOSCRIPT can be retried per call.
+
+        A cold cluster client hit by concurrent first calls lets some go to the wrong node (MOVED)
+        and, re-reading the slots, drops connections other calls are using (seen with redis-py
+        8.1 on a three-primary cluster); so it is initialised once, alone, first."""
+        await self._ready()
         if len(calls) == 1:
             keys, args = calls[0]
             try:

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sidecar.counters import _Engine
+from sidecar.counters import AdmitReply, _Engine
 
 
 @dataclass
@@ -85,7 +85,7 @@ class LocalCounters(_Engine):
 
     # -- admit.lua and settle.lua, in Python
 
-    async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[list[int]]:
+    async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[AdmitReply]:
         self._sweep(self._now_ms())
         return [self._admit(keys, args) for keys, args in calls]
 

@@ -283,6 +283,37 @@ async def test_a_cancelled_admission_gives_back_what_it_took() -> None:
         server.stop()
 
 
+async def test_a_replayed_group_is_rolled_back_when_another_group_refuses(
+    counters: Counters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # redis-py resends a call whose connection dropped; admit.lua then answers 2 ("already
+    # admitted under this reservation") for what the lost first run consumed. Fixed reservation
+    # ids let the test play that first run itself.
+    monkeypatch.setattr("sidecar.counters.new_reservation_id", lambda request_id: f"{request_id}.replay")
+    a, b = subject(), subject()
+    assert (await counters.admit("first-run", [rate(a, 5)])).admitted  # the run whose reply was lost
+    assert (await counters.admit("fill", [rate(b, 1)])).admitted
+    replayed = await counters.admit("first-run", [rate(a, 5), rate(b, 1)])
+    assert not replayed.admitted and replayed.blocking is not None and replayed.blocking.limit.subject == b
+    (state,) = await counters.peek([rate(a, 5)])
+    assert state.used == 0  # the refused admission took nothing from a, replay or not
+
+
+async def test_a_failed_group_call_gives_back_what_the_other_groups_took(
+    counters: Counters, raw: Redis
+) -> None:
+    a, b = subject(), subject()
+    assert (await counters.admit("shape", [rate(b, 5)])).admitted
+    (b_key,) = [k for k in await keys_of(raw, b) if ":rsv:" not in k]
+    await raw.delete(b_key)
+    await raw.set(b_key, "not a window")  # b's script call now fails (WRONGTYPE)
+    with pytest.raises(CounterStoreError):
+        await counters.admit("half", [rate(a, 5), rate(b, 5)])
+    (state,) = await counters.peek([rate(a, 5)])
+    assert state.used == 0  # a's call succeeded, and was given back
+    assert [k for k in await keys_of(raw, a) if ":rsv:" in k] == []
+
+
 async def test_unreachable_redis_at_start_fails_fast() -> None:
     store = Counters(create_redis(f"redis://127.0.0.1:{free_port()}/0"))
     started = time.monotonic()

@@ -107,6 +107,64 @@ def start_redis(port: int | None = None, extra: list[str] | None = None) -> Redi
 
 
 @dataclass
+class RedisCluster:
+    """Primaries on loopback, each owning a third of the slots (no replicas)."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def node_of(self, slot: int) -> RedisServer:
+        per = SLOTS // len(self.nodes) + 1
+        return self.nodes[slot // per]
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+SLOTS = 16384
+
+
+def _redis_command(port: int, *args: str) -> bytes:
+    """One command over a raw socket (RESP array of bulk strings); the first reply chunk."""
+    out = f"*{len(args)}\r\n".encode() + b"".join(f"${len(a)}\r\n{a}\r\n".encode() for a in args)
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(out)
+        return sock.recv(65536)
+
+
+def start_redis_cluster(work_dir: Path, primaries: int = 3) -> RedisCluster:
+    """A real Redis Cluster: `primaries` nodes, slots split evenly, met, and answering cluster_state:ok."""
+    nodes: list[RedisServer] = []
+    # the cluster bus port defaults to port + 10000, which may be taken: each node gets its own
+    bus_ports = [free_port() for _ in range(primaries)]
+    try:
+        for i, bus in enumerate(bus_ports):
+            extra = ["--cluster-enabled", "yes", "--cluster-config-file", str(work_dir / f"nodes-{i}.conf")]
+            nodes.append(start_redis(extra=[*extra, "--cluster-port", str(bus)]))
+        per = SLOTS // primaries + 1
+        for i, node in enumerate(nodes):
+            first, last = i * per, min(SLOTS, (i + 1) * per) - 1
+            assert _redis_command(node.port, "CLUSTER", "ADDSLOTSRANGE", str(first), str(last)) == b"+OK\r\n"
+        meet = ["CLUSTER", "MEET", "127.0.0.1", str(nodes[0].port), str(bus_ports[0])]
+        for node in nodes[1:]:
+            assert _redis_command(node.port, *meet) == b"+OK\r\n"
+
+        def ready() -> bool:
+            return all(b"cluster_state:ok" in _redis_command(n.port, "CLUSTER", "INFO") for n in nodes)
+
+        wait_for(ready, 20, f"a Redis Cluster of {primaries} primaries")
+        return RedisCluster(nodes)
+    except BaseException:
+        for node in nodes:
+            node.stop()
+        raise
+
+
+@dataclass
 class OpaServer:
     port: int
     proc: subprocess.Popen[bytes]
