@@ -334,7 +334,7 @@ def resources_of(endpoint: Endpoint, model: str | None) -> list[str]:
 
 
 def apply_token_cap(endpoint: Endpoint, body: dict[str, Any], cap: int) -> None:
-    """Write the per-request token cap into a body that named no maximum, in the upstream's spelling."""
+    """Write an output cap into a body that named no maximum, in the spelling its upstream reads."""
     api = endpoint.api
     options = body.get("options")
     if api in ("ollama.chat", "ollama.generate") or (api == "json" and isinstance(options, dict)):
@@ -346,8 +346,11 @@ def apply_token_cap(endpoint: Endpoint, body: dict[str, Any], cap: int) -> None:
             if name != "num_predict":
                 body.pop(name, None)
         return
-    if api == "json" and endpoint.upstream is not None and endpoint.upstream.api == "ollama":
+    upstream = endpoint.upstream
+    if api == "json" and upstream is not None and upstream.api == "ollama":
         body["num_predict"] = cap
+    elif api == "openai.chat" and upstream is not None:
+        body[upstream.token_cap_param] = cap
     else:
         body["max_tokens"] = cap
     for name in MAX_TOKENS_NAMES:

@@ -57,6 +57,19 @@ class UpstreamSettings:
     supports_stream_usage: bool = True
     breaker_failures: int = 5  # consecutive failed attempts that open the circuit (0: never)
     breaker_seconds: float = 10.0  # how long an open circuit skips this upstream
+    max_tokens_param: str | None = None  # None: chosen by host (see `token_cap_param`)
+
+    @property
+    def token_cap_param(self) -> str:
+        """The body field an output cap the sidecar adds to an OpenAI chat request goes in.
+
+        OpenAI's own API refuses `max_tokens` for its reasoning models and reads
+        `max_completion_tokens`; most OpenAI-compatible servers read `max_tokens`.
+        """
+        if self.max_tokens_param is not None:
+            return self.max_tokens_param
+        host = urlsplit(self.base_url).hostname or ""
+        return "max_completion_tokens" if host == "api.openai.com" else "max_tokens"
 
     def __repr__(self) -> str:  # never print more than the variable name of the secret
         return f"UpstreamSettings(name={self.name!r}, base_url={self.base_url!r}, api={self.api!r})"
@@ -277,8 +290,10 @@ UPSTREAM_KEYS = (
     "supports_stream_usage",
     "breaker_failures",
     "breaker_seconds",
+    "max_tokens_param",
     "description",
 )
+MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
 SIDECAR_KEYS = (
     "listen",
     "redis_url",
@@ -339,6 +354,7 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         supports_stream_usage=c.boolean(node.get("supports_stream_usage"), True),
         breaker_failures=int(c.number(node.get("breaker_failures"), 5, integer=True)),
         breaker_seconds=c.number(node.get("breaker_seconds"), 10.0),
+        max_tokens_param=c.string(node.get("max_tokens_param"), None, choices=MAX_TOKENS_PARAMS),
     )
 
 

@@ -16,8 +16,11 @@ from typing import Any
 import pytest
 
 from sidecar.counters import Limit
+from sidecar.errors import SettingsError
+from sidecar.ingress import apply_token_cap, resolve_endpoints
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros, output_allowance, reserved_output
+from sidecar.settings import load_settings
 from tests.sidecar.app_support import Harness, demo_server, flushed_redis_url, harness, policy_opa
 from tests.support.servers import OpaServer, RedisServer
 
@@ -176,3 +179,56 @@ def test_reserved_output_is_what_settles_without_reported_usage() -> None:
     assert reserved_output(None, limits, PRICING, 10) == 12
     assert reserved_output(None, [_limit("tokens", 10 + 5, action="warn")], PRICING, 10) == 5
     assert reserved_output(None, [], PRICING, 10) == 0
+
+
+# --- the field the cap goes in ----------------------------------------------------------------
+
+SPELLINGS = """
+openai:
+  base_url: https://api.openai.com/v1
+vllm:
+  base_url: http://127.0.0.1:8000
+legacy_openai:
+  base_url: https://api.openai.com
+  max_tokens_param: max_tokens
+ollama:
+  base_url: http://127.0.0.1:11434
+  api: ollama
+sidecar:
+  builtin_routes: false
+  routes:
+    - {path: /openai, api: openai.chat, upstream: openai}
+    - {path: /vllm, api: openai.chat, upstream: vllm}
+    - {path: /legacy, api: openai.chat, upstream: legacy_openai}
+    - {path: /completions, api: openai.completions, upstream: openai}
+    - {path: /ollama, api: ollama.chat, upstream: ollama}
+    - {path: /app, api: json, upstream: ollama}
+"""
+
+
+def test_the_cap_is_written_in_the_field_each_upstream_reads(tmp_path: Path) -> None:
+    config = tmp_path / "hexarch.yaml"
+    config.write_text(SPELLINGS)
+    endpoints = {ep.path: ep for ep in resolve_endpoints(load_settings(str(config), env={}))}
+
+    def capped(path: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": "m"}
+        apply_token_cap(endpoints[path], body, 64)
+        return body
+
+    # OpenAI's own API refuses max_tokens for its reasoning models
+    assert capped("/openai") == {"model": "m", "max_completion_tokens": 64}
+    assert capped("/vllm") == {"model": "m", "max_tokens": 64}
+    assert capped("/legacy") == {"model": "m", "max_tokens": 64}  # the setting wins over the host
+    assert capped("/completions") == {"model": "m", "max_tokens": 64}  # the legacy API has no other
+    assert capped("/ollama") == {"model": "m", "options": {"num_predict": 64}}
+    assert capped("/app") == {"model": "m", "num_predict": 64}
+
+
+def test_an_unknown_max_tokens_param_is_a_located_settings_error(tmp_path: Path) -> None:
+    config = tmp_path / "hexarch.yaml"
+    config.write_text("up:\n  base_url: http://h:1\n  max_tokens_param: max_new_tokens\n")
+    with pytest.raises(SettingsError) as caught:
+        load_settings(str(config), env={})
+    text = str(caught.value)
+    assert f"{config}:3:" in text and "max_new_tokens" in text and "max_completion_tokens" in text
