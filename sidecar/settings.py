@@ -764,8 +764,20 @@ def _apply_env(settings: Settings, env: Mapping[str, str], c: _Collector) -> Set
                     "pass --config with policies or set HEXARCH_POLICY_FILE",
                 )
             )
+    decision_path = text("HEXARCH_OPA_DECISION_PATH")
+    if decision_path is not None:
+        changes["opa_decision_path"] = decision_path.strip("/").replace(".", "/")
+    if (builtin := flag("HEXARCH_BUILTIN_ROUTES")) is not None:
+        changes["builtin_routes"] = builtin
+    if (log_decisions := flag("HEXARCH_LOG_DECISIONS")) is not None:
+        changes["log_decisions"] = log_decisions
+    anonymous_settings = settings.anonymous
     if (anonymous := flag("HEXARCH_ANONYMOUS")) is not None:
-        changes["anonymous"] = replace(settings.anonymous, enabled=anonymous)
+        anonymous_settings = replace(anonymous_settings, enabled=anonymous)
+    if (anonymous_id := text("HEXARCH_ANONYMOUS_ID")) is not None:
+        anonymous_settings = replace(anonymous_settings, id=anonymous_id)
+    if anonymous_settings is not settings.anonymous:
+        changes["anonymous"] = anonymous_settings
     if (trusted := flag("HEXARCH_TRUSTED_HEADERS")) is not None:
         changes["trusted_headers"] = replace(settings.trusted_headers, enabled=trusted)
 

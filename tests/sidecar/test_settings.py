@@ -141,6 +141,23 @@ def test_environment_overrides_the_file(tmp_path: Path) -> None:
     assert "HEXARCH_LISTEN='x:y' is not host:port" in text
 
 
+def test_the_remaining_scalar_settings_come_from_the_environment_too(tmp_path: Path) -> None:
+    path = write(tmp_path, "sidecar:\n  anonymous:\n    enabled: true\n    team: apps\n")
+    env = {
+        "HEXARCH_OPA_DECISION_PATH": "hexarch.decision",
+        "HEXARCH_BUILTIN_ROUTES": "false",
+        "HEXARCH_LOG_DECISIONS": "no",
+        "HEXARCH_ANONYMOUS_ID": "app-next-door",
+    }
+    s = load_settings(path, env=env)
+    assert s.opa_decision_path == "hexarch/decision"
+    assert not s.builtin_routes and not s.log_decisions
+    assert (s.anonymous.enabled, s.anonymous.id, s.anonymous.team) == (True, "app-next-door", "apps")
+    assert "HEXARCH_LOG_DECISIONS='sometimes' is not true or false" in errors_of(
+        path, env={"HEXARCH_LOG_DECISIONS": "sometimes"}
+    )
+
+
 def test_upstream_url_from_env_alone() -> None:
     s = load_settings(
         None, env={"HEXARCH_UPSTREAM_URL": "http://127.0.0.1:11434", "HEXARCH_UPSTREAM_API": "ollama"}
