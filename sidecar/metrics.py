@@ -6,6 +6,7 @@ Labels carry outcomes, policy ids, limit ids and upstream names: never keys, pro
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -17,13 +18,18 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 # Decisions take ~0.5 ms on loopback; the buckets resolve that range and the OPA timeout.
 _DECISION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 _M = TypeVar("_M", bound=MetricWrapperBase)
+# Budget series are per subject (principal or team): keep the most recently admitted ones only, so
+# a million users cannot grow the sidecar's memory or the scrape without bound.
+BUDGET_SERIES_KEPT = 1000
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, budget_series_kept: int = BUDGET_SERIES_KEPT) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._budget_series: OrderedDict[tuple[str, str], None] = OrderedDict()
+        self._budget_series_kept = budget_series_kept
         r = self.registry
         self.requests = Counter(
             "hexarch_requests_total",
@@ -81,6 +87,18 @@ class Metrics:
         if found is None:
             found = self._children[key] = metric.labels(*values)
         return found
+
+    def set_budget_remaining(self, limit_id: str, subject: str, remaining: int) -> None:
+        """The budget gauge of one subject; past `budget_series_kept` subjects the one admitted
+        least recently is dropped (`hexarch usage` reads any subject from Redis)."""
+        key = (limit_id, subject)
+        self._budget_series[key] = None
+        self._budget_series.move_to_end(key)
+        self.child(self.budget_remaining, limit_id, subject).set(remaining)
+        while len(self._budget_series) > self._budget_series_kept:
+            old, _ = self._budget_series.popitem(last=False)
+            self.budget_remaining.remove(*old)
+            self._children.pop((id(self.budget_remaining), old), None)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

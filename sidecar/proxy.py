@@ -435,7 +435,7 @@ class Proxy:
             lim = state.limit
             if lim.unit == "usd_micros":
                 metrics = self.s.metrics
-                metrics.child(metrics.budget_remaining, lim.id, lim.subject).set(state.remaining)
+                metrics.set_budget_remaining(lim.id, lim.subject, state.remaining)
             # A request that named no maximum is capped by the sidecar itself: nothing to warn about.
             if state.warn and not (lim.is_request_cap and not named_max):
                 unit = _UNIT_WORDS[lim.unit]
