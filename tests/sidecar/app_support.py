@@ -3,6 +3,7 @@ and the sidecar app in process (aiohttp TestServer) or as `hexarch serve` subpro
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import re
@@ -183,3 +184,17 @@ def serving(configs: list[Path], tmp: Path, env: dict[str, str]) -> Iterator[lis
     finally:
         for server in started:
             server.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving_async(
+    configs: list[Path], tmp: Path, env: dict[str, str]
+) -> AsyncIterator[list[ServeProcess]]:
+    """`serving` for async tests: the processes start and stop in a worker thread, off the event loop."""
+    loop = asyncio.get_running_loop()
+    cm = serving(configs, tmp, env)
+    servers = await loop.run_in_executor(None, cm.__enter__)
+    try:
+        yield servers
+    finally:
+        await loop.run_in_executor(None, cm.__exit__, None, None, None)

@@ -20,7 +20,7 @@ from tests.sidecar.app_support import (
     demo_server,
     flushed_redis_url,
     policy_opa,
-    serving,
+    serving_async,
     with_upstream,
 )
 from tests.support.servers import OpaServer, RedisServer
@@ -87,13 +87,8 @@ async def sidecars(opa: OpaServer, redis_url: str, tmp_path: Path) -> AsyncItera
         config = tmp_path / "hexarch.yaml"
         config.write_text(with_upstream(POLICY, str(demo.make_url("")).rstrip("/")))
         env = {"HEXARCH_OPA_URL": opa.url, "HEXARCH_REDIS_URL": redis_url, "HEXARCH_OPA_TIMEOUT_MS": "2000"}
-        loop = asyncio.get_running_loop()
-        cm = serving([config, config], tmp_path, env)
-        servers = await loop.run_in_executor(None, cm.__enter__)
-        try:
+        async with serving_async([config, config], tmp_path, env) as servers:
             yield [s.url for s in servers]
-        finally:
-            await loop.run_in_executor(None, cm.__exit__, None, None, None)
 
 
 async def _fire(

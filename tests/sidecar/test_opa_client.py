@@ -123,7 +123,7 @@ async def test_undefined_decision_is_an_error(tmp_path: Path) -> None:
 async def test_sidecar_answers_503_while_opa_is_down_and_recovers(
     tmp_path: Path, redis_server: RedisServer, rego: list[str]
 ) -> None:
-    redis_url = flushed_redis_url(redis_server, 9)
+    redis_url = flushed_redis_url(redis_server, 12)
     with restartable_opa(rego, tmp_path) as holder:
         async with demo_server() as demo, harness(POLICY, tmp_path, holder[0], redis_url, demo) as h:
             async with h.session.post(h.url("/api/chat"), json=CHAT) as resp:

@@ -71,7 +71,7 @@ sidecar:
       upstream: tinyllama
       upstream_path: /api/chat
 """
-DB = 10
+DB = 11
 OPENAI_CHAT = {"model": "tinyllama", "messages": [{"role": "user", "content": "tell me everything"}]}
 
 

@@ -22,7 +22,7 @@ from redis.crc import key_slot
 from sidecar import redis_keys
 from sidecar.counters import Counters, Limit
 from sidecar.redis_client import create_redis
-from tests.sidecar.app_support import demo_server, policy_opa, serving, with_upstream
+from tests.sidecar.app_support import demo_server, policy_opa, serving_async, with_upstream
 from tests.sidecar.counter_support import budget, rate, subject, tokens
 from tests.support.servers import OpaServer, RedisCluster, RedisServer, start_redis_cluster
 
@@ -163,21 +163,18 @@ async def test_two_sidecars_on_the_cluster_let_exactly_l_through(
         config = tmp_path / "hexarch.yaml"
         config.write_text(with_upstream(POLICY, str(demo.make_url("")).rstrip("/")))
         env = {"HEXARCH_OPA_URL": opa.url, "HEXARCH_REDIS_URL": cluster.url, "HEXARCH_OPA_TIMEOUT_MS": "2000"}
-        loop = asyncio.get_running_loop()
-        cm = serving([config, config], tmp_path, env)
-        servers = await loop.run_in_executor(None, cm.__enter__)
-        try:
-            async with aiohttp.ClientSession() as session:
+        async with (
+            serving_async([config, config], tmp_path, env) as servers,
+            aiohttp.ClientSession() as session,
+        ):
 
-                async def fire(i: int) -> int:
-                    async with session.post(f"{servers[i % 2].url}/api/chat", json=body) as resp:
-                        await resp.read()
-                        return resp.status
+            async def fire(i: int) -> int:
+                async with session.post(f"{servers[i % 2].url}/api/chat", json=body) as resp:
+                    await resp.read()
+                    return resp.status
 
-                statuses = Counter(await asyncio.gather(*(fire(i) for i in range(3 * LIMIT))))
-                async with session.get(f"{servers[0].url}/readyz") as resp:
-                    ready = await resp.json()
-        finally:
-            await loop.run_in_executor(None, cm.__exit__, None, None, None)
+            statuses = Counter(await asyncio.gather(*(fire(i) for i in range(3 * LIMIT))))
+            async with session.get(f"{servers[0].url}/readyz") as resp:
+                ready = await resp.json()
     assert statuses == {200: LIMIT, 429: 2 * LIMIT}, statuses
     assert ready["checks"]["redis"] is True
