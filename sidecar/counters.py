@@ -557,7 +557,8 @@ class Counters(_Engine):
     ) -> None:
         super().__init__(timezone=timezone, clock=clock, reservation_ttl_seconds=reservation_ttl_seconds)
         self._redis = redis
-        self._initialised = False
+        # Only a cluster client needs the one-time initialisation of `_ready`.
+        self._initialised = not isinstance(redis, RedisCluster)
         self._init_lock = asyncio.Lock()
         self._admit_src, self._admit_sha = _load_script("admit.lua")
         self._settle_src, self._settle_sha = _load_script("settle.lua")
@@ -626,9 +627,10 @@ class Counters(_Engine):
 
     async def _ready(self) -> None:
         """Initialise a cluster client once, before its first burst (see `_send`)."""
-        if isinstance(self._redis, RedisCluster) and not self._initialised:
+        if not self._initialised:
             async with self._init_lock:
                 if not self._initialised:
+                    assert isinstance(self._redis, RedisCluster)
                     await self._redis.initialize()
                     self._initialised = True
 
