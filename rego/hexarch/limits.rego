@@ -8,6 +8,7 @@ package hexarch.lib.limits
 import data.hexarch.lib.applies
 import data.hexarch.lib.compiled
 import data.hexarch.lib.pricing
+import data.hexarch.lib.request
 
 # Every rule below is on the path of every request, so each is one rule with inline input checks
 # (no helper rules or functions per entry): OPA's cost is per rule and per expression evaluated.
@@ -61,15 +62,7 @@ _subjects := {"principal": principal, "team": team} if {
 	team := input.principal.team
 	is_string(team)
 	team != ""
-} else := {
-	"principal": _named(object.get(input, ["principal", "id"], null)),
-	"team": _named(object.get(input, ["principal", "team"], null)),
-}
-
-_named(value) := value if {
-	is_string(value)
-	value != ""
-} else := "anonymous"
+} else := {"principal": request.principal_subject, "team": request.team_subject}
 
 # warn and monitor enforcement never block on a limit; otherwise a limit blocks unless it warns.
 _actions := {"warn": "warn"} if {

@@ -24,11 +24,13 @@ _patterns(rule) := rule.patterns if {
 	is_string(rule.patterns)
 } else := []
 
-# The request model is read raw: glob.match on a missing or non-string model is undefined, so it
-# matches nothing (allow-lists fail; deny-lists fail closed through _denied).
+# Only a string model can match: a missing or non-string model matches nothing (allow-lists fail;
+# deny-lists fail closed through _denied). glob.match is only ever given strings, so decisions
+# also hold under opa eval --strict-builtin-errors.
 _matches(rule) if {
 	some pattern in _patterns(rule)
-	glob.match(pattern, null, input.model)
+	is_string(pattern)
+	glob.match(pattern, null, request.model)
 }
 
 # Matching is written out for the compiled shape (a list of patterns) and for a single string,
@@ -38,11 +40,13 @@ _unsatisfied_policies := ({rule.policy | some rule in _active; object.get(rule, 
 	object.get(rule, "allowed", true) != false
 	is_array(rule.patterns)
 	some pattern in rule.patterns
-	glob.match(pattern, null, input.model)
+	is_string(pattern)
+	glob.match(pattern, null, request.model)
 }) - {rule.policy |
 	some rule in _active
 	object.get(rule, "allowed", true) != false
-	glob.match(rule.patterns, null, input.model)
+	is_string(rule.patterns)
+	glob.match(rule.patterns, null, request.model)
 }
 
 # The lowest-numbered applying allow rule of a policy speaks for the policy's allow-list.
@@ -84,7 +88,10 @@ _denied(rule) if {
 	not _parses(pattern)
 }
 
-_parses(pattern) if is_boolean(glob.match(pattern, null, ""))
+_parses(pattern) if {
+	is_string(pattern)
+	is_boolean(glob.match(pattern, null, ""))
+}
 
 _allow_list_message(policy) := sprintf(
 	"model %q is not allowed by policy %v (allowed: %v)",

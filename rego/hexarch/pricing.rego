@@ -6,6 +6,7 @@
 package hexarch.lib.pricing
 
 import data.hexarch.lib.compiled
+import data.hexarch.lib.request
 
 # METADATA
 # title: Pricing
@@ -14,10 +15,13 @@ pricing := {
 	"input_per_million_usd": entry.input_per_million_usd,
 	"output_per_million_usd": entry.output_per_million_usd,
 } if {
-	# glob.match on a missing or non-string model is undefined: no entry matches.
+	# Only a string model is priced by name; glob.match is only given strings, so the decision
+	# also holds under opa eval --strict-builtin-errors.
+	model := request.model
 	entry := [entry |
 		some entry in data.hexarch.config.pricing
-		glob.match(entry.model, null, input.model)
+		is_string(entry.model)
+		glob.match(entry.model, null, model)
 		is_number(entry.input_per_million_usd)
 		is_number(entry.output_per_million_usd)
 	][0]

@@ -107,6 +107,8 @@ TABLE: list[tuple[str, dict[str, Any], str, bool, set[tuple[str, str, int]]]] = 
         set(),
     ),
     ("delete without a type", {"operation": "delete"}, WEDNESDAY_NOON, False, {CONFIRM}),
+    ("model given as a number", {"model": 7}, WEDNESDAY_NOON, False, {MODEL}),
+    ("model given as a list", {"model": ["tinyllama"]}, WEDNESDAY_NOON, False, {MODEL}),
     ("vision feature", {"feature": "vision"}, WEDNESDAY_NOON, False, {FEATURE}),
     ("voice feature", {"feature": "voice"}, WEDNESDAY_NOON, True, set()),
     # A request that names neither resources nor operation: every rule applies (fail closed).
@@ -138,6 +140,9 @@ def decide(opa_bin: str, bundle: Path, doc: dict[str, Any], when: str) -> dict[s
             "--stdin-input",
             "--format",
             "json",
+            # A builtin error (a type the library forgot to check) fails the test instead of
+            # silently making a rule undefined.
+            "--strict-builtin-errors",
             f"data.hexarch.decision with time.now_ns as {now_ns}",
         ],
         input=json.dumps(doc),
