@@ -31,7 +31,11 @@ class Diagnostic:
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     """A "did you mean 'x'?" hint for a misspelt word, or None when nothing is close."""
-    match = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    choices = sorted(choices)
+    same_letters = [choice for choice in choices if choice.lower() == word.lower()]
+    if same_letters:  # 'utc' for 'UTC': closer than any spelling distance says
+        return f"did you mean '{same_letters[0]}'?"
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     return f"did you mean '{match[0]}'?" if match else None
 
 

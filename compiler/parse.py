@@ -1,12 +1,21 @@
 """Stage 1: YAML text -> a tree of located nodes (value, line, column, YAML path).
 
 PyYAML's composer keeps marks on every node; we turn its graph into frozen `Node`s so later stages
-can report `FILE:LINE:COL` for any value, and we reject duplicate mapping keys (PyYAML silently
-keeps the last one, which could turn a guardrail file into a weaker policy).
+can report `FILE:LINE:COL` for any value. Three YAML habits could turn a guardrail file into a
+weaker policy, so they are handled here:
+
+- duplicate mapping keys (PyYAML silently keeps the last one) are errors;
+- YAML 1.1 integers that are not plain decimals (`1:30` is 90 in base 60, `010` is octal 8,
+  `0x1F` is 31) stay the text that was written, so a number field rejects them with a hint;
+- tags other than YAML's own (`!custom 1`) are errors.
+
+Anchors, aliases and merge keys (`<<: *defaults`) work as in YAML; keys written in the mapping
+itself win over merged ones.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -88,20 +97,55 @@ class _ScalarResolver(yaml.SafeLoader):
     """SafeLoader whose only job here is turning a ScalarNode into int/float/bool/None/str."""
 
 
+_INT_TAG = "tag:yaml.org,2002:int"
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+_MAP_TAG = "tag:yaml.org,2002:map"
+_SEQ_TAG = "tag:yaml.org,2002:seq"
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+_DECIMAL_INT = re.compile(r"^[-+]?(?:0|[1-9][0-9_]*)$")
+
+
+class _TagError(Exception):
+    """A node carries a tag hexarch.yaml does not take."""
+
+
 def _scalar(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Scalar:
-    value = loader.construct_object(node, deep=True)
+    if (node.tag == _INT_TAG and not _DECIMAL_INT.match(node.value)) or (
+        node.tag == _FLOAT_TAG and ":" in node.value
+    ):
+        return str(node.value)
+    try:
+        value = loader.construct_object(node, deep=True)
+    except yaml.YAMLError as exc:
+        raise _TagError(node.tag) from exc
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
     # Timestamps, binary...: keep the text the user wrote; validation decides what it may be.
     return str(node.value)
 
 
+def _merged_mappings(node: yaml.Node) -> list[yaml.MappingNode] | None:
+    """The mappings a `<<` key merges: one mapping, or a list of them (earlier ones win)."""
+    if isinstance(node, yaml.MappingNode):
+        return [node]
+    if isinstance(node, yaml.SequenceNode) and all(isinstance(n, yaml.MappingNode) for n in node.value):
+        return list(node.value)
+    return None
+
+
 def _convert(
     loader: yaml.SafeLoader, node: yaml.Node, path: str, file: str, errors: list[Diagnostic]
 ) -> Node:
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
+    here = Diagnostic(file, line, col, path, "")
     if isinstance(node, yaml.ScalarNode):
-        return Node(_scalar(loader, node), "scalar", line, col, path, file)
+        try:
+            return Node(_scalar(loader, node), "scalar", line, col, path, file)
+        except _TagError:
+            errors.append(_tag_error(here, node.tag))
+            return Node(str(node.value), "scalar", line, col, path, file)
+    if node.tag not in (_MAP_TAG, _SEQ_TAG):
+        errors.append(_tag_error(here, node.tag))
     if isinstance(node, yaml.SequenceNode):
         items = tuple(
             _convert(loader, child, _child_path(path, i), file, errors) for i, child in enumerate(node.value)
@@ -110,7 +154,25 @@ def _convert(
     if isinstance(node, yaml.MappingNode):
         pairs: list[tuple[Node, Node]] = []
         seen: dict[str, Node] = {}
+        merged: list[tuple[Node, Node]] = []
         for key_node, value_node in node.value:
+            if key_node.tag == _MERGE_TAG:
+                sources = _merged_mappings(value_node)
+                if sources is None:
+                    mark = key_node.start_mark
+                    errors.append(
+                        Diagnostic(
+                            file,
+                            mark.line + 1,
+                            mark.column + 1,
+                            path,
+                            "'<<' must merge a mapping or a list of mappings",
+                            "write '<<: *name' where '&name' marks a mapping",
+                        )
+                    )
+                for source in sources or ():
+                    merged.extend(_convert(loader, source, path, file, errors).items())
+                continue
             key = _convert(loader, key_node, path, file, errors)
             if key.kind != "scalar":
                 errors.append(key.diag("mapping keys must be plain strings"))
@@ -122,8 +184,24 @@ def _convert(
                 continue
             seen[name] = key
             pairs.append((key, _convert(loader, value_node, _child_path(path, name), file, errors)))
+        for key, value in merged:
+            if str(key.value) not in seen:
+                seen[str(key.value)] = key
+                pairs.append((key, value))
         return Node(tuple(pairs), "mapping", line, col, path, file)
     raise PolicyError([Diagnostic(file, line, col, path, f"unsupported YAML node {type(node).__name__}")])
+
+
+def _tag_error(where: Diagnostic, tag: str) -> Diagnostic:
+    shown = tag.replace("tag:yaml.org,2002:", "!!")
+    return Diagnostic(
+        where.file,
+        where.line,
+        where.col,
+        where.path,
+        f"unsupported YAML tag '{shown}'",
+        "hexarch.yaml takes plain strings, numbers, booleans, lists and mappings: remove the tag",
+    )
 
 
 def parse_text(text: str, file: str) -> Node:

@@ -14,6 +14,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import cast
 
+import yaml
+
 from compiler.diagnostics import Diagnostic, did_you_mean
 from compiler.errors import PolicyError
 from compiler.model import (
@@ -57,6 +59,9 @@ TOP_LEVEL_KEYS = (
     "policies",
     "sidecar",
 )
+# Top-level keys starting with "x-" are the user's own (a place for YAML anchors, as in
+# docker-compose files); nothing reads them.
+EXTENSION_PREFIX = "x-"
 ENFORCEMENTS = ("strict", "warn", "monitor")
 ACTIONS = ("block", "warn", "allow", "require_confirmation")
 SCOPES = ("global", "principal", "team")
@@ -93,6 +98,12 @@ OTHER_KEYS: dict[str, tuple[str, ...]] = {
     "confirmation": ("operation", "resource_types", "resource", "action"),
     "feature": ("enabled", "requires_approval", "approvers", "action"),
 }
+# Keys that are right in another place of the file: say where, rather than guess a spelling.
+MISPLACED_KEYS = {
+    "timezone": "the timezone is set once, at the top level of the file",
+    "enforcement": "enforcement is set once, at the top level of the file",
+    "pricing": "pricing is a top-level section: pricing: {MODEL_GLOB: {input_per_million_usd, ...}}",
+}
 KIND_KEY_NAMES = tuple(k for ids in KIND_KEYS.values() for k in ids)
 LIMIT_KINDS = ("rate", "budget", "tokens")
 
@@ -115,15 +126,32 @@ WARN_AT_ACTION = re.compile(r"^warn_at_(\d+(?:\.\d+)?)%$")
 WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
+# Counts and micro-USD amounts must stay exact as JSON numbers (OPA, the sidecar) and in Redis.
+MAX_AMOUNT = 2**53 - 1
+
+# YAML 1.1 numbers the parser keeps as text (compiler/parse.py): base 60, octal, hex, binary.
+_NOT_DECIMAL = re.compile(
+    r"^[-+]?(?:[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?|0[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+)$"
+)
+
+
 def _number_hint(value: object) -> str | None:
-    """YAML 1.1 reads `1e3` (no dot, no sign) as text; say how to write it as a number."""
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return None
+    """Why a value that looks like a number is text, and how to write it as one."""
+    if isinstance(value, float) and value.is_integer():
+        return f"write {int(value)} without a decimal point"
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    if _NOT_DECIMAL.match(text):
+        yaml11 = yaml.safe_load(text)
+        return f"YAML 1.1 would read '{text}' as {yaml11}: write numbers in plain decimal digits"
+    try:
+        float(text)
+    except ValueError:
+        return None
+    if "." not in text and "e" in text.lower():
         return "YAML reads this as text: write exponents with a dot and a sign, e.g. 1.0e+3 or 1.0e-9"
-    return None
+    return "write the number without quotes"
 
 
 class _Validator:
@@ -140,7 +168,8 @@ class _Validator:
         for key, _ in node.items():
             name = str(key.value)
             if name not in allowed:
-                self.unknown_key(node, key, f"unknown key '{name}' in {what}", did_you_mean(name, allowed))
+                hint = MISPLACED_KEYS.get(name) or did_you_mean(name, allowed)
+                self.unknown_key(node, key, f"unknown key '{name}' in {what}", hint)
 
     def unknown_key(self, parent: Node, key: Node, message: str, hint: str | None) -> None:
         # Key nodes carry their parent's path; report the path of the key itself.
@@ -190,10 +219,13 @@ class _Validator:
             return None
         value = node.value
         if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, int):
-            self.error(node, f"{what} must be a whole number, got {describe(node)}")
+            self.error(node, f"{what} must be a whole number, got {describe(node)}", _number_hint(value))
             return None
         if value <= 0:
             self.error(node, f"{what} must be greater than zero, got {value}")
+            return None
+        if value > MAX_AMOUNT:
+            self.error(node, f"{what} is too large: {value}", f"the largest is {MAX_AMOUNT}")
             return None
         return value
 
@@ -242,14 +274,17 @@ def _validate_file(v: _Validator, tree: Node, base_dir: Path) -> PolicyFile | No
     upstreams: list[Upstream] = []
     for key, value in tree.items():
         name = str(key.value)
-        if name in TOP_LEVEL_KEYS:
+        if name in TOP_LEVEL_KEYS or name.startswith(EXTENSION_PREFIX):
             continue
         if value.kind == "mapping" and value.get("base_url") is not None:
             base_url = v.string(value.get("base_url"), f"'{name}.base_url'")
             if base_url is not None:
                 upstreams.append(Upstream(name, base_url))
             continue
-        hint = did_you_mean(name, TOP_LEVEL_KEYS) or "an upstream section is a mapping with a base_url"
+        hint = (
+            did_you_mean(name, TOP_LEVEL_KEYS)
+            or "an upstream section is a mapping with a base_url; keys starting with 'x-' are ignored"
+        )
         v.unknown_key(tree, key, f"unknown top-level key '{name}'", hint)
 
     version = 1
@@ -483,7 +518,8 @@ def _rule(v: _Validator, node: Node, index: int) -> Rule | None:
         known = {k for ids in (*KIND_KEYS.values(), *OTHER_KEYS.values()) for k in ids} | {"description"}
         unknown = [(key, str(key.value)) for key, _ in node.items() if str(key.value) not in known]
         for key, name in unknown:
-            v.unknown_key(node, key, f"unknown key '{name}' in a rule", did_you_mean(name, known))
+            hint = MISPLACED_KEYS.get(name) or did_you_mean(name, known)
+            v.unknown_key(node, key, f"unknown key '{name}' in a rule", hint)
         if len(kinds) > 1:
             named = "; ".join(
                 f"{kind} ({', '.join(k for k in KIND_KEYS[kind] if k in keys)})" for kind in kinds
@@ -567,10 +603,7 @@ def _action(v: _Validator, node: Node, kind: str) -> tuple[Action, float | None]
                     "limits are enforced by counters: use block, warn, allow or warn_at_NN%",
                 )
         else:
-            hint = did_you_mean(text, (*ACTIONS, "warn_at_80%")) or "use block, warn, allow, "
-            if hint.startswith("use"):
-                hint += "require_confirmation or warn_at_NN%"
-            v.error(action_node, f"unknown action '{text}'", hint)
+            v.error(action_node, f"unknown action '{text}'", _action_hint(text))
     for key in ("alert_at_percentage", "warn_at_percentage"):
         pct_node = node.get(key)
         percent_value = v.number(pct_node, f"'{key}'")
@@ -589,6 +622,16 @@ def _action(v: _Validator, node: Node, kind: str) -> tuple[Action, float | None]
             continue
         warn_at = ratio
     return action, warn_at
+
+
+_WARN_AT_LOOSE = re.compile(r"^\s*warn[\s_-]*at[\s_-]*(\d+(?:\.\d+)?)\s*%?\s*$", re.IGNORECASE)
+
+
+def _action_hint(text: str) -> str:
+    loose = _WARN_AT_LOOSE.match(text)
+    if loose:
+        return f"did you mean 'warn_at_{loose.group(1)}%'?"
+    return did_you_mean(text, ACTIONS) or "use block, warn, allow, require_confirmation or warn_at_NN%"
 
 
 def _ratio(percent: float) -> float:
@@ -620,6 +663,13 @@ def _limit_rule(
                 usd = None
             elif usd is not None and round(Decimal(str(usd)) * 1_000_000) < 1:
                 v.error(amount_node, f"'{key}' is below one micro-dollar: {usd}")
+                usd = None
+            elif usd is not None and Decimal(str(usd)) * 1_000_000 > MAX_AMOUNT:
+                v.error(
+                    amount_node,
+                    f"'{key}' is too large: {usd}",
+                    f"the largest is {Decimal(MAX_AMOUNT) / 1_000_000} USD",
+                )
                 usd = None
             amount: int | float | None = usd
         else:
@@ -763,6 +813,7 @@ def _days(v: _Validator, node: Node | None, what: str) -> tuple[str, ...]:
     out: list[str] = []
     for name, element in zip(names, elements, strict=True):
         day = name.strip().lower()
+        day = next((full for full in WEEKDAYS if full[:3] == day), day)  # "sat" is Saturday
         if day not in WEEKDAYS:
             v.error(element, f"unknown weekday '{name}' in {what}", did_you_mean(day, WEEKDAYS))
         elif day not in out:

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 from compiler.diagnostics import Diagnostic, did_you_mean
 from compiler.errors import PolicyError
 from compiler.parse import Node, describe, parse_file
-from compiler.validate import TOP_LEVEL_KEYS
+from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS
 from sidecar.errors import SettingsError
 
 FAIL_MODES = ("fail_closed", "fail_open")
@@ -512,7 +512,9 @@ def _from_tree(root: Node, env: Mapping[str, str], c: _Collector) -> Settings:
     upstream_nodes: dict[str, Node] = {}
     for key, value in root.items():
         name = str(key.value)
-        if name in COMPILER_KEYS or value.kind != "mapping" or value.get("base_url") is None:
+        if name in COMPILER_KEYS or name.startswith(EXTENSION_PREFIX):
+            continue
+        if value.kind != "mapping" or value.get("base_url") is None:
             continue
         upstream = _upstream(name, value, c)
         if upstream is not None:

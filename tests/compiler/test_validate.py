@@ -110,7 +110,7 @@ def test_windows_days_models_and_principals_are_normalised() -> None:
         ("monthly_budget_usd: 0.0000001", "below one micro-dollar"),
         ("daily_budget_usd: 1e3", "must be a number, got the string '1e3'"),
         ("daily_budget_usd: 1e3", "write exponents with a dot and a sign, e.g. 1.0e+3"),
-        ("operation: batch\n    allowed_hours: 22:00", "must be a quoted window"),
+        ("operation: batch\n    allowed_hours: 22:00", "malformed time window '22:00'"),
         ('operation: batch\n    allowed_hours: "10:60-11:00"', "minutes run from 00 to 59"),
         ('operation: batch\n    allowed_hours: "22-06"', "malformed time window"),
         ('operation: batch\n    allowed_hours: "00:00-24:30"', "end 24:30 is past 24:00"),
@@ -128,6 +128,23 @@ def test_windows_days_models_and_principals_are_normalised() -> None:
         ),
         ("requests_per_minute: 30\n    action: warn_at_0%", "between 1% and 99%"),
         ("requests_per_minute: 30\n    scope: everyone", "unknown scope 'everyone'"),
+        # YAML 1.1 numbers that are not plain decimals would silently change a limit.
+        ("requests_per_minute: 1:30", "got the string '1:30'"),
+        ("requests_per_minute: 1:30", "YAML 1.1 would read '1:30' as 90"),
+        ("monthly_budget_usd: 1:30.5", "YAML 1.1 would read '1:30.5' as 90.5"),
+        ("requests_per_hour: 0x1F", "YAML 1.1 would read '0x1F' as 31"),
+        ("requests_per_day: 010", "YAML 1.1 would read '010' as 8"),
+        ('requests_per_minute: "30"', "write the number without quotes"),
+        ('parameter: temperature\n    max: "1.0"', "'max' must be a number, got the string '1.0'"),
+        ('parameter: temperature\n    max: "1.0"', "write the number without quotes"),
+        ("requests_per_minute: 30.0", "write 30 without a decimal point"),
+        ("requests_per_minute: 9007199254740992", "is too large: 9007199254740992"),
+        ("monthly_budget_usd: 1.0e+10", "'monthly_budget_usd' is too large"),
+        ("requests_per_minute: 30\n    action: warn_at_75", "did you mean 'warn_at_75%'?"),
+        ("requests_per_minute: 30\n    action: warn at 75%", "did you mean 'warn_at_75%'?"),
+        ("requests_per_minute: 30\n    action: Block", "did you mean 'block'?"),
+        ("operation: x\n    forbidden_days: [sunday]\n    timezone: UTC", "set once, at the top level"),
+        ("operation: x\n    forbidden_days: [funday]", "unknown weekday 'funday'"),
     ],
 )
 def test_rule_mistakes(snippet: str, fragment: str) -> None:
@@ -162,6 +179,19 @@ def test_rule_mistakes(snippet: str, fragment: str) -> None:
         ),
         ("policies:\n- id: p\n  enabled: no-thanks\n  rules: [{requests_per_minute: 1}]\n", "true or false"),
         ("policies: []\nopenai: {api: openai}\n", "unknown top-level key 'openai'"),
+        ("timezone: utc\npolicies: []\n", "unknown timezone 'utc' (at timezone); did you mean 'UTC'?"),
+        ("enforcement: Strict\npolicies: []\n", "did you mean 'strict'?"),
+        (
+            "policies:\n- id: p\n  timezone: UTC\n  rules: [{requests_per_minute: 1}]\n",
+            "unknown key 'timezone' in a policy (at policies[0].timezone); the timezone is set once",
+        ),
+        # Tags other than YAML's own are refused where they are written, never a traceback.
+        (
+            "policies:\n- id: p\n  rules: [{requests_per_minute: !custom 1}]\n",
+            "p.yaml:3:33: error: unsupported YAML tag '!custom'",
+        ),
+        ("policies: !!set {a, b}\n", "p.yaml:1:11: error: unsupported YAML tag '!!set'"),
+        ("policies:\n- id: p\n  rules:\n  - <<: 5\n", "'<<' must merge a mapping or a list of mappings"),
     ],
 )
 def test_file_mistakes(text: str, fragment: str) -> None:
@@ -215,3 +245,50 @@ def test_custom_policy_files(tmp_path: Path) -> None:
     assert any("duplicate custom policy id 'ok'" in line for line in found)
     model = check("custom: [{id: ok, file: ok.rego}]\npolicies: []\n", tmp_path)
     assert model.custom[0].source.startswith("package hexarch.custom.ok")
+
+
+def test_anchors_and_merge_keys_work_as_in_yaml() -> None:
+    model = check(
+        """
+        policies:
+          - id: p
+            rules:
+              - &base
+                resource: tinyllama
+                requests_per_minute: 5
+                scope: principal
+              - <<: *base
+                requests_per_minute: 7
+              - <<: [*base]
+                requests_per_hour: 50
+        """
+    )
+    first, second, third = model.policies[0].rules
+    assert isinstance(first, RateRule) and [s.amount for s in first.limits] == [5]
+    # Keys written beside '<<' win over the merged ones; the rest is merged.
+    assert isinstance(second, RateRule) and [s.amount for s in second.limits] == [7]
+    assert second.scope == "principal" and second.resource == "tinyllama"
+    assert isinstance(third, RateRule) and [s.suffix for s in third.limits] == ["rpm", "rph"]
+
+
+def test_a_merged_typo_is_reported_where_it_is_written() -> None:
+    found = errors(
+        """
+        x-rule-defaults: &base {resource: x, requests_per_minut: 5}
+        policies:
+          - id: p
+            rules:
+              - <<: *base
+                requests_per_hour: 50
+        """
+    )
+    assert found == [
+        "p.yaml:2:38: error: unknown key 'requests_per_minut' in a rate rule"
+        " (at policies[0].rules[0].requests_per_minut); did you mean 'requests_per_minute'?"
+    ]
+
+
+def test_abbreviated_weekdays() -> None:
+    model = check("policies:\n- id: p\n  rules: [{operation: x, forbidden_days: [Sat, sun]}]\n")
+    rule = model.policies[0].rules[0]
+    assert isinstance(rule, TimeRule) and rule.forbidden_days == ("saturday", "sunday")

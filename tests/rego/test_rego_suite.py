@@ -213,9 +213,8 @@ def eval_decision(opa_bin: str, bundle: Path, doc: dict[str, Any], tmp_path: Pat
     input_file = tmp_path / "input.json"
     input_file.write_text(json.dumps(doc))
     query = "data.hexarch.decision"
-    out = run(
-        opa_bin, "eval", "--strict-builtin-errors", "-b", str(bundle), "-i", str(input_file), "-f", "json", query
-    )
+    flags = ("--strict-builtin-errors", "-f", "json")
+    out = run(opa_bin, "eval", *flags, "-b", str(bundle), "-i", str(input_file), query)
     assert out.returncode == 0, out.stderr
     result: dict[str, Any] = json.loads(out.stdout)["result"][0]["expressions"][0]["value"]
     return result

@@ -184,3 +184,18 @@ def test_route_patterns_and_upstream_placeholders(tmp_path: Path) -> None:
     assert "upstream_path uses {other}, which the route path does not define" in text
     assert "route path '/c/{id' is not a valid pattern" in text
     assert "/e/{id}" not in text
+
+
+def test_anchors_under_x_keys_share_upstream_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "x-upstream: &upstream {api: openai, timeout_seconds: 7, base_url: http://unused:1}\n"
+        "primary:\n  <<: *upstream\n  base_url: http://127.0.0.1:9001/v1\n"
+        "backup:\n  <<: *upstream\n  base_url: http://127.0.0.1:9002/v1\n"
+        "policies: []\n",
+    )
+    s = load_settings(path, env={})
+    # The x- section is the user's own: a place for anchors, never an upstream itself.
+    assert set(s.upstreams) == {"primary", "backup"}
+    assert s.upstreams["backup"].base_url == "http://127.0.0.1:9002/v1"
+    assert s.upstreams["primary"].timeout_seconds == 7
