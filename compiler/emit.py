@@ -934,6 +934,7 @@ class _Emitter:
             self.expect(
                 f, policy, rule, code, f"r{rule.index}_other_feature", "another feature", other, False
             )
+            self.unstated_feature(f, policy, rule, code, doc)
             return
         if not rule.requires_approval:
             for code in ("feature_disabled", "feature_requires_approval"):
@@ -968,6 +969,7 @@ class _Emitter:
             True,
         )
         self.confirm_variant(f, policy, rule, code, doc)
+        self.unstated_feature(f, policy, rule, code, doc)
         for user in rule.approver_users:
             approver = {"id": user, "team": TEST_TEAM, "roles": [], "tier": "free", "authenticated": True}
             self.expect(
@@ -999,6 +1001,14 @@ class _Emitter:
                 False,
             )
         self.expect(f, policy, rule, code, f"r{rule.index}_other_feature", "another feature", other, False)
+
+    def unstated_feature(
+        self, f: _File, policy: Policy, rule: FeatureRule, code: str, doc: dict[str, Any]
+    ) -> None:
+        """No `feature` field at all (null would say "none"): the flag applies, fail closed."""
+        unstated = {k: v for k, v in doc.items() if k != "feature"}
+        name = f"r{rule.index}_feature_unstated"
+        self.expect(f, policy, rule, code, name, "a request that does not state its feature", unstated, True)
 
     def allow_rule(self, f: _File, policy: Policy, rule: Rule) -> None:
         """`action: allow` rules add nothing: no limit entry and no report under any code."""

@@ -95,7 +95,7 @@ test_unknown_enforcement_is_strict if {
 test_empty_input_is_defined_and_fails_closed if {
 	d := _decide({}, fixtures.config)
 	d.allow == false
-	{v.code | some v in d.violations} == {"access_denied", "confirmation_required", "model_not_allowed", "time_restricted"}
+	{v.code | some v in d.violations} == {"access_denied", "confirmation_required", "feature_disabled", "model_not_allowed", "time_restricted"}
 	count(d.limits) == 4
 	d.pricing == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
 }

@@ -1,9 +1,10 @@
 # METADATA
 # title: Feature flags
 # description: >-
-#   A feature rule applies when input.feature names its feature. A feature that is not enabled is
-#   feature_disabled; one that requires approval is feature_requires_approval unless the principal
-#   is an approver (by user id or role). Both are 403.
+#   A feature rule applies when input.feature names its feature, or when the input has no feature
+#   field at all (null says "no feature"; a missing field must not let a request past a flag). A
+#   feature that is not enabled is feature_disabled; one that requires approval is
+#   feature_requires_approval unless the principal is an approver (by user id or role). Both 403.
 package hexarch.lib.features
 
 import data.hexarch.lib.applies
@@ -11,9 +12,16 @@ import data.hexarch.lib.request
 
 _active := [rule |
 	some rule in data.hexarch.config.features
-	rule.feature == input.feature
+	_concerns(rule)
 	applies.active(rule)
 ]
+
+_concerns(rule) if rule.feature == input.feature
+
+_concerns(_) if not _feature_stated
+
+# Any value, null included, states the feature; only an absent field leaves it unknown.
+_feature_stated if input.feature == input.feature
 
 # METADATA
 # title: Feature findings

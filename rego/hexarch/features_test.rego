@@ -40,7 +40,13 @@ test_enabled_feature_passes if {
 test_other_or_no_feature_passes if {
 	_codes(_rule({"enabled": false}), {"feature": "audio"}) == set()
 	_codes(_rule({"enabled": false}), {"feature": null}) == set()
-	_codes(_rule({"enabled": false}), {}) == set()
+}
+
+test_unstated_feature_meets_every_flag if {
+	_codes(_rule({"enabled": false}), {}) == {"feature_disabled"}
+	_codes(_rule({"requires_approval": true}), {"principal": {"id": "bob"}}) == {"feature_requires_approval"}
+	_codes(_rule({"requires_approval": true}), {"principal": {"id": "lead"}}) == set()
+	_codes(_rule({}), {}) == set()
 }
 
 test_approval_required if {

@@ -52,7 +52,10 @@ def principal(pid: str, *roles: str) -> dict[str, Any]:
 
 STATS = {"resources": ["stats", "*"], "operation": "stats"}
 
-# name, changes to BASE (None value = field removed), local time, allowed, reports (policy, code, status)
+# Marks a field the request leaves out (None stays: null is a value, as the sidecar sends it).
+MISSING: Any = "__missing__"
+
+# name, changes to BASE (MISSING = field removed), local time, allowed, reports (policy, code, status)
 TABLE: list[tuple[str, dict[str, Any], str, bool, set[tuple[str, str, int]]]] = [
     ("plain chat", {}, WEDNESDAY_NOON, True, set()),
     ("temperature at max 1.0", params(temperature=1.0), WEDNESDAY_NOON, True, set()),
@@ -65,7 +68,8 @@ TABLE: list[tuple[str, dict[str, Any], str, bool, set[tuple[str, str, int]]]] = 
     ("system prompt of 2001 chars", params(system="s" * 2001), WEDNESDAY_NOON, False, {PARAM}),
     ("tagged tinyllama model", {"model": "tinyllama:1.1b"}, WEDNESDAY_NOON, True, set()),
     ("other model", {"model": "llama3"}, WEDNESDAY_NOON, False, {MODEL}),
-    ("no model named", {"model": None}, WEDNESDAY_NOON, False, {MODEL}),
+    ("no model named", {"model": MISSING}, WEDNESDAY_NOON, False, {MODEL}),
+    ("model null", {"model": None}, WEDNESDAY_NOON, False, {MODEL}),
     (
         "two problems at once",
         {"model": "gpt-4o", **params(temperature=1.5)},
@@ -111,10 +115,12 @@ TABLE: list[tuple[str, dict[str, Any], str, bool, set[tuple[str, str, int]]]] = 
     ("model given as a list", {"model": ["tinyllama"]}, WEDNESDAY_NOON, False, {MODEL}),
     ("vision feature", {"feature": "vision"}, WEDNESDAY_NOON, False, {FEATURE}),
     ("voice feature", {"feature": "voice"}, WEDNESDAY_NOON, True, set()),
+    # null says "no feature"; a request that does not say meets every flag (fail closed).
+    ("feature not stated", {"feature": MISSING}, WEDNESDAY_NOON, False, {FEATURE}),
     # A request that names neither resources nor operation: every rule applies (fail closed).
     (
         "no resources, no operation",
-        {"resources": None, "operation": None},
+        {"resources": MISSING, "operation": MISSING},
         WEDNESDAY_NOON,
         False,
         {ACCESS, CONFIRM, TIME},
@@ -158,7 +164,7 @@ def decide(opa_bin: str, bundle: Path, doc: dict[str, Any], when: str) -> dict[s
 
 def request(changes: dict[str, Any]) -> dict[str, Any]:
     doc = {**BASE, **changes}
-    return {k: v for k, v in doc.items() if v is not None}
+    return {k: v for k, v in doc.items() if v is not MISSING}
 
 
 @pytest.mark.parametrize(
