@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import stat
 import tarfile
 import tempfile
 from collections.abc import Mapping
@@ -132,20 +133,39 @@ def _targz(names: list[str], files: Mapping[str, bytes]) -> bytes:
 
 
 def write_bundle(bundle: Bundle, path: Path) -> None:
-    """Write atomically: the output appears whole or not at all."""
-    path = Path(path)
+    """Write a file atomically: the output appears whole or not at all.
+
+    A symlink is followed (its target is replaced, the link stays); a pipe or device such as
+    /dev/stdout is written to as it is; a new file gets the usual permissions (0666 minus the
+    umask) and an existing one keeps its own, so OPA running as another user can still read it.
+    """
+    given = Path(path)
     try:
+        if given.exists() and not given.is_file() and not given.is_dir():
+            with open(given, "wb") as stream:
+                stream.write(bundle.data)
+            return
+        path = Path(os.path.realpath(given))
         path.parent.mkdir(parents=True, exist_ok=True)
+        mode = stat.S_IMODE(path.stat().st_mode) if path.is_file() else 0o666 & ~_umask()
         fd, tmp = tempfile.mkstemp(prefix=".hexarch-", suffix=".tar.gz", dir=path.parent)
         try:
             with os.fdopen(fd, "wb") as fh:
                 fh.write(bundle.data)
+            os.chmod(tmp, mode)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as exc:
-        raise BundleError(f"cannot write bundle {path}: {exc.strerror}") from exc
+        raise BundleError(f"cannot write bundle {given}: {exc.strerror}") from exc
+
+
+def _umask() -> int:
+    # The only way to read the umask is to set it; the CLI is single-threaded when it writes.
+    current = os.umask(0o022)
+    os.umask(current)
+    return current
 
 
 def extract_bundle(bundle: Bundle, directory: Path) -> None:

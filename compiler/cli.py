@@ -21,10 +21,15 @@ def register(subparsers: Any) -> None:
         "compile", help="compile hexarch.yaml into an OPA bundle", description="Compile a policy file."
     )
     compile_p.add_argument("policy", help="the policy file (hexarch.yaml)")
-    compile_p.add_argument("-o", "--output", required=True, help="the bundle to write (.tar.gz)")
+    compile_p.add_argument(
+        "-o", "--output", required=True, help="the bundle to write (.tar.gz); '-' writes it to stdout"
+    )
     compile_p.add_argument("--signing-key", help="sign the bundle: PEM private key file, or HMAC secret")
     compile_p.add_argument(
-        "--signing-alg", default="RS256", help="JWT algorithm of the signature (default RS256)"
+        "--signing-alg",
+        default="RS256",
+        help="JWT algorithm of the signature: RS256 (default) or PS256 for RSA keys, ES256/ES384/ES512 "
+        "for EC keys, HS256 for an HMAC secret",
     )
     compile_p.set_defaults(func=run_compile)
 
@@ -57,20 +62,30 @@ def _summary(model: PolicyFile) -> str:
     rules = sum(len(p.rules) for p in enabled)
     disabled = len(model.policies) - len(enabled)
     text = f"{len(enabled)} policies, {rules} rules"
-    return text + (f" ({disabled} disabled)" if disabled else "")
+    return text + (
+        f"; {disabled} disabled {'policy' if disabled == 1 else 'policies'} left out" if disabled else ""
+    )
 
 
 def run_compile(args: argparse.Namespace) -> int:
     from compiler.api import compile_policy
     from compiler.bundle import write_bundle
 
+    to_stdout = args.output == "-"
     try:
         compiled = compile_policy(args.policy, signing_key=args.signing_key, signing_alg=args.signing_alg)
-        write_bundle(compiled.bundle, Path(args.output))
+        if to_stdout:
+            sys.stdout.buffer.write(compiled.bundle.data)
+            sys.stdout.buffer.flush()
+        else:
+            write_bundle(compiled.bundle, Path(args.output))
     except CompilerError as exc:
         return _fail(exc)
     signed = ", signed" if args.signing_key else ""
-    print(f"{args.output}: {_summary(compiled.model)}, revision {compiled.revision[:12]}{signed}")
+    where = "<stdout>" if to_stdout else args.output
+    summary = f"{where}: {_summary(compiled.model)}, revision {compiled.revision[:12]}{signed}"
+    # The bundle may be on stdout (`-o -`, `-o /dev/stdout`): the summary must not land in it.
+    print(summary, file=sys.stderr if to_stdout or not Path(args.output).is_file() else sys.stdout)
     return 0
 
 

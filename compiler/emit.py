@@ -1,10 +1,13 @@
 """Stage 4: validated model (+ compiled data) -> generated `opa test` files.
 
 Each enabled rule is pinned at its boundaries with the literal values of the YAML: a limit's
-number, a bound exactly at and just past it, each listed model and an unlisted one, a time just
-inside and just outside each window in the policy's timezone. The tests evaluate only
-`data.hexarch.decision`, so they fail when the bundle's data.json disagrees with the YAML (or the
-Rego library disagrees with the documented semantics). Expected outcomes are computed here from
+number, a bound exactly at and just past it, each listed model (its shortest and a longer match)
+and an unlisted one, a time just inside and just outside each window in the policy's timezone, in
+winter and in summer. These tests evaluate `data.hexarch.decision`, so they fail when the bundle's
+data.json disagrees with the YAML (or the Rego library disagrees with the documented semantics).
+Behaviour alone cannot notice an entry that was added (one more user, model or policy), so each
+policy's file also pins its compiled entries, and the settings file pins the file-wide settings
+and which policies the data holds. Expected outcomes are computed here from
 the documented semantics (docs/architecture.md); anything this module does not know how to pin
 raises EmitError rather than silently emitting a weaker test.
 """
@@ -21,7 +24,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from compiler.errors import EmitError
-from compiler.lower import Config, limit_id, usd_to_micros
+from compiler.lower import RULE_LISTS, Config, limit_id, usd_to_micros
 from compiler.model import (
     WEEKDAYS,
     AccessRule,
@@ -48,6 +51,9 @@ OTHER = "hexarch-other"
 
 # Monday 2026-01-12 .. Sunday 2026-01-18: a week without DST changes in either hemisphere's usual rules.
 REFERENCE_MONDAY = (2026, 1, 12)
+# Monday 2026-07-13: window boundaries are pinned again in July, so that a timezone with the same
+# winter offset (UTC and Europe/London) cannot stand in for the configured one.
+SUMMER_MONDAY = (2026, 7, 13)
 NOON = 12 * 60
 
 STATUS = {
@@ -145,7 +151,7 @@ class LongString:
 class _Test:
     name: str
     comment: str
-    input: dict[str, Any]
+    input: dict[str, Any] | None  # None: the checks read data.hexarch.config, no decision
     now_ns: int
     checks: list[str]
 
@@ -156,7 +162,9 @@ class _File:
     tests: list[_Test] = field(default_factory=list)
     names: set[str] = field(default_factory=set)
 
-    def add(self, name: str, comment: str, input_doc: dict[str, Any], now_ns: int, checks: list[str]) -> None:
+    def add(
+        self, name: str, comment: str, input_doc: dict[str, Any] | None, now_ns: int, checks: list[str]
+    ) -> None:
         base = re.sub(r"[^a-z0-9_]+", "_", f"test_{name}".lower()).strip("_")
         unique, n = base, 2
         while unique in self.names:
@@ -179,6 +187,10 @@ class _File:
             "",
         ]
         for test in self.tests:
+            if test.input is None:
+                out += ["# " + " ".join(test.comment.split()), f"{test.name} if {{"]
+                out += [*(f"\t{check}" for check in test.checks), "}", ""]
+                continue
             lets: list[str] = []
             fields = {k: v for k, v in test.input.items() if BASE_INPUT.get(k, _MISSING) != v}
             dropped = sorted(k for k in BASE_INPUT if k not in test.input)
@@ -244,9 +256,11 @@ class _Clock:
     def __init__(self, timezone: str) -> None:
         self.zone = ZoneInfo(timezone)
 
-    def ns(self, day: int, minute: int, second: int = 0) -> int:
-        """Epoch ns of `day` (0 = Monday of the reference week) at `minute` after local midnight."""
-        year, month, monday = REFERENCE_MONDAY
+    def ns(
+        self, day: int, minute: int, second: int = 0, week: tuple[int, int, int] = REFERENCE_MONDAY
+    ) -> int:
+        """Epoch ns of `day` (0 = Monday of `week`) at `minute` after local midnight."""
+        year, month, monday = week
         local = datetime(year, month, monday + day, minute // 60, minute % 60, second, tzinfo=self.zone)
         return int(local.timestamp()) * 1_000_000_000
 
@@ -269,8 +283,8 @@ def _time_violates(rule: TimeRule, day: int, minute: int) -> bool:
 _ALPHABET = "xa0-_:.Zb1" + "23456789cdefghijklmnopqrstuvwyzABCDEFGHIJKLMNOPQRSTUVWXY"
 
 
-def glob_sample(pattern: str) -> str:
-    """A concrete string matching `pattern` (a literal stays itself)."""
+def glob_sample(pattern: str, star: str = "x") -> str:
+    """A concrete string matching `pattern` (a literal stays itself); `*` becomes `star`."""
     out: list[str] = []
     i = 0
     while i < len(pattern):
@@ -295,10 +309,10 @@ def glob_sample(pattern: str) -> str:
             end = pattern.find("}", i + 1)
             if end < 0:
                 break
-            out.append(glob_sample(pattern[i + 1 : end].split(",")[0]))
+            out.append(glob_sample(pattern[i + 1 : end].split(",")[0], star))
             i = end + 1
             continue
-        out.append("x" if ch in "*?" else ch)
+        out.append(star if ch == "*" else "x" if ch == "?" else ch)
         i += 1
     sample = "".join(out)
     if not glob_match(pattern, sample):
@@ -689,17 +703,18 @@ class _Emitter:
         for start, end in (*rule.allowed_hours, *rule.forbidden_hours):
             seconds |= {start * 60, (start * 60 - 1) % 86400, (end * 60 - 1) % 86400, (end * 60) % 86400}
         first_violation: int | None = None
-        for second in sorted(seconds):
-            minute = second // 60
-            violates = _time_violates(rule, day, minute)
-            clock = f"{minute // 60:02d}:{minute % 60:02d}:{second % 60:02d}"
-            at = f"{WEEKDAYS[day]} {clock} {self.model.timezone}"
-            now = self.clock.ns(day, minute, second % 60)
-            self.expect(
-                f, policy, rule, code, f"r{rule.index}_{at}", f"{operation} at {at}", doc, violates, now
-            )
-            if violates and first_violation is None:
-                first_violation = now
+        for week, season in ((REFERENCE_MONDAY, ""), (SUMMER_MONDAY, " in July")):
+            for second in sorted(seconds):
+                minute = second // 60
+                violates = _time_violates(rule, day, minute)
+                clock = f"{minute // 60:02d}:{minute % 60:02d}:{second % 60:02d}"
+                at = f"{WEEKDAYS[day]}{season} {clock} {self.model.timezone}"
+                now = self.clock.ns(day, minute, second % 60, week)
+                self.expect(
+                    f, policy, rule, code, f"r{rule.index}_{at}", f"{operation} at {at}", doc, violates, now
+                )
+                if violates and first_violation is None:
+                    first_violation = now
         if rule.allowed_days or rule.forbidden_days:
             minute = _passing_minute(rule)
             for d in range(7):
@@ -761,7 +776,11 @@ class _Emitter:
                 culprits.append(allow[0])
             return culprits
 
-        samples = [glob_sample(p) for p in all_patterns]
+        # A longer and the shortest match of each pattern: "gpt-5x" alone would not notice "gpt-5*"
+        # narrowed to "gpt-5x*".
+        samples = list(
+            dict.fromkeys(s for p in all_patterns for s in (glob_sample(p), glob_sample(p, star="")))
+        )
         outside = _outside_sample(all_patterns, f"{OTHER}-model")
         if outside is not None:
             samples.append(outside)
@@ -1020,7 +1039,31 @@ class _Emitter:
             checks = [f'passes(d, "{policy.id}", {rule.index}, "{c}")' for c in sorted(STATUS)]
         f.add(f"r{rule.index}_allow_adds_nothing", "an `allow` rule adds nothing", doc, self.now, checks)
 
+    def pin_entries(self, f: _File, policy: Policy) -> None:
+        """The policy's compiled entries, exactly: behaviour cannot notice an added user or model."""
+        checks = []
+        for name in RULE_LISTS:
+            entries = [e for e in self.config[name] if e["policy"] == policy.id]
+            selected = f"[e | some e in data.hexarch.config.{name}; e.policy == {json.dumps(policy.id)}]"
+            checks.append(f"{selected} == {rego_value(entries)}")
+        f.add("compiled_entries", f"the compiled entries of {policy.id}", None, self.now, checks)
+
+    def pin_settings(self, f: _File) -> None:
+        """File-wide settings, and that the data holds entries of the enabled policies only."""
+        checks = [
+            f"data.hexarch.config.{key} == {rego_value(self.config[key])}"
+            for key in ("enforcement", "timezone", "default_max_output_tokens", "pricing", "default_pricing")
+        ]
+        owners = sorted({e["policy"] for name in RULE_LISTS for e in self.config[name]})
+        expected = "{" + ", ".join(json.dumps(o) for o in owners) + "}" if owners else "set()"
+        lists = rego_value(list(RULE_LISTS))
+        checks.append(
+            f"{{e.policy | some name in {lists}; some e in data.hexarch.config[name]}} == {expected}"
+        )
+        f.add("compiled_settings", "the compiled file-wide settings", None, self.now, checks)
+
     def settings(self, f: _File) -> None:
+        self.pin_settings(f)
         doc = base_input()
         f.add(
             "enforcement",
@@ -1115,5 +1158,6 @@ def emit_tests(model: PolicyFile, config: Config) -> dict[str, str]:
             emitter.model_policy(f, policy, model_rules)
         if not f.tests:
             raise EmitError(f"policy '{policy.id}' produced no generated test")
+        emitter.pin_entries(f, policy)
         files[f"{GENERATED_DIR}/{package}.rego"] = f.render()
     return files

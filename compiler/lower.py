@@ -29,6 +29,19 @@ from compiler.model import (
 
 Config = dict[str, Any]
 
+# The lists of data.hexarch.config that hold one entry per rule (each entry names its policy).
+RULE_LISTS = (
+    "rate_limits",
+    "token_limits",
+    "budgets",
+    "param_bounds",
+    "model_rules",
+    "time_windows",
+    "access_rules",
+    "confirmations",
+    "features",
+)
+
 
 def usd_to_micros(usd: int | float) -> int:
     """Dollars as written in YAML -> integer micro-USD, rounded half up (no binary-float drift)."""
@@ -56,15 +69,7 @@ def lower(model: PolicyFile) -> Config:
             "input_per_million_usd": DEFAULT_INPUT_PRICE,
             "output_per_million_usd": DEFAULT_OUTPUT_PRICE,
         },
-        "rate_limits": [],
-        "token_limits": [],
-        "budgets": [],
-        "param_bounds": [],
-        "model_rules": [],
-        "time_windows": [],
-        "access_rules": [],
-        "confirmations": [],
-        "features": [],
+        **{name: [] for name in RULE_LISTS},
     }
     for policy in model.enabled_policies:
         for rule in policy.rules:

@@ -87,7 +87,13 @@ def opa_sign(bundle_dir: Path, signing_key: str, signing_alg: str, output_dir: P
         cwd=bundle_dir,
     )
     if not result.ok:
-        raise OpaToolError(f"opa sign failed: {result.stderr.strip() or result.stdout.strip()}")
+        problem = result.stderr.strip() or result.stdout.strip()
+        if "invalid key type" in problem:
+            raise OpaToolError(
+                f"the signing key does not fit --signing-alg {signing_alg}: use RS256 or PS256 for an RSA "
+                "key, ES256, ES384 or ES512 for an EC key, HS256 for an HMAC secret"
+            )
+        raise OpaToolError(f"opa sign failed: {problem}")
     path = output_dir / ".signatures.json"
     if not path.is_file():
         raise OpaToolError("opa sign wrote no .signatures.json")

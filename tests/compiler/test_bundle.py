@@ -195,3 +195,19 @@ def test_signing_key_relative_to_the_callers_directory(
         assert query(server.url, "hexarch/config/enforcement") == "strict"
     finally:
         server.stop()
+
+
+def test_ec_key_signs_with_es256_and_a_mismatch_says_which_alg(hexarch: Hexarch, tmp_path: Path) -> None:
+    private = tmp_path / "ec.pem"
+    subprocess.run(
+        ["openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", str(private)],
+        check=True,
+        capture_output=True,
+    )
+    out = tmp_path / "signed.tar.gz"
+    result = hexarch("compile", EXAMPLE_POLICY, "-o", out, "--signing-key", private)
+    assert result.code == 1 and not out.exists()
+    assert "does not fit --signing-alg RS256" in result.err and "ES256" in result.err
+    result = hexarch("compile", EXAMPLE_POLICY, "-o", out, "--signing-key", private, "--signing-alg", "ES256")
+    assert result.code == 0, result.err
+    assert [i.name for i in members(out.read_bytes())][:2] == [".manifest", ".signatures.json"]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import subprocess
 import tarfile
 from pathlib import Path
@@ -61,3 +64,41 @@ def test_test_command_lists_tests_when_verbose(hexarch: Hexarch, tmp_path: Path)
     policy.write_text("policies:\n  - id: rpm\n    rules:\n      - requests_per_minute: 5\n")
     result = hexarch("test", "-v", policy)
     assert "data.hexarch.generated.rpm_test.test_r0_rpm_limit: PASS" in result.out
+
+
+def test_output_through_a_symlink_replaces_its_target(hexarch: Hexarch, tmp_path: Path) -> None:
+    (tmp_path / "bundles").mkdir()
+    link = tmp_path / "current.tar.gz"
+    link.symlink_to(tmp_path / "bundles" / "v1.tar.gz")
+    assert hexarch("compile", EXAMPLE_POLICY, "-o", link).code == 0
+    assert link.is_symlink()  # OPA configs often point at a stable link name
+    with tarfile.open(tmp_path / "bundles" / "v1.tar.gz") as tar:
+        assert ".manifest" in tar.getnames()
+
+
+def test_bundle_permissions_follow_the_umask_or_the_existing_file(hexarch: Hexarch, tmp_path: Path) -> None:
+    fresh, kept = tmp_path / "fresh.tar.gz", tmp_path / "kept.tar.gz"
+    kept.write_bytes(b"old")
+    kept.chmod(0o640)
+    previous = os.umask(0o022)
+    try:
+        assert hexarch("compile", EXAMPLE_POLICY, "-o", fresh).code == 0
+        assert hexarch("compile", EXAMPLE_POLICY, "-o", kept).code == 0
+    finally:
+        os.umask(previous)
+    # Readable by an OPA running as another user, as any file the user writes would be.
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o640
+
+
+def test_dash_writes_the_bundle_to_stdout(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "hexarch"), "compile", str(EXAMPLE_POLICY), "-o", "-"],
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+        assert tar.getnames()[0] == ".manifest"
+    assert proc.stderr.decode().startswith("<stdout>: 9 policies, 13 rules, revision ")

@@ -92,6 +92,27 @@ def _drop(section: str, index: int) -> Mutation:
     return mutate
 
 
+def _append(path: list[str | int], value: Any) -> Mutation:
+    def mutate(config: dict[str, Any]) -> None:
+        target: Any = config
+        for key in path:
+            target = target[key]
+        target.append(value)
+
+    return mutate
+
+
+EXTRA_LIMIT = {
+    "id": "intruder/0/rpm",
+    "rule": 0,
+    "resource": "*",
+    "limit": 1_000_000,
+    "window_seconds": 60,
+    "scope": "global",
+    "action": "block",
+    "warn_at": None,
+}
+
 # A tampered data.json (left) and a generated test that must then fail (right).
 TAMPERING: list[tuple[str, Mutation, str]] = [
     ("rpm limit 30 -> 31", _set(["rate_limits", 0, "limit"], 31), "rate_limit_test.test_r0_rpm_limit"),
@@ -163,6 +184,38 @@ TAMPERING: list[tuple[str, Mutation, str]] = [
         "hexarch_settings_test.test_pricing_tinyllamax",
     ),
     ("enforcement relaxed", _set(["enforcement"], "monitor"), "hexarch_settings_test.test_enforcement"),
+    # Changes no boundary test can see, caught by the pinned entries and settings.
+    (
+        "alice added to the stats readers",
+        _append(["access_rules", 0, "users"], "alice"),
+        "access_control_test.test_compiled_entries",
+    ),
+    (
+        "llama3 added to the allowed models",
+        _append(["model_rules", 0, "patterns"], "llama3"),
+        "model_selection_test.test_compiled_entries",
+    ),
+    (
+        "confirmation turned into a plain block",
+        _set(["confirmations", 0, "action"], "block"),
+        "confirmations_test.test_compiled_entries",
+    ),
+    (
+        "a limit from a policy the file does not have",
+        _append(["rate_limits"], {**EXTRA_LIMIT, "policy": "intruder"}),
+        "hexarch_settings_test.test_compiled_settings",
+    ),
+    # ... and by behaviour: the shortest match of each pattern, and windows pinned in July too.
+    (
+        "tinyllama:* narrowed to tinyllama:x*",
+        _set(["model_rules", 0, "patterns"], ["tinyllama", "tinyllama:x*"]),
+        "model_selection_test.test_model_tinyllama__on",  # the name "tinyllama:"
+    ),
+    (
+        "UTC read as Europe/London (same offset in January)",
+        _set(["timezone"], "Europe/London"),
+        "time_based_test.test_r0_wednesday_in_july_21_59_59_utc",
+    ),
 ]
 
 
@@ -234,3 +287,23 @@ def test_generated_files_are_opa_fmt_clean(opa_bin: str, example_dir: Path) -> N
         check=False,
     )
     assert proc.returncode == 0 and proc.stdout == "", proc.stdout
+
+
+def test_generated_files_are_strict_and_formatted(
+    opa_bin: str, all_kinds_policy: Path, tmp_path: Path
+) -> None:
+    """What CI asks of rego/ holds for generated files too: `opa check --strict`, `opa fmt`."""
+    bundle_dir = tmp_path / "bundle"
+    extract_bundle(compile_policy(all_kinds_policy).bundle, bundle_dir)
+    check = subprocess.run(
+        [opa_bin, "check", "--strict", "--bundle", str(bundle_dir)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    generated = bundle_dir / "hexarch" / "generated"
+    fmt = subprocess.run(
+        [opa_bin, "fmt", "--list", str(generated)], capture_output=True, text=True, timeout=60
+    )
+    assert fmt.returncode == 0 and fmt.stdout == "", fmt.stdout + fmt.stderr
