@@ -103,6 +103,7 @@ MISPLACED_KEYS = {
     "timezone": "the timezone is set once, at the top level of the file",
     "enforcement": "enforcement is set once, at the top level of the file",
     "pricing": "pricing is a top-level section: pricing: {MODEL_GLOB: {input_per_million_usd, ...}}",
+    "enabled": "a rule is switched off with 'action: allow'; 'enabled: false' belongs to a policy",
 }
 KIND_KEY_NAMES = tuple(k for ids in KIND_KEYS.values() for k in ids)
 LIMIT_KINDS = ("rate", "budget", "tokens")

@@ -145,6 +145,7 @@ def test_windows_days_models_and_principals_are_normalised() -> None:
         ("requests_per_minute: 30\n    action: Block", "did you mean 'block'?"),
         ("operation: x\n    forbidden_days: [sunday]\n    timezone: UTC", "set once, at the top level"),
         ("operation: x\n    forbidden_days: [funday]", "unknown weekday 'funday'"),
+        ("requests_per_minute: 5\n    enabled: false", "switched off with 'action: allow'"),
     ],
 )
 def test_rule_mistakes(snippet: str, fragment: str) -> None:
