@@ -9,14 +9,11 @@ from __future__ import annotations
 
 import re
 import zoneinfo
-from collections.abc import Iterable
 from decimal import Decimal
 from pathlib import Path
 from typing import cast
 
-import yaml
-
-from compiler.diagnostics import Diagnostic, did_you_mean
+from compiler.diagnostics import did_you_mean
 from compiler.errors import PolicyError
 from compiler.model import (
     DEFAULT_MAX_OUTPUT_TOKENS,
@@ -46,6 +43,7 @@ from compiler.model import (
     glob_is_valid,
 )
 from compiler.parse import Node, describe
+from compiler.reader import MAX_AMOUNT, Reader
 
 TOP_LEVEL_KEYS = (
     "version",
@@ -127,140 +125,9 @@ WARN_AT_ACTION = re.compile(r"^warn_at_(\d+(?:\.\d+)?)%$")
 WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
-# Counts and micro-USD amounts must stay exact as JSON numbers (OPA, the sidecar) and in Redis.
-MAX_AMOUNT = 2**53 - 1
-
-# YAML 1.1 numbers the parser keeps as text (compiler/parse.py): base 60, octal, hex, binary.
-_NOT_DECIMAL = re.compile(
-    r"^[-+]?(?:[0-9][0-9_]*(?::[0-5]?[0-9])+(?:\.[0-9_]*)?|0[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+)$"
-)
-
-
-def _number_hint(value: object) -> str | None:
-    """Why a value that looks like a number is text, and how to write it as one."""
-    if isinstance(value, float) and value.is_integer():
-        return f"write {int(value)} without a decimal point"
-    if not isinstance(value, str):
-        return None
-    text = value.strip()
-    if _NOT_DECIMAL.match(text):
-        yaml11 = yaml.safe_load(text)
-        return f"YAML 1.1 would read '{text}' as {yaml11}: write numbers in plain decimal digits"
-    try:
-        float(text)
-    except ValueError:
-        return None
-    if "." not in text and "e" in text.lower():
-        return "YAML reads this as text: write exponents with a dot and a sign, e.g. 1.0e+3 or 1.0e-9"
-    return "write the number without quotes"
-
-
-class _Validator:
-    def __init__(self, source: str) -> None:
-        self.source = source
-        self.diags: list[Diagnostic] = []
-
-    # --- reporting -----------------------------------------------------------------------------
-    def error(self, node: Node, message: str, hint: str | None = None) -> None:
-        self.diags.append(node.diag(message, hint))
-
-    def check_keys(self, node: Node, allowed: Iterable[str], what: str) -> None:
-        allowed = tuple(allowed)
-        for key, _ in node.items():
-            name = str(key.value)
-            if name not in allowed:
-                hint = MISPLACED_KEYS.get(name) or did_you_mean(name, allowed)
-                self.unknown_key(node, key, f"unknown key '{name}' in {what}", hint)
-
-    def unknown_key(self, parent: Node, key: Node, message: str, hint: str | None) -> None:
-        # Key nodes carry their parent's path; report the path of the key itself.
-        path = f"{parent.path}.{key.value}" if parent.path else str(key.value)
-        self.diags.append(Diagnostic(key.file, key.line, key.col, path, message, hint))
-
-    # --- typed readers (None means "reported" or "absent") -------------------------------------
-    def mapping(self, node: Node, what: str) -> bool:
-        if node.kind != "mapping":
-            self.error(node, f"{what} must be a mapping, got {describe(node)}")
-            return False
-        return True
-
-    def string(self, node: Node | None, what: str) -> str | None:
-        if node is None:
-            return None
-        if node.kind != "scalar" or not isinstance(node.value, str) or not node.value.strip():
-            # YAML reads unquoted `off`, `yes`, `1.0` as booleans and numbers.
-            quote = node.kind == "scalar" and node.value is not None and not isinstance(node.value, str)
-            hint = "put it in quotes" if quote else None
-            self.error(node, f"{what} must be a non-empty string, got {describe(node)}", hint)
-            return None
-        return node.value
-
-    def boolean(self, node: Node | None, what: str) -> bool | None:
-        if node is None:
-            return None
-        if node.kind != "scalar" or not isinstance(node.value, bool):
-            self.error(node, f"{what} must be true or false, got {describe(node)}")
-            return None
-        return node.value
-
-    def number(self, node: Node | None, what: str) -> int | float | None:
-        if node is None:
-            return None
-        value = node.value
-        if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, (int, float)):
-            self.error(node, f"{what} must be a number, got {describe(node)}", _number_hint(value))
-            return None
-        if value != value or value in (float("inf"), float("-inf")):
-            self.error(node, f"{what} must be a finite number")
-            return None
-        return value
-
-    def positive_int(self, node: Node | None, what: str) -> int | None:
-        if node is None:
-            return None
-        value = node.value
-        if node.kind != "scalar" or isinstance(value, bool) or not isinstance(value, int):
-            self.error(node, f"{what} must be a whole number, got {describe(node)}", _number_hint(value))
-            return None
-        if value <= 0:
-            self.error(node, f"{what} must be greater than zero, got {value}")
-            return None
-        if value > MAX_AMOUNT:
-            self.error(node, f"{what} is too large: {value}", f"the largest is {MAX_AMOUNT}")
-            return None
-        return value
-
-    def choice(self, node: Node | None, choices: tuple[str, ...], what: str) -> str | None:
-        text = self.string(node, what)
-        if text is None or node is None:
-            return None
-        if text not in choices:
-            hint = did_you_mean(text, choices) or "use one of " + ", ".join(choices)
-            self.error(node, f"unknown {what} '{text}'", hint)
-            return None
-        return text
-
-    def strings(self, node: Node | None, what: str) -> tuple[str, ...] | None:
-        """A string or a non-empty list of strings."""
-        if node is None:
-            return None
-        if node.kind == "scalar":
-            one = self.string(node, what)
-            return None if one is None else (one,)
-        if node.kind != "sequence" or not node.elements():
-            self.error(node, f"{what} must be a string or a non-empty list of strings, got {describe(node)}")
-            return None
-        out: list[str] = []
-        for element in node.elements():
-            text = self.string(element, f"each entry of {what}")
-            if text is not None:
-                out.append(text)
-        return tuple(out) if len(out) == len(node.elements()) else None
-
-
 def validate(tree: Node, base_dir: Path | None = None) -> PolicyFile:
     """Check the whole document; return the model or raise PolicyError with every diagnostic."""
-    v = _Validator(tree.file)
+    v = Reader(tree.file)
     model = _validate_file(v, tree, base_dir if base_dir is not None else Path(tree.file).parent)
     if v.diags or model is None:
         if not v.diags:  # pragma: no cover - _validate_file only returns None after reporting
@@ -269,7 +136,7 @@ def validate(tree: Node, base_dir: Path | None = None) -> PolicyFile:
     return model
 
 
-def _validate_file(v: _Validator, tree: Node, base_dir: Path) -> PolicyFile | None:
+def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
     if not v.mapping(tree, "the policy file"):
         return None
     upstreams: list[Upstream] = []
@@ -339,7 +206,7 @@ def _validate_file(v: _Validator, tree: Node, base_dir: Path) -> PolicyFile | No
 # --- top-level sections ----------------------------------------------------------------------------
 
 
-def _timezone(v: _Validator, node: Node | None) -> str | None:
+def _timezone(v: Reader, node: Node | None) -> str | None:
     name = v.string(node, "timezone")
     if name is None or node is None:
         return None
@@ -352,7 +219,7 @@ def _timezone(v: _Validator, node: Node | None) -> str | None:
     return name
 
 
-def _logging(v: _Validator, node: Node | None) -> LoggingConfig:
+def _logging(v: Reader, node: Node | None) -> LoggingConfig:
     if node is None or not v.mapping(node, "'logging'"):
         return LoggingConfig()
     v.check_keys(node, ("level", "file", "log_prompts", "format"), "'logging'")
@@ -369,7 +236,7 @@ def _logging(v: _Validator, node: Node | None) -> LoggingConfig:
     )
 
 
-def _opa(v: _Validator, node: Node | None) -> OpaConfig:
+def _opa(v: Reader, node: Node | None) -> OpaConfig:
     if node is None or not v.mapping(node, "'opa'"):
         return OpaConfig()
     v.check_keys(node, ("url", "timeout_ms", "decision_path", "bundle_polling_seconds"), "'opa'")
@@ -389,7 +256,7 @@ def _opa(v: _Validator, node: Node | None) -> OpaConfig:
     )
 
 
-def _pricing(v: _Validator, node: Node | None) -> tuple[Price, ...]:
+def _pricing(v: Reader, node: Node | None) -> tuple[Price, ...]:
     if node is None or not v.mapping(node, "'pricing'"):
         return ()
     prices: list[Price] = []
@@ -417,7 +284,7 @@ def _pricing(v: _Validator, node: Node | None) -> tuple[Price, ...]:
     return tuple(prices)
 
 
-def _defaults(v: _Validator, node: Node | None) -> int:
+def _defaults(v: Reader, node: Node | None) -> int:
     if node is None or not v.mapping(node, "'defaults'"):
         return DEFAULT_MAX_OUTPUT_TOKENS
     v.check_keys(node, ("max_output_tokens",), "'defaults'")
@@ -425,7 +292,7 @@ def _defaults(v: _Validator, node: Node | None) -> int:
     return DEFAULT_MAX_OUTPUT_TOKENS if value is None else value
 
 
-def _custom(v: _Validator, node: Node | None, base_dir: Path) -> tuple[CustomPolicy, ...]:
+def _custom(v: Reader, node: Node | None, base_dir: Path) -> tuple[CustomPolicy, ...]:
     if node is None:
         return ()
     if node.kind != "sequence":
@@ -474,10 +341,10 @@ def _custom(v: _Validator, node: Node | None, base_dir: Path) -> tuple[CustomPol
 # --- policies and rules --------------------------------------------------------------------------------
 
 
-def _policy(v: _Validator, node: Node, seen: dict[str, Node]) -> Policy | None:
+def _policy(v: Reader, node: Node, seen: dict[str, Node]) -> Policy | None:
     if not v.mapping(node, "each policy"):
         return None
-    v.check_keys(node, ("id", "description", "enabled", "rules"), "a policy")
+    v.check_keys(node, ("id", "description", "enabled", "rules"), "a policy", misplaced=MISPLACED_KEYS)
     id_node = node.get("id")
     pid: str | None = None
     if id_node is None:
@@ -510,7 +377,7 @@ def _policy(v: _Validator, node: Node, seen: dict[str, Node]) -> Policy | None:
     return Policy(pid, description, True if enabled is None else enabled, tuple(rules))
 
 
-def _rule(v: _Validator, node: Node, index: int) -> Rule | None:
+def _rule(v: Reader, node: Node, index: int) -> Rule | None:
     if not v.mapping(node, "each rule"):
         return None
     keys = node.keys()
@@ -540,7 +407,12 @@ def _rule(v: _Validator, node: Node, index: int) -> Rule | None:
         return None
     kind = kinds[0]
     label = "token" if kind == "tokens" else kind
-    v.check_keys(node, (*KIND_KEYS[kind], *OTHER_KEYS[kind], "description"), f"a {label} rule")
+    v.check_keys(
+        node,
+        (*KIND_KEYS[kind], *OTHER_KEYS[kind], "description"),
+        f"a {label} rule",
+        misplaced=MISPLACED_KEYS,
+    )
     description = v.string(node.get("description"), "'description'")
     action, warn_at = _action(v, node, kind)
     resource = v.string(node.get("resource"), "'resource'") or "*"
@@ -574,7 +446,7 @@ def _rule(v: _Validator, node: Node, index: int) -> Rule | None:
     return _feature_rule(v, node, index, action, description)
 
 
-def _action(v: _Validator, node: Node, kind: str) -> tuple[Action, float | None]:
+def _action(v: Reader, node: Node, kind: str) -> tuple[Action, float | None]:
     """The rule's action and warn threshold (from `warn_at_NN%` and/or a percentage key)."""
     default: Action = "require_confirmation" if kind == "confirmation" else "block"
     action_node = node.get("action")
@@ -640,7 +512,7 @@ def _ratio(percent: float) -> float:
 
 
 def _limit_rule(
-    v: _Validator,
+    v: Reader,
     node: Node,
     index: int,
     kind: str,
@@ -696,7 +568,7 @@ def _key_of(suffix: str) -> str:
 
 
 def _param_rule(
-    v: _Validator,
+    v: Reader,
     node: Node,
     index: int,
     resource: str,
@@ -742,7 +614,7 @@ def _param_rule(
 
 
 def _time_rule(
-    v: _Validator,
+    v: Reader,
     node: Node,
     index: int,
     resource: str,
@@ -763,7 +635,7 @@ def _time_rule(
     )
 
 
-def _windows(v: _Validator, node: Node | None, what: str) -> tuple[tuple[int, int], ...]:
+def _windows(v: Reader, node: Node | None, what: str) -> tuple[tuple[int, int], ...]:
     if node is None:
         return ()
     elements = node.elements() if node.kind == "sequence" else (node,)
@@ -777,7 +649,7 @@ def _windows(v: _Validator, node: Node | None, what: str) -> tuple[tuple[int, in
     return tuple(out)
 
 
-def _window(v: _Validator, node: Node, what: str) -> tuple[int, int] | None:
+def _window(v: Reader, node: Node, what: str) -> tuple[int, int] | None:
     if node.kind != "scalar" or not isinstance(node.value, str):
         v.error(node, f'{what} must be a quoted window like "22:00-06:00", got {describe(node)}')
         return None
@@ -806,7 +678,7 @@ def _window(v: _Validator, node: Node, what: str) -> tuple[int, int] | None:
     return start, end
 
 
-def _days(v: _Validator, node: Node | None, what: str) -> tuple[str, ...]:
+def _days(v: Reader, node: Node | None, what: str) -> tuple[str, ...]:
     names = v.strings(node, what)
     if names is None or node is None:
         return ()
@@ -822,9 +694,7 @@ def _days(v: _Validator, node: Node | None, what: str) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _principals(
-    v: _Validator, node: Node | None, what: str
-) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+def _principals(v: Reader, node: Node | None, what: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """(user ids, role names) from a list mixing `@role` and user ids."""
     names = v.strings(node, what)
     if names is None or node is None:
@@ -844,7 +714,7 @@ def _principals(
 
 
 def _confirmation_rule(
-    v: _Validator,
+    v: Reader,
     node: Node,
     index: int,
     resource: str,
@@ -868,7 +738,7 @@ def _confirmation_rule(
 
 
 def _feature_rule(
-    v: _Validator, node: Node, index: int, action: Action, description: str | None
+    v: Reader, node: Node, index: int, action: Action, description: str | None
 ) -> FeatureRule | None:
     feature = v.string(node.get("feature"), "'feature'")
     enabled_node = node.get("enabled")

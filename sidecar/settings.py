@@ -1,10 +1,11 @@
 """Sidecar settings: the `sidecar:` section, upstream sections and `opa:` of hexarch.yaml, plus env.
 
 The sidecar reads the same file as the compiler. The compiler ignores the contents of `sidecar:`
-and of upstream sections (any top-level mapping with a `base_url`); this module validates them with
-the compiler's located diagnostics and returns frozen dataclasses. Precedence, lowest first:
-built-in defaults, the file, `HEXARCH_*` environment variables, command-line flags (passed in as the
-same `HEXARCH_*` names). Every problem is collected before `SettingsError` is raised.
+and of upstream sections (any top-level mapping with a `base_url`); this module validates them
+with the compiler's reader (compiler/reader.py: the same messages and hints) and returns frozen
+dataclasses. Precedence, lowest first: built-in defaults, the file, `HEXARCH_*` environment
+variables, command-line flags (passed in as the same `HEXARCH_*` names). Every problem is
+collected before `SettingsError` is raised.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from urllib.parse import urlsplit
 
 from compiler.diagnostics import Diagnostic, did_you_mean
 from compiler.errors import PolicyError
-from compiler.parse import Node, describe, parse_file
+from compiler.parse import Node, parse_file
+from compiler.reader import Reader
 from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS
 from sidecar.errors import SettingsError
 
@@ -148,78 +150,51 @@ class Settings:
 
 
 class _Collector:
+    """The shared Reader (compiler/reader.py), with the defaults settings fall back to.
+
+    Each reader returns the default when the key is absent or wrong (the problem is recorded), so
+    one pass collects every problem and still builds a complete Settings.
+    """
+
     def __init__(self) -> None:
-        self.errors: list[Diagnostic] = []
+        self.reader = Reader(ENV_FILE)
+
+    @property
+    def errors(self) -> list[Diagnostic]:
+        return self.reader.diags
 
     def add(self, diag: Diagnostic) -> None:
-        self.errors.append(diag)
+        self.reader.add(diag)
 
     def mapping(self, node: Node, allowed: tuple[str, ...], what: str) -> bool:
-        if node.kind != "mapping":
-            self.add(node.diag(f"{what} must be a mapping", f"expected keys: {', '.join(allowed)}"))
+        """True when `node` is a mapping; reports every key outside `allowed`."""
+        if not self.reader.mapping(node, what):
             return False
-        for key, _ in node.items():
-            name = str(key.value)
-            if name not in allowed:
-                hint = did_you_mean(name, allowed) or f"allowed keys: {', '.join(allowed)}"
-                self.add(key.diag(f"unknown key '{name}' in {what}", hint))
+        self.reader.check_keys(node, allowed, what)
         return True
 
     def string(
         self, node: Node | None, default: str | None = None, *, choices: tuple[str, ...] = ()
     ) -> str | None:
-        if node is None:
-            return default
-        if node.kind != "scalar" or not isinstance(node.value, str) or not node.value:
-            self.add(node.diag(f"expected a non-empty string, got {describe(node)}"))
-            return default
-        if choices and node.value not in choices:
-            hint = did_you_mean(node.value, choices) or f"one of: {', '.join(choices)}"
-            self.add(node.diag(f"'{node.value}' is not one of {', '.join(choices)}", hint))
-            return default
-        return node.value
+        value = self.reader.choice(node, choices) if choices else self.reader.string(node)
+        return default if value is None else value
 
     def boolean(self, node: Node | None, default: bool) -> bool:
-        if node is None:
-            return default
-        if node.kind != "scalar" or not isinstance(node.value, bool):
-            self.add(node.diag(f"expected true or false, got {describe(node)}"))
-            return default
-        return node.value
+        value = self.reader.boolean(node)
+        return default if value is None else value
 
     def number(
         self, node: Node | None, default: float, *, minimum: float = 0, integer: bool = False
     ) -> float:
-        if node is None:
-            return default
-        value = node.value
-        ok = node.kind == "scalar" and isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and integer and not isinstance(value, int):
-            ok = False
-        if not ok:
-            kind = "an integer" if integer else "a number"
-            self.add(node.diag(f"expected {kind}, got {describe(node)}"))
-            return default
-        assert isinstance(value, (int, float))
-        if value < minimum:
-            self.add(node.diag(f"must be at least {minimum:g}, got {value}"))
-            return default
-        return float(value)
+        if integer:
+            whole = self.reader.integer(node, minimum=int(minimum))
+            return default if whole is None else float(whole)
+        value = self.reader.number(node, minimum=minimum)
+        return default if value is None else float(value)
 
-    def strings(self, node: Node | None, *, allow_single: bool = True) -> tuple[str, ...]:
-        if node is None:
-            return ()
-        if allow_single and node.kind == "scalar" and isinstance(node.value, str) and node.value:
-            return (node.value,)
-        if node.kind != "sequence":
-            self.add(node.diag(f"expected a list of strings, got {describe(node)}"))
-            return ()
-        out: list[str] = []
-        for element in node.elements():
-            value = self.string(element)
-            if value is not None:
-                out.append(value)
-        return tuple(out)
+    def strings(self, node: Node | None) -> tuple[str, ...]:
+        """A string or a list of strings (maybe empty); () when absent or wrong."""
+        return self.reader.strings(node, allow_empty=True) or ()
 
     def url(self, node: Node | None, default: str, schemes: tuple[str, ...]) -> str:
         value = self.string(node, default)

@@ -76,10 +76,10 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
     )
     text = errors_of(path)
     assert "2:13: error: 'htp:/nowhere' is not a valid URL" in text
-    assert "3:8: error: 'olama' is not one of ollama, openai (at up.api); did you mean 'ollama'?" in text
-    assert "4:12: error: expected an integer, got the string 'two'" in text
+    assert "3:8: error: unknown api 'olama' (at up.api); did you mean 'ollama'?" in text
+    assert "4:12: error: 'retries' must be a whole number, got the string 'two' (at up.retries)" in text
     assert "6:11: error: 'nowhere' is not a listen address" in text
-    assert "7:14: error: 'open' is not one of fail_closed, fail_open" in text
+    assert "7:14: error: unknown fail_mode 'open' (at sidecar.fail_mode); did you mean 'fail_open'?" in text
     assert (
         "10:17: error: upstream 'upp' is not an upstream section (at sidecar.routes[0].upstream); "
         "did you mean 'up'?" in text
@@ -199,3 +199,22 @@ def test_anchors_under_x_keys_share_upstream_settings(tmp_path: Path) -> None:
     assert set(s.upstreams) == {"primary", "backup"}
     assert s.upstreams["backup"].base_url == "http://127.0.0.1:9002/v1"
     assert s.upstreams["primary"].timeout_seconds == 7
+
+
+def test_settings_read_values_like_the_compiler(tmp_path: Path) -> None:
+    """One reader for the whole file: the same messages and hints as in policies."""
+    path = write(
+        tmp_path,
+        "sidecar:\n  max_body_bytes: 0x400000\n  log_decisions: maybe\n"
+        "  anonymous: {roles: admin, tier: 3}\n",
+    )
+    text = errors_of(path)
+    assert (
+        "2:19: error: 'max_body_bytes' must be a whole number, got the string '0x400000'"
+        " (at sidecar.max_body_bytes); YAML 1.1 would read '0x400000' as 4194304" in text
+    )
+    assert "3:18: error: 'log_decisions' must be true or false, got the string 'maybe'" in text
+    assert (
+        "4:35: error: 'tier' must be a non-empty string, got the number 3 (at sidecar.anonymous.tier);"
+        " put it in quotes" in text
+    )
