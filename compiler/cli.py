@@ -90,12 +90,13 @@ def run_compile(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from compiler.api import load_policy
+    from compiler.api import check_custom, load_policy
     from compiler.emit import emit_tests
     from compiler.lower import lower
 
     try:
         model = load_policy(args.policy)
+        check_custom(model)
         # Lower and emit too, so a file that passes `check` also compiles.
         emit_tests(model, lower(model))
     except CompilerError as exc:

@@ -1,4 +1,4 @@
-"""The `opa` binary: where it is, and the two things the compiler asks of it (test, sign).
+"""The `opa` binary: where it is, and what the compiler asks of it (check, test, sign).
 
 Lookup order: $HEXARCH_OPA, then <repo>/.tools/bin/opa (installed by scripts/setup.sh at the one
 pinned version), then PATH.
@@ -6,9 +6,12 @@ pinned version), then PATH.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,37 @@ def run_opa(args: list[str], timeout: float = 120.0, cwd: Path | None = None) ->
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise OpaToolError(f"running opa {' '.join(args[:1])} failed: {exc}") from exc
     return OpaResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@dataclass(frozen=True)
+class OpaProblem:
+    file: str  # as given in `modules`
+    row: int
+    col: int
+    message: str
+
+
+def opa_check_modules(modules: Mapping[str, str]) -> list[OpaProblem]:
+    """`opa check` (Rego v1) on modules given as {relative path: source}; every error it reports."""
+    with tempfile.TemporaryDirectory(prefix="hexarch-check-") as tmp:
+        root = Path(tmp)
+        for name, source in modules.items():
+            target = root / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(source, encoding="utf-8")
+        result = run_opa(["check", "--format", "json", "."], cwd=root)
+    if result.ok:
+        return []
+    try:
+        errors = json.loads(result.stderr or result.stdout)["errors"]
+        return [
+            OpaProblem(
+                e["location"]["file"], int(e["location"]["row"]), int(e["location"]["col"]), e["message"]
+            )
+            for e in errors
+        ]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise OpaToolError(f"opa check failed: {(result.stderr or result.stdout).strip()[:500]}") from exc
 
 
 def opa_test_bundle(bundle: Path, *, verbose: bool = False) -> OpaResult:

@@ -73,8 +73,9 @@ class BundleServer:
             if stamp is None or (self._built and stamp == self._built.stamp) or stamp == self._failed_stamp:
                 return
             try:
-                # Compiling is CPU work of a few ms; it happens only after an edit.
-                self.build()
+                # Only after an edit; in a thread, because custom Rego runs `opa check` (~0.1 s),
+                # which must not stall the requests this loop is serving.
+                await asyncio.to_thread(self.build)
                 self._failed_stamp = None
             except PolicyError as exc:
                 self._failed_stamp = stamp

@@ -102,3 +102,26 @@ def test_dash_writes_the_bundle_to_stdout(tmp_path: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
         assert tar.getnames()[0] == ".manifest"
     assert proc.stderr.decode().startswith("<stdout>: 9 policies, 13 rules, revision ")
+
+
+def test_custom_rego_that_does_not_compile_is_a_located_error(hexarch: Hexarch, tmp_path: Path) -> None:
+    """OPA refuses a whole bundle for one broken module: the compiler says where, and writes nothing."""
+    (tmp_path / "no_pii.rego").write_text(
+        "package hexarch.custom.no_pii\n\n"
+        "violations contains v if {\n"
+        '\tcontains(input.params.system, "SSN"\n'
+        '\tv := {"code": "pii", "message": "no SSNs"}\n'
+        "}\n"
+    )
+    policy = tmp_path / "hexarch.yaml"
+    policy.write_text(
+        "custom:\n  - {id: no_pii, file: no_pii.rego}\n"
+        "policies:\n  - id: a\n    rules: [{requests_per_minute: 3}]\n"
+    )
+    out = tmp_path / "bundle.tar.gz"
+    for args in (("check", policy), ("compile", policy, "-o", out)):
+        result = hexarch(*args)
+        assert result.code == 1
+        assert result.err.startswith(f"{tmp_path / 'no_pii.rego'}:5:2: error: unexpected identifier token")
+        assert "1 error; nothing written" in result.err
+    assert not out.exists()
