@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from compiler.lower import RULE_LISTS
 from tests.support.servers import ROOT, OpaServer, start_opa
 
 REGO = ROOT / "rego"
@@ -359,17 +360,7 @@ def test_served_decision_is_closed_for_broken_input(served: OpaServer, doc: dict
 def test_decision_time_stays_small_on_a_large_policy(opa_bin: str, tmp_path: Path) -> None:
     """200 policies of every kind: evaluation is linear in the entries, a few ms at most."""
     config: dict[str, Any] = {**EXAMPLE_CONFIG}
-    for key in (
-        "rate_limits",
-        "token_limits",
-        "budgets",
-        "param_bounds",
-        "model_rules",
-        "time_windows",
-        "access_rules",
-        "confirmations",
-        "features",
-    ):
+    for key in RULE_LISTS:
         entries = []
         for i in range(200):
             for entry in EXAMPLE_CONFIG[key]:
