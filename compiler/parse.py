@@ -137,15 +137,14 @@ def _convert(
     loader: yaml.SafeLoader, node: yaml.Node, path: str, file: str, errors: list[Diagnostic]
 ) -> Node:
     line, col = node.start_mark.line + 1, node.start_mark.column + 1
-    here = Diagnostic(file, line, col, path, "")
     if isinstance(node, yaml.ScalarNode):
         try:
             return Node(_scalar(loader, node), "scalar", line, col, path, file)
         except _TagError:
-            errors.append(_tag_error(here, node.tag))
+            errors.append(Diagnostic(file, line, col, path, *_tag_problem(node.tag)))
             return Node(str(node.value), "scalar", line, col, path, file)
     if node.tag not in (_MAP_TAG, _SEQ_TAG):
-        errors.append(_tag_error(here, node.tag))
+        errors.append(Diagnostic(file, line, col, path, *_tag_problem(node.tag)))
     if isinstance(node, yaml.SequenceNode):
         items = tuple(
             _convert(loader, child, _child_path(path, i), file, errors) for i, child in enumerate(node.value)
@@ -192,16 +191,11 @@ def _convert(
     raise PolicyError([Diagnostic(file, line, col, path, f"unsupported YAML node {type(node).__name__}")])
 
 
-def _tag_error(where: Diagnostic, tag: str) -> Diagnostic:
+def _tag_problem(tag: str) -> tuple[str, str]:
+    """(message, hint) for a tag hexarch.yaml does not take."""
     shown = tag.replace("tag:yaml.org,2002:", "!!")
-    return Diagnostic(
-        where.file,
-        where.line,
-        where.col,
-        where.path,
-        f"unsupported YAML tag '{shown}'",
-        "hexarch.yaml takes plain strings, numbers, booleans, lists and mappings: remove the tag",
-    )
+    hint = "hexarch.yaml takes plain strings, numbers, booleans, lists and mappings: remove the tag"
+    return f"unsupported YAML tag '{shown}'", hint
 
 
 def parse_text(text: str, file: str) -> Node:
