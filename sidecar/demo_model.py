@@ -232,6 +232,13 @@ async def stream_lines(
     return resp
 
 
+def _reply(state: DemoState, body: dict[str, Any], *limits: Any) -> tuple[str, list[str], str]:
+    """(model, reply pieces, finish reason) of a generation; its tokens are counted as served."""
+    n, finish = completion_tokens(state.settings, *limits)
+    state.tokens_served += n
+    return str(body.get("model") or state.settings.model), reply_words(n), finish
+
+
 def sse(payload: Any) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
@@ -265,16 +272,10 @@ def _include_usage(body: dict[str, Any]) -> bool:
 
 async def openai_chat(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    try:
-        state, seq = await admit(request, body)
-    except _Fault as fault:
-        return openai_error(fault.status, "demo model: injected failure")
-    settings = state.settings
-    model = str(body.get("model") or settings.model)
+    state, seq = await admit(request, body)
     prompt = count_tokens(messages_text(body.get("messages")))
-    n, finish = completion_tokens(settings, body.get("max_completion_tokens"), body.get("max_tokens"))
-    words = reply_words(n)
-    state.tokens_served += n
+    model, words, finish = _reply(state, body, body.get("max_completion_tokens"), body.get("max_tokens"))
+    n = len(words)
     if not body.get("stream"):
         reply = _Envelope(f"chatcmpl-demo-{seq}", "chat.completion", model)
         message = {"role": "assistant", "content": "".join(words)}
@@ -304,16 +305,10 @@ async def openai_chat(request: web.Request) -> web.StreamResponse:
 
 async def openai_completions(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    try:
-        state, seq = await admit(request, body)
-    except _Fault as fault:
-        return openai_error(fault.status, "demo model: injected failure")
-    settings = state.settings
-    model = str(body.get("model") or settings.model)
+    state, seq = await admit(request, body)
     prompt = count_tokens(prompt_text(body.get("prompt")))
-    n, finish = completion_tokens(settings, body.get("max_tokens"))
-    words = reply_words(n)
-    state.tokens_served += n
+    model, words, finish = _reply(state, body, body.get("max_tokens"))
+    n = len(words)
     envelope = _Envelope(f"cmpl-demo-{seq}", "text_completion", model)
 
     def choice(text: str, reason: str | None) -> dict[str, Any]:
@@ -336,10 +331,7 @@ async def openai_completions(request: web.Request) -> web.StreamResponse:
 
 async def openai_embeddings(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    try:
-        await admit(request, body)
-    except _Fault as fault:
-        return openai_error(fault.status, "demo model: injected failure")
+    await admit(request, body)
     raw = body.get("input")
     inputs = [raw] if isinstance(raw, str) else [str(x) for x in raw] if isinstance(raw, list) else []
     as_base64 = body.get("encoding_format") == "base64"
@@ -394,12 +386,7 @@ def _ollama_final(model: str, prompt: int, n: int, finish: str) -> dict[str, Any
 
 async def ollama_chat(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    try:
-        state, _seq = await admit(request, body)
-    except _Fault as fault:
-        return ollama_error(fault.status, "demo model: injected failure")
-    settings = state.settings
-    model = str(body.get("model") or settings.model)
+    state, _seq = await admit(request, body)
     app_style = "messages" not in body and isinstance(body.get("message"), str)
     if app_style:
         # The TinyLlama app's own /api/chat: {"message", "system"?, "temperature"?, "num_predict"?}.
@@ -407,9 +394,8 @@ async def ollama_chat(request: web.Request) -> web.StreamResponse:
         prompt = count_tokens(text)
     else:
         prompt = count_tokens(messages_text(body.get("messages")))
-    n, finish = completion_tokens(settings, _ollama_limit(body))
-    words = reply_words(n)
-    state.tokens_served += n
+    model, words, finish = _reply(state, body, _ollama_limit(body))
+    n = len(words)
     if app_style:
         return json_response(
             {
@@ -446,16 +432,10 @@ async def ollama_chat(request: web.Request) -> web.StreamResponse:
 
 async def ollama_generate(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    try:
-        state, _seq = await admit(request, body)
-    except _Fault as fault:
-        return ollama_error(fault.status, "demo model: injected failure")
-    settings = state.settings
-    model = str(body.get("model") or settings.model)
+    state, _seq = await admit(request, body)
     prompt = count_tokens(str(body.get("system") or "") + prompt_text(body.get("prompt")))
-    n, finish = completion_tokens(settings, _ollama_limit(body))
-    words = reply_words(n)
-    state.tokens_served += n
+    model, words, finish = _reply(state, body, _ollama_limit(body))
+    n = len(words)
     final = _ollama_final(model, prompt, n, finish)
     final["context"] = list(range(prompt + n))[:64]
     if body.get("stream") is False:
@@ -476,10 +456,7 @@ async def ollama_generate(request: web.Request) -> web.StreamResponse:
 
 async def ollama_embed(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    try:
-        state, _seq = await admit(request, body)
-    except _Fault as fault:
-        return ollama_error(fault.status, "demo model: injected failure")
+    state, _seq = await admit(request, body)
     raw = body.get("input", body.get("prompt"))
     inputs = [raw] if isinstance(raw, str) else [str(x) for x in raw] if isinstance(raw, list) else []
     model = str(body.get("model") or state.settings.model)
@@ -509,18 +486,15 @@ async def ollama_tags(request: web.Request) -> web.StreamResponse:
 
 async def app_chat_with_voice(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
-    try:
-        state, _seq = await admit(request, body)
-    except _Fault as fault:
-        return ollama_error(fault.status, "demo model: injected failure")
-    n, _ = completion_tokens(state.settings, _ollama_limit(body))
-    state.tokens_served += n
+    state, _seq = await admit(request, body)
+    _model, words, _finish = _reply(state, body, _ollama_limit(body))
+    n = len(words)
     # One silent frame per reply word: the size is deterministic and grows with the reply.
     audio = b"ID3\x04\x00\x00\x00\x00\x00\x00" + _MP3_FRAME * max(1, n)
     return web.Response(
         body=audio,
         content_type="audio/mpeg",
-        headers={"X-Reply-Text": "".join(reply_words(n)), "X-Completion-Tokens": str(n)},
+        headers={"X-Reply-Text": "".join(words), "X-Completion-Tokens": str(n)},
     )
 
 
@@ -553,18 +527,21 @@ async def demo_reset(request: web.Request) -> web.StreamResponse:
 
 
 @web.middleware
-async def _bad_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bad JSON and injected failures, in the error shape of the API the path belongs to."""
+    openai = request.path.startswith("/v1/")
     try:
         return await handler(request)
     except web.HTTPBadRequest as exc:
         message = exc.text or "bad request"
-        if request.path.startswith("/v1/"):
-            return openai_error(400, message, "invalid_request_error")
-        return ollama_error(400, message)
+        return openai_error(400, message, "invalid_request_error") if openai else ollama_error(400, message)
+    except _Fault as fault:
+        message = "demo model: injected failure"
+        return openai_error(fault.status, message) if openai else ollama_error(fault.status, message)
 
 
 def create_demo_app(settings: DemoSettings) -> web.Application:
-    app = web.Application(middlewares=[_bad_json], client_max_size=16 * 1024 * 1024)
+    app = web.Application(middlewares=[_errors], client_max_size=16 * 1024 * 1024)
     app[STATE_KEY] = DemoState(settings=settings, rng=random.Random(settings.seed))
     app.router.add_post("/v1/chat/completions", openai_chat)
     app.router.add_post("/v1/completions", openai_completions)
