@@ -40,6 +40,7 @@ from compiler.model import (
     Scalar,
     TimeRule,
     TokenRule,
+    glob_class,
     glob_is_valid,
     glob_match,
 )
@@ -306,11 +307,11 @@ def glob_sample(pattern: str, star: str = "x") -> str:
             i = end + 1
             continue
         if ch == "{":
-            end = pattern.find("}", i + 1)
-            if end < 0:
+            group = _brace_group(pattern, i)
+            if group is None:
                 break
-            out.append(glob_sample(pattern[i + 1 : end].split(",")[0], star))
-            i = end + 1
+            alternatives, i = group
+            out.append(glob_sample(alternatives[0], star))
             continue
         out.append(star if ch == "*" else "x" if ch == "?" else ch)
         i += 1
@@ -318,6 +319,35 @@ def glob_sample(pattern: str, star: str = "x") -> str:
     if not glob_match(pattern, sample):
         raise EmitError(f"cannot find a model name matching the pattern '{pattern}'")
     return sample
+
+
+def _brace_group(pattern: str, start: int) -> tuple[list[str], int] | None:
+    """The alternatives of the `{...}` opening at `start` (nested groups, classes and escapes kept
+    whole) and the index after its `}`; None when it does not close."""
+    alternatives: list[str] = []
+    depth, begin, i = 0, start + 1, start + 1
+    while i < len(pattern):
+        ch = pattern[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == "[":
+            cls = glob_class(pattern, i + 1)
+            if cls is None:
+                return None
+            i = cls[1]
+            continue
+        if ch == "{":
+            depth += 1
+        elif ch == "}" and depth:
+            depth -= 1
+        elif ch in ",}" and not depth:
+            alternatives.append(pattern[begin:i])
+            begin = i + 1
+            if ch == "}":
+                return alternatives, i + 1
+        i += 1
+    return None
 
 
 def _outside_sample(patterns: list[str], base: str) -> str | None:
@@ -1111,6 +1141,10 @@ def _passing_minute(rule: TimeRule) -> int:
 def _param_violates(rule: ParamRule, value: Any) -> bool:
     if isinstance(value, LongString):
         value = "x" * value.length
+    if isinstance(value, float):
+        # As written (and as OPA reads it): 0.1 is not above a max of 0.1. Python would compare
+        # the float's binary value, 0.1000000000000000055..., with Decimal("0.1").
+        value = Decimal(repr(value))
     number = isinstance(value, (int, float, Decimal)) and not isinstance(value, bool)
     if rule.min is not None and (not number or value < Decimal(str(rule.min))):
         return True

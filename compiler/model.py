@@ -235,7 +235,7 @@ def glob_regex(pattern: str) -> str | None:
         elif ch == "?":
             out.append(".")
         elif ch == "[":
-            cls = _glob_class(pattern, i + 1)
+            cls = glob_class(pattern, i + 1)
             if cls is None:
                 return None
             out.append(cls[0])
@@ -257,7 +257,7 @@ def glob_regex(pattern: str) -> str | None:
     return None if depth else "".join(out)
 
 
-def _glob_class(pattern: str, i: int) -> tuple[str, int] | None:
+def glob_class(pattern: str, i: int) -> tuple[str, int] | None:
     """The `[...]` class starting after `[` at `i`, as OPA's glob lexer reads it: `!` negates;
     `x-y]` is a range, anything else a list of literal characters (`\\` escapes, `^` and `-`
     included) up to `]`. Returns (regex, index after `]`); None when OPA rejects it."""
