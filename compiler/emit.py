@@ -803,7 +803,8 @@ class _Emitter:
             if allow and (
                 model_name is None or not any(glob_match(p, model_name) for r in allow for p in r.patterns)
             ):
-                culprits.append(allow[0])
+                # The strictest applying allow rule speaks for the policy's list (docs/architecture.md).
+                culprits.append(min(allow, key=lambda r: (_STRICTNESS.get(r.action, 0), r.index)))
             return culprits
 
         # A longer and the shortest match of each pattern: "gpt-5x" alone would not notice "gpt-5*"
@@ -829,17 +830,16 @@ class _Emitter:
                     checks = [self.passes(policy.id, r.index, r.action, code) for r in rules]
                     f.add(name, f"{label} on {list(resources)} -> passes", doc, self.now, checks)
                     continue
-                # An allow-list violation names the policy's lowest-numbered applying allow rule.
-                culprit = culprits[0]
-                check = self.verdict(policy.id, culprit.index, culprit.action, code)
-                f.add(name, f"{label} on {list(resources)} -> reported", doc, self.now, [check])
-                if culprit.action == "require_confirmation" and sample is not None:
+                checks = [self.verdict(policy.id, c.index, c.action, code) for c in culprits]
+                f.add(name, f"{label} on {list(resources)} -> reported", doc, self.now, checks)
+                confirmable = [c for c in culprits if c.action == "require_confirmation"]
+                if confirmable and sample is not None:
                     f.add(
                         f"{name}_confirmed",
-                        "confirmed request passes",
+                        "confirmed request passes the rules that ask for a confirmation",
                         {**doc, "confirmed": True},
                         self.now,
-                        [self.passes(policy.id, culprit.index, culprit.action, code)],
+                        [self.passes(policy.id, c.index, c.action, code) for c in confirmable],
                     )
 
     def access_rule(self, f: _File, policy: Policy, rule: AccessRule) -> None:
@@ -1156,6 +1156,10 @@ def _param_violates(rule: ParamRule, value: Any) -> bool:
         scalar = float(value) if isinstance(value, Decimal) else value
         return not any(_same_value(scalar, allowed) for allowed in rule.allowed_values)
     return False
+
+
+# How strict an action is (block first): the strictest applying allow rule speaks for a policy.
+_STRICTNESS = {"block": 0, "require_confirmation": 1, "warn": 2}
 
 
 def _package_name(raw: str, used: set[str]) -> str:

@@ -119,6 +119,7 @@ LIMIT_KEYS: dict[str, tuple[str, int, str | None]] = {
     "monthly_budget_usd": ("month", 0, "month"),
 }
 
+PRICE_DECIMALS = 9
 POLICY_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 CUSTOM_ID = re.compile(r"^[a-z_][a-z0-9_]*$")
 WARN_AT_ACTION = re.compile(r"^warn_at_(\d+(?:\.\d+)?)%$")
@@ -277,6 +278,13 @@ def _pricing(v: Reader, node: Node | None) -> tuple[Price, ...]:
             price = v.number(field_node, f"'{field}'")
             if price is not None and price < 0:
                 v.error(field_node, f"'{field}' must not be negative, got {price}")
+            elif price is not None and _decimals(price) > PRICE_DECIMALS:
+                # OPA computes costs in whole billionths of these units (rego/hexarch/limits.rego).
+                v.error(
+                    field_node,
+                    f"'{field}' has more than {PRICE_DECIMALS} decimal places: {price}",
+                    "a price is counted in billionths of a dollar per million tokens",
+                )
             elif price is not None:
                 values.append(price)
         if len(values) == 2:
@@ -505,6 +513,11 @@ def _action_hint(text: str) -> str:
     if loose:
         return f"did you mean 'warn_at_{loose.group(1)}%'?"
     return did_you_mean(text, ACTIONS) or "use block, warn, allow, require_confirmation or warn_at_NN%"
+
+
+def _decimals(number: float) -> int:
+    exponent = Decimal(str(number)).as_tuple().exponent
+    return max(0, -exponent) if isinstance(exponent, int) else 0
 
 
 def _ratio(percent: float) -> float:

@@ -47,10 +47,20 @@ token_cost := _prompt_tokens + output_reservation
 
 # METADATA
 # title: Budget cost
-# description: Micro-USD the request may spend, rounded up (USD per million tokens times tokens).
-usd_micros_cost := ceil((_prompt_tokens * price.input_per_million_usd) + (output_reservation * price.output_per_million_usd)) if {
+# description: >-
+#   Micro-USD the request may spend, rounded up (USD per million tokens times tokens), computed
+#   exactly: prices become whole nano-units (the compiler allows at most 9 decimals), so 100
+#   tokens at 0.6 cost 60, not the 61 that binary floating point gives.
+usd_micros_cost := _ceil_div((_prompt_tokens * _nanos(price.input_per_million_usd)) + (output_reservation * _nanos(price.output_per_million_usd)), 1000000000) if {
 	price := pricing.pricing
 }
+
+_nanos(price) := round(price * 1000000000)
+
+_ceil_div(n, d) := ((n - r) / d) + 1 if {
+	r := n % d
+	r > 0
+} else := n / d
 
 # Subjects of principal- and team-scoped limits ("anonymous" for an unidentified principal); an
 # unknown scope is global, whose subject is the rule's resource.

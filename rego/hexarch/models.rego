@@ -49,11 +49,15 @@ _unsatisfied_policies := ({rule.policy | some rule in _active; object.get(rule, 
 	glob.match(rule.patterns, null, request.model)
 }
 
-# The lowest-numbered applying allow rule of a policy speaks for the policy's allow-list.
-_first_allow_rule(policy) := sort([[object.get(rule, "rule", 0), rule] |
+# The allow rules of a policy form one list, so one rule speaks for it: the strictest applying
+# one (block, then require_confirmation, then warn), the lowest-numbered among equals. A warn rule
+# listed first must not soften a block rule beside it.
+_speaking_allow_rule(policy) := sort([[_strictness(rule), object.get(rule, "rule", 0), rule] |
 	some rule in _allow_rules
 	rule.policy == policy
-])[0][1]
+])[0][2]
+
+_strictness(rule) := object.get({"require_confirmation": 1, "warn": 2}, object.get(rule, "action", "block"), 0)
 
 _allowed_patterns(policy) := applies.join(sort({pattern |
 	some rule in _allow_rules
@@ -66,7 +70,7 @@ _allowed_patterns(policy) := applies.join(sort({pattern |
 # description: Findings with code model_not_allowed (403).
 findings contains applies.finding(rule, "model_not_allowed", 403, message) if {
 	some policy in _unsatisfied_policies
-	rule := _first_allow_rule(policy)
+	rule := _speaking_allow_rule(policy)
 	message := _allow_list_message(policy)
 }
 

@@ -89,3 +89,17 @@ test_deny_pattern_opa_cannot_parse_fails_closed if {
 	_codes([r], {"model": "tinyllama"}) == [["no_bad", 0, "model_not_allowed"]]
 	_codes([_rule({"policy": "no_gpt", "patterns": ["gpt-*", "o[1-3]"], "allowed": false})], {"model": "tinyllama"}) == []
 }
+
+test_the_strictest_allow_rule_speaks_for_the_policy if {
+	rules := [
+		{"policy": "m", "rule": 0, "allowed": true, "patterns": ["tiny*"], "action": "warn", "resource": "*"},
+		{"policy": "m", "rule": 1, "allowed": true, "patterns": ["gpt-*"], "action": "block", "resource": "*"},
+		{"policy": "m", "rule": 2, "allowed": true, "patterns": ["o1*"], "action": "require_confirmation", "resource": "*"},
+	]
+	fs := models.findings with data.hexarch.config as {"model_rules": rules} with input as {"model": "mistral"}
+	{[f.rule, f.action] | some f in fs} == {[1, "block"]}
+	nothing_blocks := models.findings with data.hexarch.config as {"model_rules": [rules[0], rules[2]]}
+		with input as {"model": "mistral"}
+	{[f.rule, f.action] | some f in nothing_blocks} == {[2, "require_confirmation"]}
+	models.findings with data.hexarch.config as {"model_rules": rules} with input as {"model": "gpt-4"} == set()
+}

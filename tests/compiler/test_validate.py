@@ -169,6 +169,11 @@ def test_rule_mistakes(snippet: str, fragment: str) -> None:
             "must not be negative",
         ),
         ("defaults: {max_output_tokens: 0}\npolicies: []\n", "must be greater than zero"),
+        (
+            "pricing: {gpt: {input_per_million_usd: 0.0000000001, output_per_million_usd: 1}}\n"
+            "policies: []\n",
+            "has more than 9 decimal places",
+        ),
         ("- just a list\n", "the policy file must be a mapping"),
         ("policies:\n- id: p\n  rule: []\n", "did you mean 'rules'?"),
         ("policies:\n- id: p\n  rules: []\n", "'rules' must be a non-empty list"),

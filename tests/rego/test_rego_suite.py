@@ -9,6 +9,7 @@ through `opa eval -b` and through the REST API the sidecar uses.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import statistics
 import subprocess
@@ -16,6 +17,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -300,6 +302,33 @@ def test_eval_of_bundle_gives_the_design_decision(opa_bin: str, tmp_path: Path) 
     assert limits["api_budget/0/month"]["period"] == "month"
     assert limits["token_management/0/tph"]["cost"] == 170
     assert limits["token_management/0/request"]["cost"] == 128
+
+
+@pytest.mark.parametrize(
+    ("price_in", "price_out", "prompt", "output"),
+    [
+        (0.1, 0.6, 0, 100),
+        (0.15, 0.6, 100, 3000),
+        (0.1, 0.2, 42, 128),
+        (2.5, 10, 7, 3),
+        (0.000000001, 0, 1, 0),
+    ],
+)
+def test_budget_cost_is_the_exact_price_rounded_up(
+    opa_bin: str, tmp_path: Path, price_in: float, price_out: float, prompt: int, output: int
+) -> None:
+    """Binary floating point made 100 tokens at $0.6/M cost 61 micro-USD instead of 60."""
+    config = {
+        **EXAMPLE_CONFIG,
+        "pricing": [
+            {"model": "tinyllama*", "input_per_million_usd": price_in, "output_per_million_usd": price_out}
+        ],
+    }
+    bundle = write_bundle(tmp_path / "bundle", config)
+    doc = chat(estimate={"prompt_tokens": prompt, "max_output_tokens": output})
+    limits = {limit["id"]: limit for limit in eval_decision(opa_bin, bundle, doc, tmp_path)["limits"]}
+    exact = Decimal(str(price_in)) * prompt + Decimal(str(price_out)) * output
+    assert limits["api_budget/0/month"]["cost"] == math.ceil(exact)
 
 
 @pytest.mark.parametrize("enforcement", ["warn", "monitor"])
