@@ -1,6 +1,12 @@
 # The sidecar image: the hexarch command (compiler + sidecar) and the Rego library.
 # OPA and Redis run as their own containers (docker-compose.yml) or as pod sidecars (helm/).
+# The opa binary is copied in too: compiling a policy with custom Rego runs `opa check`, and
+# `hexarch test` runs `opa test`. Its version must equal scripts/versions.env (a test checks it).
+ARG OPA_VERSION=1.22.2
+FROM openpolicyagent/opa:${OPA_VERSION}-static AS opa
+
 FROM python:3.11-slim
+COPY --from=opa /opa /usr/local/bin/opa
 
 WORKDIR /app
 COPY pyproject.toml README.md ./
