@@ -25,7 +25,8 @@ from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS
 from sidecar.errors import SettingsError
 
 FAIL_MODES = ("fail_closed", "fail_open")
-UPSTREAM_APIS = ("ollama", "openai")
+UPSTREAM_APIS = ("openai", "ollama", "gemini", "anthropic", "yandexgpt", "gigachat")
+KEY_TYPES = ("api_key", "iam_token")
 # Which body adapter a route uses; see sidecar/ingress.py.
 ROUTE_APIS = (
     "openai.chat",
@@ -60,6 +61,14 @@ class UpstreamSettings:
     breaker_failures: int = 5  # consecutive failed attempts that open the circuit (0: never)
     breaker_seconds: float = 10.0  # how long an open circuit skips this upstream
     max_tokens_param: str | None = None  # None: chosen by host (see `token_cap_param`)
+    models: tuple[str, ...] = ()  # globs of the request models this upstream serves (routing by model)
+    api_key_file: str | None = None  # a file holding the key (read at start-up, like api_key_env)
+    folder_id: str | None = None  # yandexgpt: the folder in modelUri and x-folder-id
+    key_type: str = "api_key"  # yandexgpt: the key is an API key (Api-Key) or an IAM token (Bearer)
+    auth_url: str | None = None  # gigachat: the OAuth token endpoint
+    scope: str | None = None  # gigachat: the OAuth scope (GIGACHAT_API_PERS, _B2B, _CORP)
+    backoff_seconds: float = 0.05  # first retry delay; doubles per retry, with full jitter
+    deadline_seconds: float = 60.0  # the whole chain (retries, fallbacks, backoff) before the first byte
 
     @property
     def token_cap_param(self) -> str:
@@ -266,6 +275,14 @@ UPSTREAM_KEYS = (
     "breaker_failures",
     "breaker_seconds",
     "max_tokens_param",
+    "models",
+    "api_key_file",
+    "folder_id",
+    "key_type",
+    "auth_url",
+    "scope",
+    "backoff_seconds",
+    "deadline_seconds",
     "description",
 )
 MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
@@ -316,6 +333,12 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         c.add(env_node.diag(f"'{key_env}' is not an environment variable name"))
     fallback_node = node.get("fallback")
     fallback = c.strings(fallback_node)
+    if api == "yandexgpt" and node.get("folder_id") is None:
+        c.add(
+            node.diag(
+                f"upstream '{name}' (api: yandexgpt) needs folder_id", "modelUri is gpt://<folder_id>/<model>"
+            )
+        )
     return UpstreamSettings(
         name=name,
         base_url=base.rstrip("/"),
@@ -330,7 +353,19 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         breaker_failures=int(c.number(node.get("breaker_failures"), 5, integer=True)),
         breaker_seconds=c.number(node.get("breaker_seconds"), 10.0),
         max_tokens_param=c.string(node.get("max_tokens_param"), None, choices=MAX_TOKENS_PARAMS),
+        models=c.strings(node.get("models")),
+        api_key_file=c.string(node.get("api_key_file")),
+        folder_id=c.string(node.get("folder_id")),
+        key_type=c.string(node.get("key_type"), "api_key", choices=KEY_TYPES) or "api_key",
+        auth_url=_optional_url(node.get("auth_url"), c),
+        scope=c.string(node.get("scope")),
+        backoff_seconds=c.number(node.get("backoff_seconds"), 0.05),
+        deadline_seconds=c.number(node.get("deadline_seconds"), 60.0, minimum=0.001),
     )
+
+
+def _optional_url(node: Node | None, c: _Collector) -> str | None:
+    return c.url(node, "", ("http", "https")) or None if node is not None else None
 
 
 def _api_key(node: Node, env: Mapping[str, str], c: _Collector) -> ApiKey | None:
@@ -777,7 +812,8 @@ def _apply_env(settings: Settings, env: Mapping[str, str], c: _Collector) -> Set
     if upstream_api is not None and upstream_api not in UPSTREAM_APIS:
         c.add(
             _env_diag(
-                "HEXARCH_UPSTREAM_API", f"HEXARCH_UPSTREAM_API='{upstream_api}' is not one of ollama, openai"
+                "HEXARCH_UPSTREAM_API",
+                f"HEXARCH_UPSTREAM_API='{upstream_api}' is not one of {', '.join(UPSTREAM_APIS)}",
             )
         )
         upstream_api = None
@@ -829,7 +865,15 @@ def load_settings(
 
 def upstream_secret(upstream: UpstreamSettings, env: Mapping[str, str] | None = None) -> str | None:
     """The upstream's API key from its variable, read when the app starts (never stored in settings)."""
-    if upstream.api_key_env is None:
-        return None
-    source: Callable[[str], str | None] = (env or os.environ).get
-    return source(upstream.api_key_env)
+    if upstream.api_key_env is not None:
+        source: Callable[[str], str | None] = (env or os.environ).get
+        found = source(upstream.api_key_env)
+        if found:
+            return found
+    if upstream.api_key_file is not None:
+        try:
+            with open(upstream.api_key_file, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+    return None
