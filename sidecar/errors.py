@@ -11,8 +11,10 @@
     │   ├── PolicyEngineError         OPA unreachable, timed out, non-200, or undefined result
     │   └── CounterStoreError         Redis unreachable, timed out, script error
     └── UpstreamError                 the model upstream failed after retries/fallbacks
-        ├── UpstreamUnavailable       502 connection refused/reset, 5xx
-        └── UpstreamTimeout           504
+        ├── UpstreamUnavailable       502 connection refused/reset, 5xx, 429, open circuit
+        ├── UpstreamTimeout           504
+        └── ProviderRefused           the provider refused the request (its 4xx): status mapped,
+                                      the provider's own message kept
 
 Library exceptions (aiohttp.ClientError, redis.RedisError, asyncio.TimeoutError, json errors) are
 converted at the module that calls the library, with `raise X(...) from exc`.
@@ -84,6 +86,11 @@ class CounterStoreError(DependencyError):
 class UpstreamError(SidecarError):
     status = 502
     code = "upstream_error"
+    type = "upstream_error"
+
+    def __init__(self, message: str = "", *, tried: tuple[tuple[str, str], ...] = ()) -> None:
+        super().__init__(message)
+        self.tried = tried  # (upstream, what went wrong) of every attempt, in order
 
 
 class UpstreamUnavailable(UpstreamError):
@@ -94,3 +101,23 @@ class UpstreamUnavailable(UpstreamError):
 class UpstreamTimeout(UpstreamError):
     status = 504
     code = "upstream_timeout"
+
+
+class ProviderRefused(UpstreamError):
+    """A provider answered the translated request with a 4xx: the client learns why, in its words.
+
+    400/404/413/422 reach the client as they are (its request was wrong); the provider refusing
+    our own credentials (401/403) is a 502, since the client cannot fix it.
+    """
+
+    def __init__(self, provider_status: int, message: str) -> None:
+        super().__init__(message)
+        self.provider_status = provider_status
+        if provider_status in (400, 404, 413):
+            self.status = provider_status
+        elif provider_status == 422:
+            self.status = 400
+        else:
+            self.status = 502
+        self.code = f"upstream_http_{provider_status}"
+        self.type = "invalid_request_error" if self.status < 500 else "upstream_error"

@@ -75,11 +75,15 @@ def request_error_response(exc: RequestError, decision_id: str | None = None) ->
 def upstream_error_response(
     exc: UpstreamError, decision_id: str | None, headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    details = (
+        {"tried": [{"upstream": name, "error": what} for name, what in exc.tried]} if exc.tried else None
+    )
     return error_response(
         exc.status,
         str(exc) or "the model upstream failed",
         code=exc.code,
-        type_="upstream_error",
+        type_=exc.type,
+        details=details,
         decision_id=decision_id,
         headers=headers,
     )

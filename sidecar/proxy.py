@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -52,15 +52,20 @@ from sidecar.ingress import (
 from sidecar.metrics import Metrics
 from sidecar.opa_client import OpaClient
 from sidecar.principal import Principal, PrincipalResolver
+from sidecar.providers.anthropic import chat_of_messages
+from sidecar.providers.base import Adapter, Wire
+from sidecar.providers.replies import WRITERS
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros, output_allowance, reserved_output
-from sidecar.settings import PLAIN_PLACEHOLDER, Settings
-from sidecar.upstream import Reply, UpstreamClient
+from sidecar.routing import declares_models, model_for, route_by_model, served_models
+from sidecar.settings import PLAIN_PLACEHOLDER, Settings, UpstreamSettings
+from sidecar.upstream import Build, Reply, UpstreamClient
 
 logger = logging.getLogger("hexarch.sidecar")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WARNING_HEADER = "X-Hexarch-Warning"
+UPSTREAM_HEADER = "X-Hexarch-Upstream"
 DECISION_HEADER = "X-Hexarch-Decision-Id"
 _GENERATING_APIS = frozenset({"openai.chat", "openai.completions", "ollama.chat", "ollama.generate", "json"})
 _UNIT_WORDS = {"requests": "requests", "tokens": "tokens", "usd_micros": "micro-USD"}
@@ -89,6 +94,24 @@ class _Ticket:
     pricing: Mapping[str, Any] | None
     reservation: int  # output tokens reserved: charged when the upstream reports no usage
     hide_usage_chunk: bool  # the sidecar asked for the stream's usage event; the client did not
+
+
+@dataclass(frozen=True)
+class _Outbound:
+    """What goes upstream: the client's API, the canonical body (None: no JSON body) and its bytes."""
+
+    client_api: str
+    body: dict[str, Any] | None
+    raw: bytes
+    wants_usage: bool  # the client asked for stream usage itself
+
+
+def _translates(ep: Endpoint, out: _Outbound, adapter: Adapter) -> bool:
+    """A chat request is translated unless the upstream speaks the client's API already; a route
+    with its own upstream_path always relays the body as it came."""
+    if out.client_api not in WRITERS or ep.upstream_path is not None:
+        return False
+    return adapter.translates or out.client_api != "openai.chat"
 
 
 def _window_text(lim: Limit) -> str:
@@ -180,9 +203,19 @@ class Proxy:
 
         principal = self.s.principals.resolve(request.headers)
         rec.principal = principal.id
+        client_api = ep.api
         body = decode_body(raw) if ep.has_body else None
+        if client_api == "anthropic.messages" and body is not None:
+            # An Anthropic client: its request is read as the canonical OpenAI chat body.
+            body = chat_of_messages(body)
+            ep = replace(ep, api="openai.chat")
+        if body is not None:
+            ep = route_by_model(self.s.settings, ep, body.get("model"))
         norm = normalise(ep, body)
         doc = self._input(request, ep, principal, norm, rec.decision_id)
+        doc["request"]["api"] = client_api
+        options = body.get("stream_options") if body is not None else None
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
         decision = await self._decide(doc, rec)
         if isinstance(decision, web.StreamResponse):
@@ -240,7 +273,8 @@ class Proxy:
             reservation=reserved_output(norm.max_output_tokens, limits, pricing, norm.prompt_tokens),
             hide_usage_chunk=hide_usage_chunk,
         )
-        return await self._forward(request, ep, forwarded, norm, extra, ticket, rec)
+        out = _Outbound(client_api, body, forwarded, wants_usage)
+        return await self._forward(request, ep, out, norm, extra, ticket, rec)
 
     # ---------------------------------------------------------------------------------------
     def _input(
@@ -458,11 +492,31 @@ class Proxy:
         info = request.match_info
         return PLAIN_PLACEHOLDER.sub(lambda m: quote(info.get(m.group(1), ""), safe=""), ep.upstream_path)
 
+    def _build(self, request: web.Request, ep: Endpoint, out: _Outbound, norm: Normalised) -> Build:
+        """What each upstream of the chain is sent: the client's request as it came (pass-through),
+        or the canonical chat body in the upstream's wire API (sidecar/providers/)."""
+        path = self._upstream_path(request, ep)
+        first = ep.upstream
+        requested = norm.model or ""
+        payload = out.raw if ep.has_body or out.raw else None
+        chat = out.body
+
+        def build(target: UpstreamSettings, adapter: Adapter) -> Wire:
+            model = model_for(target, requested, target is first)
+            if chat is not None and _translates(ep, out, adapter):
+                return adapter.request(chat, model, norm.stream)
+            body = payload
+            if chat is not None and out.client_api in WRITERS and model != requested:
+                body = orjson.dumps({**chat, "model": model})  # a fallback serving another model
+            return Wire(request.method, path, {}, body, request.query_string, passthrough=True)
+
+        return build
+
     async def _forward(
         self,
         request: web.Request,
         ep: Endpoint,
-        body: bytes,
+        out: _Outbound,
         norm: Normalised,
         extra: CIMultiDict[str],
         ticket: _Ticket,
@@ -472,21 +526,28 @@ class Proxy:
         extra[DECISION_HEADER] = rec.decision_id
         upstream = ep.upstream
         try:
-            if upstream is None:
-                raise UpstreamUnavailable("no upstream is configured for this route")
-            resp, target, started = await self.s.upstream.open(
-                upstream,
-                request.method,
-                self._upstream_path(request, ep),
-                request.query_string,
-                request.headers,
-                body if ep.has_body or body else None,
-                norm.stream,
-            )
-            rec.upstream = target.name
-            reply = await self.s.upstream.relay(
-                request, resp, target, started, extra, norm.stream, ticket.hide_usage_chunk
-            )
+            if ep.api == "openai.models" and declares_models(self.s.settings):
+                listing = orjson.dumps({"object": "list", "data": served_models(self.s.settings)})
+                reply = Reply(
+                    web.Response(body=listing, content_type=JSON, headers=extra), 200, "", None, True, 0.0
+                )
+            else:
+                if upstream is None:
+                    raise UpstreamUnavailable("no upstream is configured for this route")
+                opened = await self.s.upstream.open(
+                    upstream, self._build(request, ep, out, norm), request.headers, norm.stream
+                )
+                rec.upstream = opened.target.name
+                extra[UPSTREAM_HEADER] = opened.target.name
+                if out.body is not None and _translates(ep, out, opened.adapter):
+                    writer = WRITERS[out.client_api](norm.model or opened.target.model or "", out.wants_usage)
+                    reply = await self.s.upstream.relay_translated(
+                        request, opened, extra, norm.stream, writer
+                    )
+                else:
+                    reply = await self.s.upstream.relay(
+                        request, opened, extra, norm.stream, ticket.hide_usage_chunk
+                    )
         except UpstreamError as exc:
             rec.outcome, rec.code = "upstream_error", exc.code
             await self.s.background.run(self._refund(ticket.admission, ticket.store))
@@ -556,18 +617,15 @@ class Proxy:
     ) -> web.StreamResponse:
         if ep.upstream is None:
             return web.Response(body=b'{"status":"ok"}', content_type=JSON)
+        path = self._upstream_path(request, ep)
+
+        def build(target: UpstreamSettings, adapter: Adapter) -> Wire:
+            return Wire(request.method, path, {}, raw or None, request.query_string, passthrough=True)
+
         try:
-            resp, target, started = await self.s.upstream.open(
-                ep.upstream,
-                request.method,
-                self._upstream_path(request, ep),
-                request.query_string,
-                request.headers,
-                raw or None,
-                False,
-            )
-            rec.upstream = target.name
-            reply = await self.s.upstream.relay(request, resp, target, started, {}, False)
+            opened = await self.s.upstream.open(ep.upstream, build, request.headers, False)
+            rec.upstream = opened.target.name
+            reply = await self.s.upstream.relay(request, opened, {UPSTREAM_HEADER: opened.target.name}, False)
         except UpstreamError as exc:
             rec.outcome, rec.code = "upstream_error", exc.code
             return upstream_error_response(exc, rec.decision_id)

@@ -36,6 +36,7 @@ ROUTE_APIS = (
     "ollama.chat",
     "ollama.generate",
     "ollama.tags",
+    "anthropic.messages",
     "json",
     "none",
 )

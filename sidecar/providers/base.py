@@ -39,6 +39,7 @@ class Wire:
     headers: Mapping[str, str]
     body: bytes | None
     query: str = ""
+    passthrough: bool = False  # the client's own request relayed: its headers (filtered) go along
 
 
 @dataclass
