@@ -145,6 +145,9 @@ class Adapter:
     translates: ClassVar[bool] = True
     stream_content_type: ClassVar[str] = "text/event-stream"
 
+    def __post_init__(self) -> None:
+        """Per-upstream state (GigaChat's token cache) is set up here by the adapters that keep any."""
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(upstream={self.upstream.name!r})"
 
