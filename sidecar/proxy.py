@@ -565,9 +565,14 @@ class Proxy:
             pass  # the client left; the upstream's work was done all the same and is charged
         finally:
             # Settling is bookkeeping the client need not wait for: it runs after the handler returns.
-            usage = self._usage(reply, norm, ticket, rec)
-            rec.settling = True
-            await self.s.background.run(self._settle(ticket, usage, rec))
+            if reply.upstream_broke and reply.counts is None:
+                # The provider failed mid-reply and reported nothing: a failed call, refunded.
+                rec.outcome, rec.code = "upstream_error", "upstream_broke"
+                await self.s.background.run(self._refund(ticket.admission, ticket.store))
+            else:
+                usage = self._usage(reply, norm, ticket, rec)
+                rec.settling = True
+                await self.s.background.run(self._settle(ticket, usage, rec))
         return reply.response
 
     def _usage(self, reply: Reply, norm: Normalised, ticket: _Ticket, rec: DecisionRecord) -> Usage:

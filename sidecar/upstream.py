@@ -75,6 +75,7 @@ class Reply:
     counts: TokenCounts | None
     complete: bool  # False when the client went away or the upstream broke mid-stream
     seconds: float
+    upstream_broke: bool = False  # the provider failed mid-reply (not the client leaving)
 
 
 @dataclass
@@ -330,7 +331,7 @@ class UpstreamClient:
         out = web.StreamResponse(status=resp.status, headers=headers)
         scanner = StreamScanner()
         usage_filter = UsageChunkFilter() if hide_usage_chunk else None
-        complete = False
+        complete = broke = False
         try:
             await out.prepare(request)
             async for chunk in resp.content.iter_any():
@@ -349,9 +350,10 @@ class UpstreamClient:
             pass  # the client went away: settle with what we saw
         except (TimeoutError, aiohttp.ClientError):
             self._metrics.child(self._metrics.upstream_errors, upstream.name, "stream").inc()
+            broke = True
         seconds = time.perf_counter() - started
         self._metrics.child(self._metrics.upstream_seconds, upstream.name).observe(seconds)
-        return Reply(out, resp.status, upstream.name, scanner.counts, complete, seconds)
+        return Reply(out, resp.status, upstream.name, scanner.counts, complete, seconds, broke)
 
     async def _pump(self, out: web.StreamResponse, chunk: bytes) -> None:
         """Every relayed stream chunk passes here (hook for stream caps)."""
@@ -410,7 +412,7 @@ class UpstreamClient:
         native: str | None = None
         prompt: int | None = None
         completion: int | None = None
-        complete = False
+        complete = broke = False
         try:
             await out.prepare(request)
             await self._pump(out, writer.start())
@@ -432,13 +434,15 @@ class UpstreamClient:
             else:
                 # The provider's stream ended without its end: no made-up ending for the client.
                 self._metrics.child(self._metrics.upstream_errors, upstream.name, "stream").inc()
+                broke = True
         except (ConnectionResetError, ConnectionError):
             pass  # the client went away: settle with what we saw
         except (TimeoutError, aiohttp.ClientError):
             self._metrics.child(self._metrics.upstream_errors, upstream.name, "stream").inc()
+            broke = True
         seconds = time.perf_counter() - started
         self._metrics.child(self._metrics.upstream_seconds, upstream.name).observe(seconds)
-        return Reply(out, 200, upstream.name, _counts(prompt, completion), complete, seconds)
+        return Reply(out, 200, upstream.name, _counts(prompt, completion), complete, seconds, broke)
 
     def _finished(self, upstream: UpstreamSettings, finish: str | None, native: str | None) -> None:
         if finish == CONTENT_FILTER:
