@@ -580,6 +580,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         latency_ms=args.latency_ms,
         token_interval_ms=args.token_interval_ms,
         failure_rate=args.failure_rate,
+        fail_status=args.fail_status,
+        reset_after_chunks=args.reset_after_chunks,
         seed=args.seed,
         tokens_per_reply=args.tokens_per_reply,
         model=args.model,
@@ -631,6 +633,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before the first byte")
     parser.add_argument("--token-interval-ms", type=float, default=0.0, help="delay between stream chunks")
     parser.add_argument("--failure-rate", type=_rate, default=0.0, help="share of model calls that get a 500")
+    parser.add_argument("--fail-status", type=int, default=500, help="status of injected failures (e.g. 429)")
+    parser.add_argument(
+        "--reset-after-chunks", type=int, default=0, help="reset stream connections after N chunks (0: never)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the failure generator")
     parser.add_argument("--tokens-per-reply", type=int, default=16, help="reply length in tokens (words)")
     parser.add_argument("--model", default="tinyllama", help="model name reported by /health")
