@@ -233,6 +233,7 @@ class UpstreamClient:
         incoming: CIMultiDictProxy[str],
         stream: bool,
         remaining: float,
+        fresh_credentials: bool = False,
     ) -> aiohttp.ClientResponse | tuple[UpstreamError, str]:
         """One call: the open response, or the error it counts as with a short reason."""
         assert self._session is not None
@@ -271,8 +272,12 @@ class UpstreamClient:
             return UpstreamUnavailable(
                 f"upstream '{target.name}' answered HTTP {resp.status}"
             ), f"HTTP {resp.status}"
-        if resp.status == 401:
-            adapter.forget_credentials()  # a cached token (GigaChat) is fetched again next time
+        if resp.status == 401 and not fresh_credentials and adapter.forget_credentials():
+            # a cached token the provider no longer accepts (revoked early): one more try with a new one
+            resp.release()
+            return await self._attempt(
+                target, adapter, wire, incoming, stream, remaining, fresh_credentials=True
+            )
         return resp
 
     # -----------------------------------------------------------------------------------------

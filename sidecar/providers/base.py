@@ -154,8 +154,10 @@ class Adapter:
     async def auth_headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
 
-    def forget_credentials(self) -> None:
-        """The provider refused our credentials: drop any cached token (GigaChat)."""
+    def forget_credentials(self) -> bool:
+        """The provider refused our credentials: drop a cached token (GigaChat). True when one was
+        dropped, so the call is worth one more try with a fresh token."""
+        return False
 
     def request(self, chat: Mapping[str, Any], model: str, stream: bool) -> Wire:
         raise NotImplementedError

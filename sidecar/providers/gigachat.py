@@ -68,8 +68,10 @@ class GigaChatAdapter(Adapter):
                 await self._exchange(session)
         return {"Authorization": f"Bearer {self._token}"}
 
-    def forget_credentials(self) -> None:
+    def forget_credentials(self) -> bool:
+        had = self._token is not None
         self._token = None
+        return had
 
     async def _exchange(self, session: aiohttp.ClientSession) -> None:
         url = self.upstream.auth_url or DEFAULT_AUTH_URL

@@ -38,6 +38,10 @@ policies:
     rules:
       - resource: "*"
         monthly_budget_usd: 100
+  - id: models
+    rules:
+      - resource: claude-forbidden-1
+        allowed_users: ["@admin"]
 sidecar:
   anonymous:
     enabled: true
@@ -71,6 +75,10 @@ ollama:
   base_url: {demo}
   api: ollama
   models: ["tinyllama*"]
+groq:
+  base_url: {demo}/v1
+  api: openai
+  models: ["llama-*"]
 """
 ENV = {
     "FAKE_ANTHROPIC_KEY": anthropic_fake.KEY,
@@ -339,6 +347,11 @@ async def test_gigachat_token_is_cached_and_fetched_again_before_it_expires(
                 model="GigaChat", messages=[{"role": "user", "content": "hi"}]
             )
         assert s.fakes["giga"].app[SEEN_KEY].token_exchanges == 1
+        s.fakes["giga"].app[gigachat_fake.TOKENS_KEY].clear()
+        await s.openai().chat.completions.create(
+            model="GigaChat", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert s.fakes["giga"].app[SEEN_KEY].token_exchanges == 2
     # a token within the refresh margin (60 s) of its expiry is replaced before the next call
     async for s in _stack(tmp_path, opa, flushed_redis_url(redis_server, DB), gigachat_ttl=30.0):
         for _ in range(3):
@@ -347,12 +360,19 @@ async def test_gigachat_token_is_cached_and_fetched_again_before_it_expires(
             )
             assert reply.choices[0].message.content == _words(REPLY_TOKENS)
         assert s.fakes["giga"].app[SEEN_KEY].token_exchanges == 3
+        # a token the provider revoked early: refused once, fetched again, the call still answered
+        s.fakes["giga"].app[gigachat_fake.TOKENS_KEY].clear()
+        reply = await s.openai().chat.completions.create(
+            model="GigaChat", messages=[{"role": "user", "content": "hi"}]
+        )
+        assert reply.choices[0].message.content == _words(REPLY_TOKENS)
+        assert s.fakes["giga"].app[SEEN_KEY].token_exchanges == 4
 
 
 # --- Anthropic client -> /v1/messages -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["claude-fake-1", "gemini-2.0-flash", "tinyllama"])
+@pytest.mark.parametrize("model", ["claude-fake-1", "gemini-2.0-flash", "tinyllama", "llama-3.1-8b"])
 async def test_anthropic_client_works_through_the_sidecar(stack: Stack, model: str) -> None:
     import asyncio
 
@@ -367,7 +387,7 @@ async def test_anthropic_client_works_through_the_sidecar(stack: Stack, model: s
         )
         assert message.stop_reason == "max_tokens"
         assert message.usage.output_tokens == 5
-        if model != "tinyllama":
+        if model not in ("tinyllama", "llama-3.1-8b"):  # the demo model has its own sentence
             assert message.content[0].type == "text" and message.content[0].text == _words(5)
         with client.messages.stream(
             model=model, max_tokens=100, messages=[{"role": "user", "content": "hi"}]
@@ -396,6 +416,27 @@ async def test_anthropic_client_sees_a_policy_refusal(stack: Stack) -> None:
         )
 
 
+async def test_the_same_policies_guard_both_ingresses(stack: Stack) -> None:
+    import asyncio
+
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        await stack.openai().chat.completions.create(
+            model="claude-forbidden-1", messages=[{"role": "user", "content": "hi"}]
+        )
+    body: Any = caught.value.body
+    assert body["policy"] == "models"
+    client = anthropic.Anthropic(base_url=stack.url, api_key="unused", max_retries=0)
+    with pytest.raises(anthropic.PermissionDeniedError, match="models"):
+        await asyncio.to_thread(
+            client.messages.create,
+            model="claude-forbidden-1",
+            max_tokens=5,
+            messages=[{"role": "user", "content": "hi"}],
+        )
+    assert stack.fakes["claude"].app[SEEN_KEY].requests == []  # refused before any provider call
+    assert await _settled(stack, 0) == 0
+
+
 # --- routing -----------------------------------------------------------------------------------
 
 
@@ -408,4 +449,5 @@ async def test_models_lists_what_the_upstreams_serve(stack: Stack) -> None:
         "GigaChat*": "giga",
         "yandexgpt*": "yandex",
         "tinyllama*": "ollama",
+        "llama-*": "groq",
     }
