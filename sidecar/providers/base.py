@@ -169,16 +169,27 @@ class Adapter:
         raise NotImplementedError
 
     def error_message(self, status: int, raw: bytes) -> str:
-        """The provider's own message out of an error body (its shape differs per provider)."""
+        """The provider's own message out of an error body (its shape differs per provider), with
+        our credentials cut out should the provider echo them."""
         try:
             doc = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
             doc = None
         found = find_message(doc)
-        if found:
-            return found
-        text = raw.decode("utf-8", "replace").strip()
-        return text[:300] if text else f"HTTP {status}"
+        if not found:
+            text = raw.decode("utf-8", "replace").strip()
+            found = text[:300] if text else f"HTTP {status}"
+        return self.redact(found)
+
+    def redact(self, text: str) -> str:
+        for secret in self.credentials():
+            if secret:
+                text = text.replace(secret, "[redacted]")
+        return text
+
+    def credentials(self) -> tuple[str, ...]:
+        """Every secret this adapter sends (the key, and a token made from it)."""
+        return (self.secret,) if self.secret else ()
 
 
 def find_message(doc: Any) -> str | None:

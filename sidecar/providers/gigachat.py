@@ -68,6 +68,9 @@ class GigaChatAdapter(Adapter):
                 await self._exchange(session)
         return {"Authorization": f"Bearer {self._token}"}
 
+    def credentials(self) -> tuple[str, ...]:
+        return tuple(s for s in (self.secret, self._token) if s)
+
     def forget_credentials(self) -> bool:
         had = self._token is not None
         self._token = None

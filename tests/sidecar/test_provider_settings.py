@@ -104,3 +104,14 @@ def test_bad_provider_keys_are_located_errors(tmp_path: Path, section: str, mess
         load_settings(str(path), env={})
     text = str(info.value)
     assert f"{path}:" in text and message in text
+
+
+def test_a_provider_echoing_our_key_gets_it_cut_out() -> None:
+    from sidecar.settings import UpstreamSettings
+
+    adapter = adapter_for(
+        UpstreamSettings(name="x", base_url="http://127.0.0.1:9", api="openai"), "sk-secret-1"
+    )
+    body = b'{"error": {"message": "Incorrect API key provided: sk-secret-1."}}'
+    assert adapter.error_message(401, body) == "Incorrect API key provided: [redacted]."
+    assert adapter.error_message(502, b"upstream said sk-secret-1") == "upstream said [redacted]"
