@@ -160,8 +160,8 @@ def chat_of_messages(body: Mapping[str, Any]) -> dict[str, Any]:
             raise BadRequest("each message needs role 'user' or 'assistant'", param="messages")
         out.append({"role": message["role"], "content": _text(message.get("content"))})
     chat: dict[str, Any] = {"model": body.get("model"), "messages": out, "max_tokens": max_tokens}
-    for name in ("temperature", "top_p", "top_k", "stream", "metadata"):
-        if name in body and name != "metadata":
+    for name in ("temperature", "top_p", "top_k", "stream"):
+        if name in body:
             chat[name] = body[name]
     if isinstance(body.get("stop_sequences"), list):
         chat["stop"] = body["stop_sequences"]

@@ -115,3 +115,19 @@ def test_a_provider_echoing_our_key_gets_it_cut_out() -> None:
     body = b'{"error": {"message": "Incorrect API key provided: sk-secret-1."}}'
     assert adapter.error_message(401, body) == "Incorrect API key provided: [redacted]."
     assert adapter.error_message(502, b"upstream said sk-secret-1") == "upstream said [redacted]"
+
+
+async def test_yandex_key_type_picks_the_authorization_scheme() -> None:
+    import aiohttp
+
+    from sidecar.settings import UpstreamSettings
+
+    base = UpstreamSettings(name="y", base_url="http://127.0.0.1:9", api="yandexgpt", folder_id="b1g")
+    async with aiohttp.ClientSession() as session:
+        by_key = await adapter_for(base, "AQVN-key").auth_headers(session)
+        iam = UpstreamSettings(
+            name="y", base_url="http://127.0.0.1:9", api="yandexgpt", folder_id="b1g", key_type="iam_token"
+        )
+        by_token = await adapter_for(iam, "t1.token").auth_headers(session)
+    assert by_key == {"Authorization": "Api-Key AQVN-key", "x-folder-id": "b1g"}
+    assert by_token == {"Authorization": "Bearer t1.token", "x-folder-id": "b1g"}
