@@ -311,6 +311,24 @@ async def test_a_connection_reset_mid_stream_is_refunded(
         assert await c.settled("calls", 1) == 1
 
 
+async def test_a_stream_that_stalls_past_the_timeout_is_cut_and_refunded(
+    tmp_path: Path, opa: OpaServer, redis_url: str
+) -> None:
+    async with chain(tmp_path, opa, redis_url, primary={"token_interval_ms": 2000}) as c:
+        body = {**BODY, "stream": True, "max_tokens": 10}
+        async with c.session.post(f"{c.url}/v1/chat/completions", json=body) as resp:
+            assert resp.status == 200
+            raw = b""
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                async for chunk in resp.content.iter_any():
+                    raw += chunk
+        assert raw.count(b"data: ") == 1  # the first chunk came, the second never did
+        assert b"[DONE]" not in raw
+        assert 'hexarch_upstream_errors_total{reason="stream",upstream="primary"} 1.0' in await c.metrics()
+        assert await c.settled("calls", 0) == 0
+        assert await c.settled("spend", 0) == 0
+
+
 async def test_a_gemini_primary_falls_back_to_openai_compatible_providers(
     tmp_path: Path, opa: OpaServer, redis_url: str
 ) -> None:
