@@ -150,11 +150,15 @@ class UpstreamClient:
     def chain(self, upstream: UpstreamSettings) -> list[UpstreamSettings]:
         return [upstream, *(self._upstreams[n] for n in upstream.fallback if n in self._upstreams)]
 
-    def _url(self, upstream: UpstreamSettings, path: str, query: str) -> str:
+    def url(self, upstream: UpstreamSettings, path: str, query: str) -> str:
         base = upstream.base_url
-        # Accept base URLs written with the API prefix (https://api.example.com/v1).
-        if base.endswith("/v1") and (path.startswith("/v1/") or path == "/v1"):
-            base = base[:-3]
+        # Accept base URLs written with the API prefix: https://api.groq.com/openai/v1 (the client's
+        # /v1/... goes after it once), and Gemini's OpenAI endpoint .../v1beta/openai (no /v1 at all).
+        if path.startswith("/v1/") or path == "/v1":
+            if base.endswith("/v1"):
+                base = base[:-3]
+            elif base.endswith("/openai"):
+                path = path[3:]
         return f"{base}{path}?{query}" if query else f"{base}{path}"
 
     async def open(
@@ -246,7 +250,7 @@ class UpstreamClient:
         except UpstreamError as exc:
             self._metrics.child(self._metrics.upstream_errors, target.name, "auth").inc()
             return exc, "credentials refused"
-        url = self._url(target, wire.path, wire.query)
+        url = self.url(target, wire.path, wire.query)
         try:
             resp = await self._session.request(
                 wire.method,

@@ -131,3 +131,25 @@ async def test_yandex_key_type_picks_the_authorization_scheme() -> None:
         by_token = await adapter_for(iam, "t1.token").auth_headers(session)
     assert by_key == {"Authorization": "Api-Key AQVN-key", "x-folder-id": "b1g"}
     assert by_token == {"Authorization": "Bearer t1.token", "x-folder-id": "b1g"}
+
+
+@pytest.mark.parametrize(
+    ("base", "url"),
+    [
+        ("http://127.0.0.1:11434", "http://127.0.0.1:11434/v1/chat/completions"),
+        ("https://api.groq.com/openai/v1", "https://api.groq.com/openai/v1/chat/completions"),
+        ("https://openrouter.ai/api/v1", "https://openrouter.ai/api/v1/chat/completions"),
+        (
+            "https://generativelanguage.googleapis.com/v1beta/openai",
+            "https://generativelanguage.googleapis.com/v1beta/openai/chat/completions",
+        ),
+    ],
+)
+def test_openai_compatible_base_urls_as_providers_document_them(base: str, url: str) -> None:
+    from sidecar.metrics import Metrics
+    from sidecar.settings import Settings, UpstreamSettings
+    from sidecar.upstream import UpstreamClient
+
+    upstream = UpstreamSettings(name="u", base_url=base, api="openai")
+    client = UpstreamClient(Settings(upstreams={"u": upstream}), Metrics(), env={})
+    assert client.url(upstream, "/v1/chat/completions", "") == url
