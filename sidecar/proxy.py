@@ -1,4 +1,4 @@
-"""One guarded request, read top to bottom in `Pipeline.run`:
+"""One guarded request, read top to bottom in `Pipeline._handle`:
 
     read body -> principal -> normalise (Anthropic ingress, routing by model) -> OPA decision
     -> refusal? -> admission (Redis) -> limited? -> cap output -> forward (fallback chain) -> settle
