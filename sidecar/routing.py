@@ -1,6 +1,7 @@
 """Which upstream serves a request, and which model name each upstream of its chain is asked for.
 
-An upstream section lists the models it serves as globs (`models: ["claude-*"]`). A request whose
+An upstream section lists the models it serves as globs (`models: ["claude-*"]`, matched without
+regard to case). A request whose
 route does not pin an upstream goes to the first section (in file order) whose globs match its
 `model`, else to the default upstream; the chosen section's `fallback` list follows. Along the
 chain, an upstream is asked for the request's model when its globs match it (or it lists none and
@@ -19,7 +20,9 @@ from sidecar.settings import Settings, UpstreamSettings
 
 
 def serves(upstream: UpstreamSettings, model: str) -> bool:
-    return any(fnmatchcase(model, glob) for glob in upstream.models)
+    """Globs match without regard to case: users write `gigachat` for `GigaChat`."""
+    lowered = model.lower()
+    return any(fnmatchcase(lowered, glob.lower()) for glob in upstream.models)
 
 
 def route_by_model(settings: Settings, endpoint: Endpoint, model: Any) -> Endpoint:

@@ -227,7 +227,7 @@ class UpstreamClient:
                 break
         summary = "; ".join(f"{name}: {what}" for name, what in tried) or "no upstream could be tried"
         kind = UpstreamTimeout if isinstance(last, UpstreamTimeout) else UpstreamUnavailable
-        raise kind(f"every upstream failed ({summary})", tried=tuple(tried))
+        raise kind(f"All LLM providers failed ({summary})", tried=tuple(tried))
 
     async def _attempt(
         self,

@@ -231,7 +231,7 @@ async def test_all_failing_is_a_502_listing_what_was_tried_and_refunds(
         assert [t["upstream"] for t in tried] == ["primary", "primary", "groq", "openrouter"]
         assert all(t["error"] == "HTTP 500" for t in tried)
         assert body["error"]["code"] == "upstream_unavailable"
-        assert "primary: HTTP 500" in body["error"]["message"]
+        assert body["error"]["message"].startswith("All LLM providers failed (primary: HTTP 500;")
         assert await c.settled("calls", 0) == 0
         assert await c.settled("spend", 0) == 0
 

@@ -90,7 +90,7 @@ SECRETS = (anthropic_fake.KEY, gemini_fake.KEY, gigachat_fake.CREDENTIALS, yande
 MODELS = {
     "claude-fake-1": "claude",
     "gemini-2.0-flash": "gemini",
-    "GigaChat-Pro": "giga",
+    "gigachat-pro": "giga",  # globs match without regard to case
     "yandexgpt/latest": "yandex",
 }
 SAFETY_NAMES = {
