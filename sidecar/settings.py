@@ -70,6 +70,8 @@ class UpstreamSettings:
     scope: str | None = None  # gigachat: the OAuth scope (GIGACHAT_API_PERS, _B2B, _CORP)
     backoff_seconds: float = 0.05  # first retry delay; doubles per retry, with full jitter
     deadline_seconds: float = 60.0  # the whole chain (retries, fallbacks, backoff) before the first byte
+    ca_file: str | None = None  # PEM bundle the provider's TLS certificate is checked against
+    verify_tls: bool = True  # False: the provider's certificate is not checked (GigaChat's own CA)
 
     @property
     def token_cap_param(self) -> str:
@@ -284,6 +286,8 @@ UPSTREAM_KEYS = (
     "scope",
     "backoff_seconds",
     "deadline_seconds",
+    "ca_file",
+    "verify_tls",
     "description",
 )
 MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
@@ -362,7 +366,16 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         scope=c.string(node.get("scope")),
         backoff_seconds=c.number(node.get("backoff_seconds"), 0.05),
         deadline_seconds=c.number(node.get("deadline_seconds"), 60.0, minimum=0.001),
+        ca_file=_readable_file(node.get("ca_file"), c),
+        verify_tls=c.boolean(node.get("verify_tls"), True),
     )
+
+
+def _readable_file(node: Node | None, c: _Collector) -> str | None:
+    path = c.string(node)
+    if path is not None and node is not None and not os.access(path, os.R_OK):
+        c.add(node.diag(f"'{path}' is not a readable file"))
+    return path
 
 
 def _optional_url(node: Node | None, c: _Collector) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -97,6 +98,15 @@ def _timeout(upstream: UpstreamSettings, stream: bool, remaining: float) -> aioh
     )
 
 
+def _tls(upstream: UpstreamSettings) -> ssl.SSLContext | bool:
+    """How the provider's certificate is checked: the system CAs, `ca_file`'s, or not at all."""
+    if not upstream.verify_tls:
+        return False
+    if upstream.ca_file:
+        return ssl.create_default_context(cafile=upstream.ca_file)
+    return True
+
+
 def forwarded_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """What of the client's headers a pass-through request carries upstream."""
     headers: CIMultiDict[str] = CIMultiDict(
@@ -123,6 +133,7 @@ class UpstreamClient:
             for name, u in settings.upstreams.items()
             if u.breaker_failures > 0
         }
+        self.tls: dict[str, ssl.SSLContext | bool] = {name: _tls(u) for name, u in settings.upstreams.items()}
         self._session: aiohttp.ClientSession | None = None
 
     def _breaker_changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
@@ -246,10 +257,10 @@ class UpstreamClient:
         )
         headers.update(wire.headers)
         try:
-            headers.update(await adapter.auth_headers(self._session))
+            headers.update(await adapter.auth_headers(self._session, self.tls.get(target.name, True)))
         except UpstreamError as exc:
             self._metrics.child(self._metrics.upstream_errors, target.name, "auth").inc()
-            return exc, "credentials refused"
+            return exc, str(exc)  # e.g. the token exchange failed, and why (never the key)
         url = self.url(target, wire.path, wire.query)
         try:
             resp = await self._session.request(
@@ -259,6 +270,7 @@ class UpstreamClient:
                 headers=headers,
                 timeout=_timeout(target, stream, remaining),
                 allow_redirects=False,
+                ssl=self.tls.get(target.name, True),
             )
         except TimeoutError as exc:
             self._metrics.child(self._metrics.upstream_errors, target.name, "timeout").inc()

@@ -9,6 +9,7 @@ The same module reads the Messages API the other way round for the `/v1/messages
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -67,7 +68,9 @@ def _text(blocks: Any) -> str:
 
 @register("anthropic")
 class AnthropicAdapter(Adapter):
-    async def auth_headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+    async def auth_headers(
+        self, session: aiohttp.ClientSession, tls: ssl.SSLContext | bool = True
+    ) -> dict[str, str]:
         headers = {"anthropic-version": VERSION}
         if self.secret:
             headers["x-api-key"] = self.secret

@@ -18,6 +18,7 @@ registers itself with `@register("name")`, plus its fake under tests/fakes/.
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -151,7 +152,9 @@ class Adapter:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(upstream={self.upstream.name!r})"
 
-    async def auth_headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+    async def auth_headers(
+        self, session: aiohttp.ClientSession, tls: ssl.SSLContext | bool = True
+    ) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.secret}"} if self.secret else {}
 
     def forget_credentials(self) -> bool:

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -72,7 +73,9 @@ def _read(doc: Mapping[str, Any]) -> Delta:
 
 @register("gemini")
 class GeminiAdapter(Adapter):
-    async def auth_headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+    async def auth_headers(
+        self, session: aiohttp.ClientSession, tls: ssl.SSLContext | bool = True
+    ) -> dict[str, str]:
         return {"x-goog-api-key": self.secret} if self.secret else {}
 
     def request(self, chat: Mapping[str, Any], model: str, stream: bool) -> Wire:

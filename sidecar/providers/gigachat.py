@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import time
 import uuid
 from collections.abc import Mapping
@@ -60,12 +61,14 @@ class GigaChatAdapter(Adapter):
         self._lock = asyncio.Lock()
         self.exchanges = 0  # token exchanges made (for tests and the log)
 
-    async def auth_headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+    async def auth_headers(
+        self, session: aiohttp.ClientSession, tls: ssl.SSLContext | bool = True
+    ) -> dict[str, str]:
         if not self.secret:
             return {}
         async with self._lock:
             if self._token is None or time.time() >= self._expires - TOKEN_MARGIN_SECONDS:
-                await self._exchange(session)
+                await self._exchange(session, tls)
         return {"Authorization": f"Bearer {self._token}"}
 
     def credentials(self) -> tuple[str, ...]:
@@ -76,7 +79,7 @@ class GigaChatAdapter(Adapter):
         self._token = None
         return had
 
-    async def _exchange(self, session: aiohttp.ClientSession) -> None:
+    async def _exchange(self, session: aiohttp.ClientSession, tls: ssl.SSLContext | bool) -> None:
         url = self.upstream.auth_url or DEFAULT_AUTH_URL
         headers = {
             "Authorization": f"Basic {self.secret}",
@@ -87,7 +90,11 @@ class GigaChatAdapter(Adapter):
         timeout = aiohttp.ClientTimeout(total=self.upstream.timeout_seconds)
         try:
             async with session.post(
-                url, data={"scope": self.upstream.scope or DEFAULT_SCOPE}, headers=headers, timeout=timeout
+                url,
+                data={"scope": self.upstream.scope or DEFAULT_SCOPE},
+                headers=headers,
+                timeout=timeout,
+                ssl=tls,
             ) as resp:
                 raw = await resp.read()
                 status = resp.status

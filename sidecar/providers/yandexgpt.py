@@ -7,6 +7,7 @@ A streamed reply is one JSON object per line, each carrying the whole text so fa
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,7 +59,9 @@ def _read(doc: Mapping[str, Any]) -> tuple[str, str | None, str | None, int | No
 class YandexGptAdapter(Adapter):
     stream_content_type = "application/json"
 
-    async def auth_headers(self, session: aiohttp.ClientSession) -> dict[str, str]:
+    async def auth_headers(
+        self, session: aiohttp.ClientSession, tls: ssl.SSLContext | bool = True
+    ) -> dict[str, str]:
         headers: dict[str, str] = {}
         if self.secret:
             scheme = "Bearer" if self.upstream.key_type == "iam_token" else "Api-Key"

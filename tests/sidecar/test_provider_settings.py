@@ -95,6 +95,8 @@ def test_provider_keys_are_read(tmp_path: Path) -> None:
         ("  auth_url: not a url\n", "is not a valid URL"),
         ("  deadline_seconds: 0\n", "deadline_seconds"),
         ("  models: 7\n", "models"),
+        ("  ca_file: /nonexistent/ca.pem\n", "is not a readable file"),
+        ("  verify_tls: maybe\n", "verify_tls"),
     ],
 )
 def test_bad_provider_keys_are_located_errors(tmp_path: Path, section: str, message: str) -> None:
