@@ -8,6 +8,7 @@ import ssl
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -77,9 +78,9 @@ giga:
     server = TestServer(create_app(settings, env=env), host="127.0.0.1")
     await server.start_server()
     try:
-        async with aiohttp.ClientSession() as session:
-            async with session.post(str(server.make_url("/v1/chat/completions")), json=BODY) as resp:
-                return resp.status, await resp.json()
+        url = str(server.make_url("/v1/chat/completions"))
+        async with aiohttp.ClientSession() as session, session.post(url, json=BODY) as resp:
+            return resp.status, await resp.json()
     finally:
         await server.close()
 
