@@ -9,14 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from compiler.diagnostics import Diagnostic
 from compiler.errors import CompilerError, PolicyError
 from compiler.model import PolicyFile
 
+# Checks of the sections other packages own (sidecar/settings.py: `sidecar`, `logging`, `opa`,
+# upstream sections), run on the same file so every command reports the whole file's problems.
+FileCheck = Callable[[str], Sequence[Diagnostic]]
 
-def register(subparsers: Any) -> None:
+
+def register(subparsers: Any, file_checks: Sequence[FileCheck] = ()) -> None:
     compile_p = subparsers.add_parser(
         "compile", help="compile hexarch.yaml into an OPA bundle", description="Compile a policy file."
     )
@@ -31,20 +37,20 @@ def register(subparsers: Any) -> None:
         help="JWT algorithm of the signature: RS256 (default) or PS256 for RSA keys, ES256/ES384/ES512 "
         "for EC keys, HS256 for an HMAC secret",
     )
-    compile_p.set_defaults(func=run_compile)
+    compile_p.set_defaults(func=run_compile, file_checks=tuple(file_checks))
 
     check_p = subparsers.add_parser(
         "check", help="validate hexarch.yaml", description="Validate a policy file."
     )
     check_p.add_argument("policy", help="the policy file (hexarch.yaml)")
-    check_p.set_defaults(func=run_check)
+    check_p.set_defaults(func=run_check, file_checks=tuple(file_checks))
 
     test_p = subparsers.add_parser(
         "test", help="compile and run `opa test` on the bundle", description="Compile and test a policy file."
     )
     test_p.add_argument("policy", help="the policy file (hexarch.yaml)")
     test_p.add_argument("-v", "--verbose", action="store_true", help="list every test")
-    test_p.set_defaults(func=run_test)
+    test_p.set_defaults(func=run_test, file_checks=tuple(file_checks))
 
 
 def _fail(exc: CompilerError) -> int:
@@ -55,6 +61,17 @@ def _fail(exc: CompilerError) -> int:
     else:
         print(f"hexarch: error: {exc}", file=sys.stderr)
     return 1
+
+
+def whole_file(args: argparse.Namespace, exc: PolicyError | None = None) -> None:
+    """Raise PolicyError with `exc`'s diagnostics plus those of the other sections' owners."""
+    extra = [d for check in getattr(args, "file_checks", ()) for d in check(args.policy)]
+    if exc is None and not [d for d in extra if d.severity == "error"]:
+        return
+    seen = set(exc.diagnostics) if exc is not None else set()
+    merged = [*(exc.diagnostics if exc is not None else ()), *(d for d in extra if d not in seen)]
+    merged.sort(key=lambda d: (d.file, d.line, d.col))
+    raise PolicyError(merged)
 
 
 def _summary(model: PolicyFile) -> str:
@@ -73,7 +90,12 @@ def run_compile(args: argparse.Namespace) -> int:
 
     to_stdout = args.output == "-"
     try:
-        compiled = compile_policy(args.policy, signing_key=args.signing_key, signing_alg=args.signing_alg)
+        try:
+            compiled = compile_policy(args.policy, signing_key=args.signing_key, signing_alg=args.signing_alg)
+        except PolicyError as exc:
+            whole_file(args, exc)
+            raise
+        whole_file(args)
         if to_stdout:
             sys.stdout.buffer.write(compiled.bundle.data)
             sys.stdout.buffer.flush()
@@ -95,7 +117,12 @@ def run_check(args: argparse.Namespace) -> int:
     from compiler.lower import lower
 
     try:
-        model = load_policy(args.policy)
+        try:
+            model = load_policy(args.policy)
+        except PolicyError as exc:
+            whole_file(args, exc)
+            raise
+        whole_file(args)
         check_custom(model)
         # Lower and emit too, so a file that passes `check` also compiles.
         emit_tests(model, lower(model))
@@ -111,7 +138,12 @@ def run_test(args: argparse.Namespace) -> int:
     from compiler.opa_tool import opa_test_bundle
 
     try:
-        compiled = compile_policy(args.policy)
+        try:
+            compiled = compile_policy(args.policy)
+        except PolicyError as exc:
+            whole_file(args, exc)
+            raise
+        whole_file(args)
         with tempfile.TemporaryDirectory(prefix="hexarch-test-") as tmp:
             bundle_dir = Path(tmp) / "bundle"
             extract_bundle(compiled.bundle, bundle_dir)

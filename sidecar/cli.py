@@ -15,10 +15,11 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     from compiler import cli as compiler_cli
     from sidecar import commands as sidecar_commands
+    from sidecar.settings import file_diagnostics
 
     parser = argparse.ArgumentParser(prog="hexarch", description="Policy sidecar for LLM traffic.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    compiler_cli.register(sub)
+    compiler_cli.register(sub, file_checks=(file_diagnostics,))
     sidecar_commands.register(sub)
     return parser
 

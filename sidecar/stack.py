@@ -173,6 +173,42 @@ def upstream_configured(policy: Path) -> bool:
     return bool(load_settings(str(policy), env=dict(os.environ)).upstreams)
 
 
+def validate_file(policy: Path) -> str | None:
+    """The whole file checked as `hexarch check` does (policies, then the sidecar's sections).
+
+    None when it is valid, else the located diagnostics to print.
+    """
+    from compiler.api import check_custom, load_policy
+    from compiler.diagnostics import Diagnostic, format_all
+    from compiler.errors import CompilerError, PolicyError
+    from sidecar.settings import file_diagnostics
+
+    diagnostics: list[Diagnostic] = []
+    try:
+        check_custom(load_policy(policy))
+    except PolicyError as exc:
+        diagnostics.extend(exc.diagnostics)
+    except CompilerError as exc:
+        return f"hexarch up: {exc}"
+    seen = set(diagnostics)
+    diagnostics.extend(d for d in file_diagnostics(str(policy)) if d not in seen)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if not errors:
+        return None
+    plural = "s" if len(errors) != 1 else ""
+    return f"{format_all(errors)}\nhexarch up: {len(errors)} error{plural} in {policy}; nothing started"
+
+
+def bundle_polling(policy: Path) -> tuple[int, int]:
+    """OPA's bundle polling delays (min, max): `opa.bundle_polling_seconds` of the file, else 1-2 s."""
+    from sidecar.settings import load_settings
+
+    seconds = load_settings(str(policy), env=dict(os.environ)).opa_bundle_polling_seconds
+    if seconds is None:
+        return StackOptions.polling_min_seconds, StackOptions.polling_max_seconds
+    return seconds, seconds
+
+
 def _anonymous_needed(policy: Path, env: Mapping[str, str]) -> bool:
     """True when the policy file declares no API keys, so the demo must work without one."""
     from sidecar.settings import load_settings
@@ -459,8 +495,13 @@ def run(args: argparse.Namespace) -> int:
     if not policy.is_file():
         print(f"hexarch up: policy file {policy} not found", file=sys.stderr)
         return 2
+    problems = validate_file(policy)
+    if problems is not None:  # nothing is started for a file `hexarch check` would refuse
+        print(problems, file=sys.stderr)
+        return 1
     try:
         demo = args.demo or not upstream_configured(policy)
+        polling = bundle_polling(policy)
     except SidecarError as exc:  # the settings in the file are invalid: the diagnostics say where
         print(f"hexarch up: {exc}", file=sys.stderr)
         return 1
@@ -480,6 +521,8 @@ def run(args: argparse.Namespace) -> int:
         work_dir=Path(args.work_dir),
         demo_latency_ms=args.demo_latency_ms,
         demo_failure_rate=args.demo_failure_rate,
+        polling_min_seconds=polling[0],
+        polling_max_seconds=polling[1],
     )
     stop = threading.Event()
 
