@@ -160,25 +160,25 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         "sidecar.trusted_headers.user",
         "`X-Hexarch-User`",
         "principal id header",
-        f"{_HTTP}::test_trusted_headers_principal",
+        f"{_SEED}::test_trusted_header_fields_reach_the_policy",
     ),
     SettingDoc(
         "sidecar.trusted_headers.team",
         "`X-Hexarch-Team`",
         "team header",
-        f"{_HTTP}::test_trusted_headers_principal",
+        f"{_SEED}::test_trusted_header_fields_reach_the_policy",
     ),
     SettingDoc(
         "sidecar.trusted_headers.roles",
         "`X-Hexarch-Roles`",
         "comma-separated roles header",
-        f"{_HTTP}::test_trusted_headers_principal",
+        f"{_SEED}::test_trusted_header_fields_reach_the_policy",
     ),
     SettingDoc(
         "sidecar.trusted_headers.tier",
         "`X-Hexarch-Tier`",
         "tier header",
-        f"{_HTTP}::test_trusted_headers_principal",
+        f"{_SEED}::test_trusted_header_fields_reach_the_policy",
     ),
     SettingDoc(
         "sidecar.trusted_headers.resource_owner",
@@ -368,7 +368,7 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         "<upstream>.api",
         "`openai`",
         "`ollama` or `openai`: field of an added output cap on generic routes",
-        f"{_SEED}::test_builtin_routes_false_leaves_only_the_configured_routes",
+        "tests/sidecar/test_output_allowance.py::test_the_cap_is_written_in_the_field_each_upstream_reads",
         "HEXARCH_UPSTREAM_API",
     ),
     SettingDoc(
