@@ -113,12 +113,13 @@ class DecisionLog:
         self.format = settings.log_format
         self.prompts = settings.log_prompts
         self._stream: TextIO | None = None
+        self._to_stdout = False
 
     def open(self) -> None:
         if not self.enabled:
             return
         if self.path is None:
-            self._stream = sys.stdout
+            self._to_stdout = True  # whatever sys.stdout is when a line is written
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         # line-buffered: each decision reaches the file as it is written
@@ -136,16 +137,17 @@ class DecisionLog:
 
     def close(self) -> None:
         stream, self._stream = self._stream, None
-        if stream is not None and stream is not sys.stdout:
+        self._to_stdout = False
+        if stream is not None:
             stream.close()
 
     def write(self, record: DecisionRecord) -> None:
-        stream = self._stream
+        stream = sys.stdout if self._to_stdout else self._stream
         if stream is None:
             return
         try:
             stream.write(record.line(self.format, self.prompts) + "\n")
-            if stream is sys.stdout:
+            if self._to_stdout:
                 stream.flush()
         except (OSError, ValueError) as exc:  # disk full, closed stream: the request still succeeds
             logger.warning("decision log write failed: %s", exc)

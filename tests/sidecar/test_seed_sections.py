@@ -105,6 +105,7 @@ class Recorder:
 
     calls: list[tuple[str, Any]] = field(default_factory=list)
     fail: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # token counts added to the reply
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.json() if request.body_exists else None
@@ -112,7 +113,7 @@ class Recorder:
         if self.fail > 0:
             self.fail -= 1
             return web.json_response({"error": "busy"}, status=503)
-        return web.json_response({"response": "Hello from TinyLlama"})
+        return web.json_response({"response": "Hello from TinyLlama", **self.counts})
 
 
 @pytest.fixture(scope="module")
@@ -285,6 +286,35 @@ async def test_flat_message_is_counted_and_refused_by_a_token_window(seed: tuple
     assert doc["error"]["policy"] == "lengths" and doc["error"]["param"] == "message"
     status, _ = await call(h, "POST", "/api/chat", json={"message": "short"})
     assert status == 200
+
+
+async def test_flat_reply_counts_are_settled(
+    capsys: pytest.CaptureFixture[str], seed: tuple[Harness, Recorder]
+) -> None:  # capsys first: the decision log takes stdout when the sidecar starts
+    h, recorder = seed
+    settled: dict[str, Any] = {}
+
+    async def decision_line(decision_id: str) -> dict[str, Any]:
+        # The decision log (stdout here) has the line once the usage is settled.
+        for _ in range(200):
+            for line in capsys.readouterr().out.splitlines():
+                record = json.loads(line)
+                settled[record["decision_id"]] = record
+            if decision_id in settled:
+                return settled[decision_id]
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"no decision log line for {decision_id}")
+
+    recorder.counts = {"prompt_tokens": 5, "completion_tokens": 7}
+    async with h.session.post(h.url("/api/chat"), json={"message": "Hi"}) as resp:
+        assert resp.status == 200
+        counted = await decision_line(resp.headers["X-Hexarch-Decision-Id"])
+    assert (counted["prompt_tokens"], counted["completion_tokens"]) == (5, 7)
+    recorder.counts = {}  # the app's plain {"response": ...}: the estimate and the reservation stand
+    async with h.session.post(h.url("/api/chat"), json={"message": "Hi"}) as resp:
+        assert resp.status == 200
+        reserved = await decision_line(resp.headers["X-Hexarch-Decision-Id"])
+    assert (reserved["prompt_tokens"], reserved["completion_tokens"]) == (1, 64)
 
 
 # --- principal fields and resource_owner, as OPA sees them -------------------------------------------
