@@ -80,6 +80,7 @@ class StackOptions:
     polling_max_seconds: int = 2
     # False: the sidecar writes to this terminal (its decision log is what a developer watches).
     sidecar_log_file: bool = False
+    decision_log: str | None = None  # `logging.file` of the policy; None: the sidecar's stdout
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -207,6 +208,13 @@ def bundle_polling(policy: Path) -> tuple[int, int]:
     if seconds is None:
         return StackOptions.polling_min_seconds, StackOptions.polling_max_seconds
     return seconds, seconds
+
+
+def _decision_log(policy: Path) -> str | None:
+    from sidecar.settings import load_settings
+
+    settings = load_settings(str(policy), env=dict(os.environ))
+    return settings.log_file if settings.log_decisions else "off (logging.enabled: false)"
 
 
 def _anonymous_needed(policy: Path, env: Mapping[str, str]) -> bool:
@@ -480,6 +488,7 @@ def banner(stack: Stack) -> str:
     lines += [
         f"  policy    {stack.options.policy}   (edits are live within seconds)",
         f"  logs      {stack.work_dir}",
+        f"  decisions {stack.options.decision_log or 'this terminal'}   (one line per request)",
         "",
         "Try:",
         f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\",
@@ -502,6 +511,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         demo = args.demo or not upstream_configured(policy)
         polling = bundle_polling(policy)
+        decision_log = _decision_log(policy)
     except SidecarError as exc:  # the settings in the file are invalid: the diagnostics say where
         print(f"hexarch up: {exc}", file=sys.stderr)
         return 1
@@ -523,6 +533,7 @@ def run(args: argparse.Namespace) -> int:
         demo_failure_rate=args.demo_failure_rate,
         polling_min_seconds=polling[0],
         polling_max_seconds=polling[1],
+        decision_log=decision_log,
     )
     stop = threading.Event()
 
