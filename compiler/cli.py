@@ -17,12 +17,8 @@ from compiler.diagnostics import Diagnostic
 from compiler.errors import CompilerError, PolicyError
 from compiler.model import PolicyFile
 
-# Checks of the sections other packages own (sidecar/settings.py: `sidecar`, `logging`, `opa`,
-# upstream sections), run on the same file so every command reports the whole file's problems.
-FileCheck = Callable[[str], Sequence[Diagnostic]]
 
-
-def register(subparsers: Any, file_checks: Sequence[FileCheck] = ()) -> None:
+def register(subparsers: Any) -> None:
     compile_p = subparsers.add_parser(
         "compile", help="compile hexarch.yaml into an OPA bundle", description="Compile a policy file."
     )
@@ -37,20 +33,20 @@ def register(subparsers: Any, file_checks: Sequence[FileCheck] = ()) -> None:
         help="JWT algorithm of the signature: RS256 (default) or PS256 for RSA keys, ES256/ES384/ES512 "
         "for EC keys, HS256 for an HMAC secret",
     )
-    compile_p.set_defaults(func=run_compile, file_checks=tuple(file_checks))
+    compile_p.set_defaults(func=run_compile)
 
     check_p = subparsers.add_parser(
         "check", help="validate hexarch.yaml", description="Validate a policy file."
     )
     check_p.add_argument("policy", help="the policy file (hexarch.yaml)")
-    check_p.set_defaults(func=run_check, file_checks=tuple(file_checks))
+    check_p.set_defaults(func=run_check)
 
     test_p = subparsers.add_parser(
         "test", help="compile and run `opa test` on the bundle", description="Compile and test a policy file."
     )
     test_p.add_argument("policy", help="the policy file (hexarch.yaml)")
     test_p.add_argument("-v", "--verbose", action="store_true", help="list every test")
-    test_p.set_defaults(func=run_test, file_checks=tuple(file_checks))
+    test_p.set_defaults(func=run_test)
 
 
 def _fail(exc: CompilerError) -> int:
@@ -61,6 +57,13 @@ def _fail(exc: CompilerError) -> int:
     else:
         print(f"hexarch: error: {exc}", file=sys.stderr)
     return 1
+
+
+# Checks of the sections other packages own (sidecar/settings.py: `sidecar`, `logging`, `opa`,
+# upstream sections), run on the same file so every command reports the whole file's problems. The
+# `hexarch` entry point (sidecar/cli.py) sets them as the `file_checks` default of these commands.
+FileCheck = Callable[[str], Sequence[Diagnostic]]
+WHOLE_FILE_COMMANDS = ("compile", "check", "test")
 
 
 def whole_file(args: argparse.Namespace, exc: PolicyError | None = None) -> None:

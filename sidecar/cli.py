@@ -19,7 +19,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="hexarch", description="Policy sidecar for LLM traffic.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    compiler_cli.register(sub, file_checks=(file_diagnostics,))
+    compiler_cli.register(sub)
+    # One owner per section: the compiler's commands also report the settings' sections.
+    for name in compiler_cli.WHOLE_FILE_COMMANDS:
+        sub.choices[name].set_defaults(file_checks=(file_diagnostics,))
     sidecar_commands.register(sub)
     return parser
 
