@@ -881,6 +881,15 @@ class _Emitter:
         self.expect(
             f, policy, rule, code, f"r{rule.index}_anonymous", "an anonymous principal", anonymous, True
         )
+        if rule.self_owned:
+            owner = {**doc, "resource_owner": outsider}
+            self.expect(
+                f, policy, rule, code, f"r{rule.index}_self", f"@self: {outsider} owns it", owner, False
+            )
+            stranger = {**doc, "resource_owner": self.other("owner")}
+            self.expect(
+                f, policy, rule, code, f"r{rule.index}_not_self", "@self: another owns it", stranger, True
+            )
         self.confirm_variant(f, policy, rule, code, doc)
         if rule.resource != "*":
             self.expect(

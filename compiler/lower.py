@@ -123,6 +123,7 @@ def lower(model: PolicyFile) -> Config:
                         "operation": rule.operation,
                         "users": list(rule.users),
                         "roles": list(rule.roles),
+                        "self": rule.self_owned,
                         "action": rule.action,
                     }
                 )

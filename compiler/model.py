@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from compiler.diagnostics import Diagnostic
+
 Scalar = str | int | float | bool | None
 
 Action = Literal["block", "warn", "allow", "require_confirmation"]
@@ -110,6 +112,8 @@ class AccessRule:
     roles: tuple[str, ...]
     action: Action
     description: str | None = None
+    # `@self`: the principal owns the resource named in the request (input.resource_owner == its id).
+    self_owned: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,8 @@ class PolicyFile:
     custom: tuple[CustomPolicy, ...]
     policies: tuple[Policy, ...]
     upstreams: tuple[Upstream, ...]
+    # Located warnings (valid but suspicious forms); `--strict` makes them fail.
+    warnings: tuple[Diagnostic, ...] = ()
 
     @property
     def enabled_policies(self) -> tuple[Policy, ...]:

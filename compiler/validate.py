@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import cast
 
 from compiler.diagnostics import did_you_mean
 from compiler.errors import PolicyError
+from compiler.lint import lint
 from compiler.model import (
     DEFAULT_MAX_OUTPUT_TOKENS,
     WEEKDAYS,
@@ -69,7 +71,8 @@ LOG_FORMATS = ("json", "text")
 # Which keys give a rule its kind, and which other keys each kind accepts (docs/architecture.md).
 KIND_KEYS: dict[str, tuple[str, ...]] = {
     "rate": ("requests_per_minute", "requests_per_hour", "requests_per_day"),
-    "budget": ("monthly_budget_usd", "daily_budget_usd"),
+    # `monthly_budget` / `daily_budget` are the newer seed spelling of the same USD budgets.
+    "budget": ("monthly_budget_usd", "daily_budget_usd", "monthly_budget", "daily_budget"),
     "tokens": (
         "max_tokens_per_request",
         "max_tokens_per_minute",
@@ -117,8 +120,13 @@ LIMIT_KEYS: dict[str, tuple[str, int, str | None]] = {
     "max_tokens_per_day": ("tpd", 86400, None),
     "daily_budget_usd": ("day", 0, "day"),
     "monthly_budget_usd": ("month", 0, "month"),
+    "daily_budget": ("day", 0, "day"),
+    "monthly_budget": ("month", 0, "month"),
 }
 
+# `@self` in allowed_users is not a role: the principal owns the resource the request names.
+SELF_ROLE = "self"
+PERIOD_NAMES = {"day": "daily", "month": "monthly"}
 PRICE_DECIMALS = 9
 POLICY_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 CUSTOM_ID = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -134,7 +142,7 @@ def validate(tree: Node, base_dir: Path | None = None) -> PolicyFile:
         if not v.diags:  # pragma: no cover - _validate_file only returns None after reporting
             v.error(tree, "invalid policy file")
         raise PolicyError(v.diags)
-    return model
+    return replace(model, warnings=(*v.warnings, *lint(model, tree)))
 
 
 def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
@@ -144,6 +152,8 @@ def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
     for key, value in tree.items():
         name = str(key.value)
         if name in TOP_LEVEL_KEYS or name.startswith(EXTENSION_PREFIX):
+            continue
+        if value.kind == "mapping" and value.get("api_url") is not None:  # TEMPORARY: see _opa
             continue
         if value.kind == "mapping" and value.get("base_url") is not None:
             base_url = v.string(value.get("base_url"), f"'{name}.base_url'")
@@ -223,7 +233,9 @@ def _timezone(v: Reader, node: Node | None) -> str | None:
 def _logging(v: Reader, node: Node | None) -> LoggingConfig:
     if node is None or not v.mapping(node, "'logging'"):
         return LoggingConfig()
-    v.check_keys(node, ("level", "file", "log_prompts", "format"), "'logging'")
+    # TEMPORARY (issue7-compiler): `enabled` accepted until issue7-sidecar moves this section to
+    # sidecar/settings.py; on merge, take issue7-sidecar's version of this function (it deletes it).
+    v.check_keys(node, ("level", "file", "log_prompts", "format", "enabled"), "'logging'")
     default = LoggingConfig()
     level = v.choice(node.get("level"), LOG_LEVELS, "log level")
     log_file = v.string(node.get("file"), "'logging.file'")
@@ -240,7 +252,10 @@ def _logging(v: Reader, node: Node | None) -> LoggingConfig:
 def _opa(v: Reader, node: Node | None) -> OpaConfig:
     if node is None or not v.mapping(node, "'opa'"):
         return OpaConfig()
-    v.check_keys(node, ("url", "timeout_ms", "decision_path", "bundle_polling_seconds"), "'opa'")
+    # TEMPORARY (issue7-compiler): seed keys accepted until issue7-sidecar moves this section to
+    # sidecar/settings.py; on merge, take issue7-sidecar's version of this function (it deletes it).
+    keys = ("url", "timeout_ms", "decision_path", "bundle_polling_seconds", "timeout_seconds")
+    v.check_keys(node, (*keys, "health_check_interval"), "'opa'")
     default = OpaConfig()
     url_node = node.get("url")
     url = v.string(url_node, "'opa.url'")
@@ -390,6 +405,9 @@ def _rule(v: Reader, node: Node, index: int) -> Rule | None:
         return None
     keys = node.keys()
     kinds = [kind for kind, ids in KIND_KEYS.items() if any(k in keys for k in ids)]
+    if not kinds and _confirmation_by_action(node):
+        # The seed's form: `operation: delete, action: require_confirmation`, with no `requires`.
+        kinds = ["confirmation"]
     if len(kinds) != 1:
         known = {k for ids in (*KIND_KEYS.values(), *OTHER_KEYS.values()) for k in ids} | {"description"}
         unknown = [(key, str(key.value)) for key, _ in node.items() if str(key.value) not in known]
@@ -448,10 +466,30 @@ def _rule(v: Reader, node: Node, index: int) -> Rule | None:
         principals = _principals(v, node.get("allowed_users"), "'allowed_users'")
         if principals is None:
             return None
-        return AccessRule(index, resource, operation, principals[0], principals[1], action, description)
+        users, roles = principals
+        return AccessRule(
+            index,
+            resource,
+            operation,
+            users,
+            tuple(r for r in roles if r != SELF_ROLE),
+            action,
+            description,
+            self_owned=SELF_ROLE in roles,
+        )
     if kind == "confirmation":
         return _confirmation_rule(v, node, index, resource, operation, action, description)
     return _feature_rule(v, node, index, action, description)
+
+
+def _confirmation_by_action(node: Node) -> bool:
+    action = node.get("action")
+    return (
+        node.get("operation") is not None
+        and action is not None
+        and action.kind == "scalar"
+        and action.value == "require_confirmation"
+    )
 
 
 def _action(v: Reader, node: Node, kind: str) -> tuple[Action, float | None]:
@@ -475,6 +513,17 @@ def _action(v: Reader, node: Node, kind: str) -> tuple[Action, float | None]:
                 v.error(action_node, f"'{text}': the warning threshold must be between 1% and 99%")
             else:
                 warn_at = _ratio(percent)
+        elif text == "allow":
+            # `allow` never weakens a rule (docs/policy-format.md, "action: allow"): an allow-list
+            # entry lists a permitted model and the list refuses every other; on every other kind the
+            # rule keeps its default action, with a warning saying so.
+            action = default
+            if kind != "model" or _allowed_flag(node) is False:
+                v.warn(
+                    action_node,
+                    f"'action: allow' does not switch off a {kind} rule: it is enforced as '{default}'",
+                    "to switch a rule off, set 'enabled: false' on its policy, or delete the rule",
+                )
         elif text in ACTIONS:
             action = cast(Action, text)
             if kind in LIMIT_KINDS and action == "require_confirmation":
@@ -503,6 +552,14 @@ def _action(v: Reader, node: Node, kind: str) -> tuple[Action, float | None]:
             continue
         warn_at = ratio
     return action, warn_at
+
+
+def _allowed_flag(node: Node) -> bool | None:
+    """The `allowed` flag of a model rule as written (None when absent or not a boolean)."""
+    allowed = node.get("allowed")
+    if allowed is None or not isinstance(allowed.value, bool):
+        return None
+    return allowed.value
 
 
 _WARN_AT_LOOSE = re.compile(r"^\s*warn[\s_-]*at[\s_-]*(\d+(?:\.\d+)?)\s*%?\s*$", re.IGNORECASE)
@@ -537,11 +594,21 @@ def _limit_rule(
     scope = cast(Scope, v.choice(node.get("scope"), SCOPES, "scope") or "global")
     limits: list[LimitSpec] = []
     ok = True
+    given: dict[str, str] = {}
     for key in KIND_KEYS[kind]:
         amount_node = node.get(key)
         if amount_node is None:
             continue
         suffix, window, period = LIMIT_KEYS[key]
+        if suffix in given:
+            v.error(
+                amount_node,
+                f"'{key}' and '{given[suffix]}' both set the {PERIOD_NAMES[str(period)]} budget",
+                "give it once (both spellings are in USD)",
+            )
+            ok = False
+            continue
+        given[suffix] = key
         if kind == "budget":
             usd = v.number(amount_node, f"'{key}'")
             if usd is not None and usd <= 0:
@@ -577,7 +644,7 @@ def _limit_rule(
 
 
 def _key_of(suffix: str) -> str:
-    return next(key for key, (s, _, _) in LIMIT_KEYS.items() if s == suffix)
+    return next(key for key, (s, _, _) in LIMIT_KEYS.items() if s == suffix)  # the first spelling
 
 
 def _param_rule(
@@ -745,7 +812,7 @@ def _confirmation_rule(
     types = (
         v.strings(node.get("resource_types"), "'resource_types'") if node.get("resource_types") else ("*",)
     )
-    if types is None or requires != "confirmation":
+    if types is None or (requires_node is not None and requires != "confirmation"):
         return None
     return ConfirmationRule(index, operation, resource, types, action, description)
 
