@@ -88,7 +88,9 @@ def _unpriced_budgets(model: PolicyFile, policy_nodes: tuple[Node, ...]) -> Iter
         }
     )
     if listed:
-        unpriced = [m for m in listed if not any(glob_match(p.model, m) for p in model.pricing)]
+        unpriced = [
+            m for m in listed if not any(p.model == m or glob_match(p.model, m) for p in model.pricing)
+        ]
     else:
         unpriced = [] if any(p.model == "*" for p in model.pricing) else ["any model"]
     if not unpriced:

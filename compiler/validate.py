@@ -142,7 +142,8 @@ def validate(tree: Node, base_dir: Path | None = None) -> PolicyFile:
         if not v.diags:  # pragma: no cover - _validate_file only returns None after reporting
             v.error(tree, "invalid policy file")
         raise PolicyError(v.diags)
-    return replace(model, warnings=(*v.warnings, *lint(model, tree)))
+    found = (*v.warnings, *lint(model, tree))
+    return replace(model, warnings=tuple(sorted(found, key=lambda d: (d.line, d.col, d.message))))
 
 
 def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
