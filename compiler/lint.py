@@ -14,7 +14,7 @@ import dataclasses
 from collections.abc import Iterator
 
 from compiler.diagnostics import Diagnostic
-from compiler.model import WEEKDAYS, BudgetRule, ModelRule, PolicyFile, TimeRule, glob_match
+from compiler.model import WEEKDAYS, LimitRule, ModelRule, PolicyFile, TimeRule, glob_match
 from compiler.parse import Node
 
 WHOLE_DAY = 24 * 60
@@ -102,7 +102,7 @@ def _unpriced_budgets(model: PolicyFile, policy_nodes: tuple[Node, ...]) -> Iter
         if rules_node is None or rules_node.kind != "sequence":
             continue
         for rule in policy.rules:
-            if not isinstance(rule, BudgetRule):
+            if not isinstance(rule, LimitRule) or rule.kind != "budget":
                 continue
             node = rules_node.elements()[rule.index]
             key = next((k for k in node.keys() if "budget" in k), None)  # noqa: SIM118 - Node, not dict

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 from compiler.diagnostics import Diagnostic
 
@@ -19,6 +19,7 @@ Scalar = str | int | float | bool | None
 Action = Literal["block", "warn", "allow", "require_confirmation"]
 Scope = Literal["global", "principal", "team"]
 Enforcement = Literal["strict", "warn", "monitor"]
+LimitKind = Literal["rate", "tokens", "budget"]
 
 WEEKDAYS: tuple[str, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -34,29 +35,10 @@ class LimitSpec:
 
 
 @dataclass(frozen=True)
-class RateRule:
-    index: int
-    resource: str
-    limits: tuple[LimitSpec, ...]
-    scope: Scope
-    action: Action
-    warn_at: float | None
-    description: str | None = None
+class LimitRule:
+    """A rate, token or budget rule: the three kinds share one shape, told apart by `kind`."""
 
-
-@dataclass(frozen=True)
-class TokenRule:
-    index: int
-    resource: str
-    limits: tuple[LimitSpec, ...]
-    scope: Scope
-    action: Action
-    warn_at: float | None
-    description: str | None = None
-
-
-@dataclass(frozen=True)
-class BudgetRule:
+    kind: LimitKind
     index: int
     resource: str
     limits: tuple[LimitSpec, ...]
@@ -68,6 +50,7 @@ class BudgetRule:
 
 @dataclass(frozen=True)
 class ParamRule:
+    kind: ClassVar[str] = "param"
     index: int
     parameter: str
     min: int | float | None
@@ -82,6 +65,7 @@ class ParamRule:
 
 @dataclass(frozen=True)
 class TimeRule:
+    kind: ClassVar[str] = "time"
     index: int
     operation: str
     resource: str
@@ -95,6 +79,7 @@ class TimeRule:
 
 @dataclass(frozen=True)
 class ModelRule:
+    kind: ClassVar[str] = "model"
     index: int
     patterns: tuple[str, ...]
     allowed: bool
@@ -105,6 +90,7 @@ class ModelRule:
 
 @dataclass(frozen=True)
 class AccessRule:
+    kind: ClassVar[str] = "access"
     index: int
     resource: str
     operation: str
@@ -118,6 +104,7 @@ class AccessRule:
 
 @dataclass(frozen=True)
 class ConfirmationRule:
+    kind: ClassVar[str] = "confirmation"
     index: int
     operation: str
     resource: str
@@ -128,6 +115,7 @@ class ConfirmationRule:
 
 @dataclass(frozen=True)
 class FeatureRule:
+    kind: ClassVar[str] = "feature"
     index: int
     feature: str
     enabled: bool
@@ -138,18 +126,7 @@ class FeatureRule:
     description: str | None = None
 
 
-Rule = (
-    RateRule
-    | TokenRule
-    | BudgetRule
-    | ParamRule
-    | TimeRule
-    | ModelRule
-    | AccessRule
-    | ConfirmationRule
-    | FeatureRule
-)
-LimitRule = RateRule | TokenRule | BudgetRule
+Rule = LimitRule | ParamRule | TimeRule | ModelRule | AccessRule | ConfirmationRule | FeatureRule
 
 
 @dataclass(frozen=True)
