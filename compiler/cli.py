@@ -17,6 +17,19 @@ from compiler.diagnostics import Diagnostic
 from compiler.errors import CompilerError, PolicyError
 from compiler.model import PolicyFile
 
+STRICT_HELP = "fail (exit 1) on warnings too, not only on errors"
+
+
+def _warnings_fail(model: PolicyFile, args: argparse.Namespace) -> bool:
+    """Print the model's located warnings on stderr; True when --strict makes them fatal."""
+    for warning in model.warnings:
+        print(warning.format(), file=sys.stderr)
+    if model.warnings and getattr(args, "strict", False):
+        count = len(model.warnings)
+        print(f"{count} warning{'s' if count != 1 else ''} (--strict)", file=sys.stderr)
+        return True
+    return False
+
 
 def register(subparsers: Any) -> None:
     compile_p = subparsers.add_parser(
@@ -39,6 +52,7 @@ def register(subparsers: Any) -> None:
         "check", help="validate hexarch.yaml", description="Validate a policy file."
     )
     check_p.add_argument("policy", help="the policy file (hexarch.yaml)")
+    check_p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     check_p.set_defaults(func=run_check)
 
     test_p = subparsers.add_parser(
@@ -46,6 +60,7 @@ def register(subparsers: Any) -> None:
     )
     test_p.add_argument("policy", help="the policy file (hexarch.yaml)")
     test_p.add_argument("-v", "--verbose", action="store_true", help="list every test")
+    test_p.add_argument("--strict", action="store_true", help=STRICT_HELP)
     test_p.set_defaults(func=run_test)
 
 
@@ -131,6 +146,8 @@ def run_check(args: argparse.Namespace) -> int:
         emit_tests(model, lower(model))
     except CompilerError as exc:
         return _fail(exc)
+    if _warnings_fail(model, args):
+        return 1
     print(f"{args.policy}: ok ({_summary(model)})")
     return 0
 
@@ -153,6 +170,8 @@ def run_test(args: argparse.Namespace) -> int:
             result = opa_test_bundle(bundle_dir, verbose=args.verbose)
     except CompilerError as exc:
         return _fail(exc)
+    if _warnings_fail(compiled.model, args):
+        return 1
     # opa prints paths inside the temporary directory; show them relative to the bundle.
     output = (result.stdout + result.stderr).replace(f"{bundle_dir}/", "")
     print(output.rstrip(), flush=True)
