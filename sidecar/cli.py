@@ -15,11 +15,13 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     from compiler import cli as compiler_cli
     from sidecar import commands as sidecar_commands
+    from sidecar.injector import command as injector_command
 
     parser = argparse.ArgumentParser(prog="hexarch", description="Policy sidecar for LLM traffic.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compiler_cli.register(sub)
     sidecar_commands.register(sub)
+    injector_command.register(sub)
     return parser
 
 
