@@ -244,3 +244,13 @@ def test_config_keys_change_what_is_injected(tmp_path: Path, injector: Injector)
     assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:9090/v1"} in app_env
     volume = next(op["value"] for op in patch if op["path"] == "/spec/volumes")
     assert volume[0]["configMap"]["name"] == "pol"
+
+
+def test_every_injector_config_key_is_documented() -> None:
+    from dataclasses import fields
+
+    from sidecar.injector.config import InjectorConfig
+
+    docs = (ROOT / "docs" / "kubernetes.md").read_text()
+    for f in fields(InjectorConfig):
+        assert f"| `{f.name}` |" in docs, f.name
