@@ -55,6 +55,7 @@ from sidecar.principal import Principal, PrincipalResolver
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros, output_allowance, reserved_output
 from sidecar.settings import PLAIN_PLACEHOLDER, Settings
+from sidecar.stats import StatsTags
 from sidecar.upstream import Reply, UpstreamClient
 
 logger = logging.getLogger("hexarch.sidecar")
@@ -89,6 +90,7 @@ class _Ticket:
     pricing: Mapping[str, Any] | None
     reservation: int  # output tokens reserved: charged when the upstream reports no usage
     hide_usage_chunk: bool  # the sidecar asked for the stream's usage event; the client did not
+    tags: StatsTags | None = None  # who and what, for the usage statistics (sidecar/stats.py)
 
 
 def _window_text(lim: Limit) -> str:
@@ -126,6 +128,8 @@ class Proxy:
         self._services: Services | None = None
         self._fail_open = settings.fail_mode == "fail_open"
         self._log = settings.log_decisions
+        # Called once per settled request (sidecar/api_v1.py counts it in the usage statistics).
+        self.settled_hooks: list[Callable[[str, StatsTags, Usage], Awaitable[None]]] = []
 
     def attach(self, services: Services | None) -> None:
         self._services = services
@@ -239,6 +243,9 @@ class Proxy:
             pricing=pricing,
             reservation=reserved_output(norm.max_output_tokens, limits, pricing, norm.prompt_tokens),
             hide_usage_chunk=hide_usage_chunk,
+            tags=StatsTags(
+                principal.id, principal.team, norm.model, tuple(sorted({lim.policy for lim in limits}))
+            ),
         )
         return await self._forward(request, ep, forwarded, norm, extra, ticket, rec)
 
@@ -534,6 +541,9 @@ class Proxy:
     async def _settle(self, ticket: _Ticket, usage: Usage, rec: DecisionRecord) -> None:
         try:
             await ticket.store.settle(ticket.admission, usage)
+            if ticket.tags is not None:
+                for hook in self.settled_hooks:
+                    await hook(ticket.admission.reservation_id, ticket.tags, usage)
         except CounterStoreError as exc:
             self.s.metrics.redis_errors.inc()
             logger.warning("settling %s failed (its reservation expires by TTL): %s", rec.decision_id, exc)
