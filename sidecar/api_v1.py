@@ -42,7 +42,15 @@ from sidecar.counters import (
     limits_from_decision,
 )
 from sidecar.decision_log import DecisionRecord, emit
-from sidecar.errors import BadRequest, CounterStoreError, NotFound, PolicyEngineError, RequestError
+from sidecar.errors import (
+    BadRequest,
+    CounterStoreError,
+    Forbidden,
+    Gone,
+    NotFound,
+    PolicyEngineError,
+    RequestError,
+)
 from sidecar.errors_http import JSON, error_response, request_error_response
 from sidecar.ingress import Normalised
 from sidecar.principal import Principal
@@ -64,12 +72,6 @@ SWEEP_SECONDS = 1.0
 _SWEEP_BATCH = 100
 OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
 _MAX_TEXT = 256
-
-
-class Forbidden(RequestError):
-    status = 403
-    type = "permission_error"
-    code = "forbidden"
 
 
 # --------------------------------------------------------------------------------------------
@@ -527,7 +529,14 @@ class ApiV1:
         assert prompt is not None and completion is not None
         ticket = await self._load(rid)
         if ticket is None:
-            if await self.stats.counted(rid):
+            counted = await self.stats.counted(rid)
+            if counted == "expired":
+                raise Gone(
+                    f"reservation {rid!r} was released when its settle deadline passed",
+                    param="reservation_id",
+                    code="reservation_expired",
+                )
+            if counted:
                 return _reply(
                     {"reservation_id": rid, "settled": True, "already_settled": True, "usage": None}
                 )
@@ -600,7 +609,7 @@ class ApiV1:
             # The request stays counted; what it reserved of tokens and budgets goes back.
             usage = Usage(0, 0, 0)
             await self.s.counters.settle(ticket.admission(), usage)
-            if await self.stats.record(rid, ticket.tags, usage, drop_ticket=True):
+            if await self.stats.record(rid, ticket.tags, usage, drop_ticket=True, expired=True):
                 released += 1
         return released
 

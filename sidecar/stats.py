@@ -117,7 +117,13 @@ class StatsStore:
         return budget_period("day", now, self._tz)[0], budget_period("month", now, self._tz)[0]
 
     async def record(
-        self, reservation_id: str, tags: StatsTags, usage: Usage, *, drop_ticket: bool = False
+        self,
+        reservation_id: str,
+        tags: StatsTags,
+        usage: Usage,
+        *,
+        drop_ticket: bool = False,
+        expired: bool = False,
     ) -> bool:
         """Count one settled request; False when this reservation was counted before."""
         day, month = self._labels()
@@ -133,6 +139,7 @@ class StatsStore:
             MONTH_TTL_SECONDS,
             MARKER_TTL_SECONDS,
             reservation_id,
+            "expired" if expired else "settled",
             *_increments(tags, usage),
         ]
         try:
@@ -144,9 +151,11 @@ class StatsStore:
             raise CounterStoreError(f"recording usage statistics failed: {exc}") from exc
         return bool(int(done))
 
-    async def counted(self, reservation_id: str) -> bool:
+    async def counted(self, reservation_id: str) -> str | None:
+        """How a reservation was counted: "settled", "expired" (released by the sweeper) or None."""
         try:
-            return bool(await self._redis.exists(redis_keys.stats_marker_key(reservation_id)))
+            value = await self._redis.get(redis_keys.stats_marker_key(reservation_id))
+            return value.decode() if isinstance(value, bytes) else value
         except REDIS_FAILURES as exc:
             raise CounterStoreError(f"reading usage statistics failed: {exc}") from exc
 

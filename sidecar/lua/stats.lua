@@ -9,14 +9,15 @@
 -- ARGV[2]      TTL of the month hash, seconds
 -- ARGV[3]      TTL of the marker, seconds
 -- ARGV[4]      the reservation id (member of KEYS[5])
--- ARGV[5..]    field, increment, field, increment, ...
+-- ARGV[5]      the marker's value: "settled" or "expired"
+-- ARGV[6..]    field, increment, field, increment, ...
 --
 -- Returns 1 when counted now, 0 when the reservation was counted before (nothing changes).
 
-if not redis.call('SET', KEYS[3], '1', 'NX', 'EX', tonumber(ARGV[3])) then
+if not redis.call('SET', KEYS[3], ARGV[5], 'NX', 'EX', tonumber(ARGV[3])) then
   return 0
 end
-for i = 5, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   local n = tonumber(ARGV[i + 1])
   if n ~= 0 then
     redis.call('HINCRBY', KEYS[1], ARGV[i], n)
