@@ -398,6 +398,7 @@ class ApiV1:
             rec.finished = time.perf_counter()
             metrics = self.s.metrics
             metrics.child(metrics.requests, rec.outcome, rec.policy or "").inc()
+            metrics.observe_request(f"{PREFIX}/check", model, principal.team, rec.status or 503)
             if self._settings.log_decisions:
                 emit(rec)
 
@@ -457,6 +458,12 @@ class ApiV1:
             return admitted
         admission, store = admitted
         reply["limits"] = [_limit_row(s) for s in admission.states]
+        for state in admission.states:
+            lim = state.limit
+            if lim.unit == "usd_micros" and admission.admitted:
+                self.s.metrics.set_budget_remaining(
+                    lim.id, lim.subject, state.remaining, lim.limit, lim.warn_at
+                )
         if not admission.admitted:
             norm = Normalised(None, model, doc["params"], tokens, max_output, False)
             return self._refusal(reply, proxy._limited(admission, norm, rec), rec)
@@ -557,6 +564,7 @@ class ApiV1:
         fresh = await self.stats.record(rid, ticket.tags, usage, drop_ticket=True)
         if fresh:
             self._metrics_of(usage)
+            self._observe(ticket.tags, usage)
         return _reply(
             {
                 "reservation_id": rid,
@@ -572,7 +580,13 @@ class ApiV1:
         )
 
     async def _proxied(self, reservation_id: str, tags: StatsTags, usage: Usage) -> None:
+        self._observe(tags, usage)
         await self.stats.record(reservation_id, tags, usage)
+
+    def _observe(self, tags: StatsTags, usage: Usage) -> None:
+        self.s.metrics.observe_settled(
+            tags.model, tags.team, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd_micros
+        )
 
     def _metrics_of(self, usage: Usage) -> None:
         metrics = self.s.metrics

@@ -64,6 +64,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WARNING_HEADER = "X-Hexarch-Warning"
 DECISION_HEADER = "X-Hexarch-Decision-Id"
 _GENERATING_APIS = frozenset({"openai.chat", "openai.completions", "ollama.chat", "ollama.generate", "json"})
+_LABELS = "hexarch.labels"
 _UNIT_WORDS = {"requests": "requests", "tokens": "tokens", "usd_micros": "micro-USD"}
 
 
@@ -162,6 +163,8 @@ class Proxy:
         record.finished = time.perf_counter()
         metrics = self.s.metrics
         metrics.child(metrics.requests, record.outcome, record.policy or "").inc()
+        model, team = request.get(_LABELS, (None, None))
+        metrics.observe_request(endpoint.path, model, team, response.status)
         if self._log and not record.settling:
             emit(record)  # otherwise the settlement job logs the record once it has the usage
         return response
@@ -186,6 +189,7 @@ class Proxy:
         rec.principal = principal.id
         body = decode_body(raw) if ep.has_body else None
         norm = normalise(ep, body)
+        request[_LABELS] = (norm.model, principal.team)  # metric labels (sidecar/metrics.py)
         doc = self._input(request, ep, principal, norm, rec.decision_id)
 
         decision = await self._decide(doc, rec)
@@ -442,7 +446,7 @@ class Proxy:
             lim = state.limit
             if lim.unit == "usd_micros":
                 metrics = self.s.metrics
-                metrics.set_budget_remaining(lim.id, lim.subject, state.remaining)
+                metrics.set_budget_remaining(lim.id, lim.subject, state.remaining, lim.limit, lim.warn_at)
             # A request that named no maximum is capped by the sidecar itself: nothing to warn about.
             if state.warn and not (lim.is_request_cap and not named_max):
                 unit = _UNIT_WORDS[lim.unit]

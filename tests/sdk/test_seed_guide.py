@@ -230,3 +230,39 @@ def test_stats_and_usage_equal_requests_made_through_proxy_and_check(sidecar: St
     assert budget["limit_usd"] == 100.0
     assert budget["spent_usd"] == pytest.approx(stats["by_policy"]["api_budget"]["cost_usd"])
     assert stats["by_policy"]["api_budget"]["requests"] == proxied
+
+
+def sample(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_slice_by_route_model_team_and_stream_first_byte(sidecar: Stack) -> None:
+    import httpx
+
+    from examples.tinyllama_guardrails import TinyLlamaGuarded
+
+    chat = 'hexarch_http_requests_total{model="tinyllama",route="/api/chat",status_class="2xx",team="ops"}'
+    cost = 'hexarch_cost_usd_total{model="tinyllama",team="ops"}'
+    tokens = 'hexarch_settled_tokens_total{kind="completion",model="tinyllama",team="ops"}'
+    first_byte = 'hexarch_stream_first_byte_seconds_count{upstream="tinyllama"}'
+    llama = TinyLlamaGuarded()
+    with httpx.Client(base_url=sidecar.url, headers={"Authorization": f"Bearer {OPS_KEY}"}) as http:
+        before = http.get("/metrics").text
+        assert llama.chat("What is Python?", num_predict=8)
+        body = {"model": "tinyllama", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+        with http.stream("POST", "/v1/chat/completions", json=body) as streamed:
+            assert streamed.status_code == 200 and b"[DONE]" in streamed.read()
+        deadline = time.monotonic() + 10
+        while True:  # cost and tokens are counted by the settlement after each reply
+            text = http.get("/metrics").text
+            if sample(text, tokens) > sample(before, tokens) + 8 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+    assert sample(text, chat) == sample(before, chat) + 1
+    assert sample(text, cost) > sample(before, cost)
+    # Ollama-style /api/chat streams unless told otherwise: both replies were streams
+    assert sample(text, first_byte) == sample(before, first_byte) + 2
+    assert 'hexarch_budget_remaining_usd{limit="api_budget/0/month",subject="tinyllama"}' in text
