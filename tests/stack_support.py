@@ -37,6 +37,7 @@ class Stack:
     demo_url: str
     redis_url: str
     config: Path
+    opa_url: str
 
     @property
     def url(self) -> str:
@@ -77,7 +78,7 @@ def running_stack(redis_server: RedisServer, db: int, tmp: Path) -> Iterator[Sta
         opa = start_policy_opa(config, tmp)
         env = {"HEXARCH_OPA_URL": opa.url, "HEXARCH_REDIS_URL": redis_url, "HEXARCH_LOG_DECISIONS": "false"}
         with serving([config, config], tmp, env) as sidecars:
-            yield Stack(sidecars, demo_url, redis_url, config)
+            yield Stack(sidecars, demo_url, redis_url, config, opa.url)
     finally:
         if opa is not None:
             opa.stop()

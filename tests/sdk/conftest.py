@@ -10,7 +10,7 @@ from tests.support.servers import RedisServer
 DB = 12
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def stack(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     with running_stack(redis_server, DB, tmp_path_factory.mktemp("sdk")) as running:
         yield running
