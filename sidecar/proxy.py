@@ -64,7 +64,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WARNING_HEADER = "X-Hexarch-Warning"
 DECISION_HEADER = "X-Hexarch-Decision-Id"
 _GENERATING_APIS = frozenset({"openai.chat", "openai.completions", "ollama.chat", "ollama.generate", "json"})
-_LABELS = "hexarch.labels"
+_LABELS: web.RequestKey[tuple[str | None, str | None]] = web.RequestKey("hexarch_labels", tuple)
 _UNIT_WORDS = {"requests": "requests", "tokens": "tokens", "usd_micros": "micro-USD"}
 
 
