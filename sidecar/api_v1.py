@@ -521,7 +521,13 @@ class ApiV1:
             raw = await self._redis.get(redis_keys.api_ticket_key(reservation_id))
         except REDIS_FAILURES as exc:
             raise CounterStoreError(f"reading the reservation failed: {exc}") from exc
-        return Ticket.loads(reservation_id, raw) if raw else None
+        if not raw:
+            return None
+        try:
+            return Ticket.loads(reservation_id, raw)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("ignoring unreadable reservation ticket %r: %s", reservation_id, exc)
+            return None
 
     # ----------------------------------------------------------------------------------------
     async def settle(self, request: web.Request, principal: Principal) -> web.StreamResponse:
@@ -595,14 +601,16 @@ class ApiV1:
         metrics.cost.inc(usage.cost_usd_micros)
 
     async def _sweep_forever(self) -> None:
+        delay = SWEEP_SECONDS
         while True:
-            await asyncio.sleep(SWEEP_SECONDS)
+            await asyncio.sleep(delay)
             try:
                 await self.sweep()
+                delay = SWEEP_SECONDS
             except CounterStoreError as exc:
-                logger.warning("releasing expired reservations failed (retried): %s", exc)
-            except Exception:  # keep sweeping whatever one round met
-                logger.exception("releasing expired reservations failed")
+                # Redis is down: back off (and log) up to every 30 s; expired tickets wait for it.
+                delay = min(30.0, delay * 2)
+                logger.warning("releasing expired reservations failed (next try in %.0f s): %s", delay, exc)
 
     async def sweep(self) -> int:
         """Release the tickets whose settle deadline has passed; the number released here."""

@@ -266,3 +266,31 @@ def test_metrics_slice_by_route_model_team_and_stream_first_byte(sidecar: Stack)
     # Ollama-style /api/chat streams unless told otherwise: both replies were streams
     assert sample(text, first_byte) == sample(before, first_byte) + 2
     assert 'hexarch_budget_remaining_usd{limit="api_budget/0/month",subject="tinyllama"}' in text
+
+
+def test_background_job_pattern_counts_the_job_and_its_calls(sidecar: Stack) -> None:
+    from examples.tinyllama_guardrails import TinyLlamaGuarded
+
+    guardian = Guardian()
+    llama = TinyLlamaGuarded()
+    saved: list[str] = []
+
+    def save_to_db(response: str) -> None:
+        saved.append(response)
+
+    # Pattern 4: Background Jobs. The job's check and each chat it makes count on rate_limit.
+    @guardian.check("rate_limit")
+    def process_batch(items: list[str]) -> None:
+        for item in items:
+            response = llama.chat(item)
+            save_to_db(response)
+
+    process_batch(["a", "b"])  # 3 of 6
+    guarded = guardian.guard_function(lambda items: process_batch(items), "rate_limit")
+    with pytest.raises(PolicyViolation) as caught:
+        guarded(["c", "d"])  # its own check (4), process_batch's (5), chat "c" (6), chat "d" refused
+    assert caught.value.policy == "rate_limit" and caught.value.status == 429
+    assert len(saved) == 3
+    with pytest.raises(PolicyViolation):
+        process_batch(["e"])  # refused before its body runs
+    assert len(saved) == 3
