@@ -696,10 +696,19 @@ class ApiV1:
 
     async def policies(self, request: web.Request, principal: Principal) -> web.StreamResponse:
         loaded = self._policy.get()
+        opa_bundles = await self.s.opa.bundle_revisions()
+        opa = {
+            "bundles": opa_bundles,
+            # OPA decides with the policy this sidecar reads (None: OPA does not say which bundle it has)
+            "in_sync": (loaded is not None and loaded.revision in opa_bundles.values())
+            if opa_bundles
+            else None,
+        }
         if loaded is None:
-            return _reply({"revision": None, "loaded_at": None, "source": None, "policies": []})
+            return _reply({"revision": None, "loaded_at": None, "source": None, "policies": [], "opa": opa})
         return _reply(
             {
+                "opa": opa,
                 "revision": loaded.revision,
                 "loaded_at": loaded.loaded_at,
                 "source": Path(loaded.source).name,

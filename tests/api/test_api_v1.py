@@ -171,6 +171,8 @@ def test_policies_and_openapi(stack: Stack) -> None:
         policies = http.get("/hexarch/v1/policies").json()
         assert len(policies["revision"]) >= 12 and policies["loaded_at"]
         assert "rate_limit" in [p["id"] for p in policies["policies"]]
+        assert policies["opa"]["in_sync"] is True
+        assert policies["revision"] in policies["opa"]["bundles"].values()
         doc = httpx.get(f"{stack.url}/hexarch/v1/openapi.json").json()
         assert doc["openapi"].startswith("3.1")
         assert set(doc["paths"]) == {
