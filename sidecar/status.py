@@ -76,10 +76,12 @@ def collect(sidecar_url: str, opa_url: str | None, key: str | None) -> dict[str,
     policy_code, policies = _get(f"{sidecar_url}/hexarch/v1/policies", key)
     if policy_code == 200 and isinstance(policies, dict):
         enabled = [p["id"] for p in policies.get("policies", []) if p.get("enabled")]
+        in_sync = (policies.get("opa") or {}).get("in_sync")
         parts["policy"] = {
-            "ok": True,
+            "ok": in_sync is not False,
             "detail": f"revision {str(policies.get('revision'))[:12]}, {len(enabled)} enabled, "
-            f"loaded {policies.get('loaded_at')}",
+            f"loaded {policies.get('loaded_at')}"
+            + ("" if in_sync is not False else "; OPA has not activated it yet"),
         }
     return parts
 
