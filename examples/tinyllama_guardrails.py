@@ -58,7 +58,7 @@ class TinyLlamaGuarded:
         except PolicyViolation as exc:
             if self.enforce:
                 raise
-            self.guardian._outcome({"allowed": True, "action": "warn", "reason": str(exc)}, path)
+            self.guardian.apply_decision({"allowed": True, "action": "warn", "reason": str(exc)}, path)
         return response
 
     def _get(self, path: str) -> Any:

@@ -225,7 +225,7 @@ class Guardian:
         }
         return await self.acall("POST", f"{API}/settle", json=body)
 
-    def _outcome(self, decision: dict[str, Any], what: str) -> bool:
+    def apply_decision(self, decision: dict[str, Any], what: str) -> bool:
         """True when the guarded work may run; raises or warns on a refusal per `enforce`."""
         if decision["allowed"]:
             if decision["action"] == "warn":
@@ -258,7 +258,7 @@ class Guardian:
                 @functools.wraps(func)
                 async def async_wrapper(*args: P.args, **kwargs: P.kwargs) -> Any:
                     decision = await self.aevaluate_policy(policy_id, ctx)
-                    self._outcome(decision, f"policy {policy_id!r}")
+                    self.apply_decision(decision, f"policy {policy_id!r}")
                     try:
                         return await cast(Callable[..., Awaitable[Any]], func)(*args, **kwargs)
                     finally:
@@ -270,7 +270,7 @@ class Guardian:
             @functools.wraps(func)
             def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
                 decision = self.evaluate_policy(policy_id, ctx)
-                self._outcome(decision, f"policy {policy_id!r}")
+                self.apply_decision(decision, f"policy {policy_id!r}")
                 try:
                     return func(*args, **kwargs)
                 finally:
@@ -375,7 +375,7 @@ class Reservation:
     def __enter__(self) -> Reservation:
         reply = self._g.call("POST", f"{API}/check", json=self._body())
         self.decision = _decision(reply)
-        self._g._outcome(self.decision, f"policy {self._policy_id!r}")
+        self._g.apply_decision(self.decision, f"policy {self._policy_id!r}")
         return self
 
     def __exit__(
@@ -387,7 +387,7 @@ class Reservation:
     async def __aenter__(self) -> Reservation:
         reply = await self._g.acall("POST", f"{API}/check", json=self._body())
         self.decision = _decision(reply)
-        self._g._outcome(self.decision, f"policy {self._policy_id!r}")
+        self._g.apply_decision(self.decision, f"policy {self._policy_id!r}")
         return self
 
     async def __aexit__(

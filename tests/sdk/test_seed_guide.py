@@ -294,3 +294,11 @@ def test_background_job_pattern_counts_the_job_and_its_calls(sidecar: Stack) -> 
     with pytest.raises(PolicyViolation):
         process_batch(["e"])  # refused before its body runs
     assert len(saved) == 3
+
+
+def test_tinyllama_enforce_false_warns_instead_of_raising(sidecar: Stack) -> None:
+    from examples.tinyllama_guardrails import TinyLlamaGuarded
+
+    llama = TinyLlamaGuarded(enforce=False)
+    with pytest.warns(PolicyWarning, match="temperature 1.5 is above the maximum 1.0"):
+        assert llama.chat("hi", temperature=1.5) == ""
