@@ -506,7 +506,6 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             print(f"hexarch up: {exc}", file=sys.stderr)
             return 1
-        print(banner(stack), flush=True)
         stack_state.write(
             stack.work_dir,
             sidecar_url=stack.sidecar_url,
@@ -515,6 +514,7 @@ def run(args: argparse.Namespace) -> int:
             demo_url=stack.demo_url,
             policy=str(options.policy.resolve()),
         )
+        print(banner(stack), flush=True)  # after the state file: whoever reads the banner finds it
         try:
             code = _supervise(stack, stop)
         finally:
