@@ -134,7 +134,8 @@ class PolicyView:
         self._stamp: tuple[int, int] | None = None
         self._loaded: LoadedPolicy | None = None
 
-    def get(self) -> LoadedPolicy | None:
+    async def get(self) -> LoadedPolicy | None:
+        """The compiled policy; recompiled (off the event loop) when the file has changed."""
         if self._path is None:
             return None
         try:
@@ -147,7 +148,7 @@ class PolicyView:
             from compiler.errors import CompilerError
 
             try:
-                bundle = compile_policy(self._path)
+                bundle = await asyncio.to_thread(compile_policy, self._path)
             except CompilerError as exc:  # a broken edit: keep serving what was loaded before
                 logger.warning("policy file %s does not compile: %s", self._path, exc)
                 return self._loaded
@@ -355,7 +356,7 @@ class ApiV1:
             self._require_admin(principal, "checking on behalf of another user")
             principal = Principal(user, principal.team, principal.roles, principal.tier, True, principal.via)
 
-        loaded = self._policy.get()
+        loaded = await self._policy.get()
         config = loaded.config if loaded else {}
         if (
             policy_id is not None
@@ -650,7 +651,7 @@ class ApiV1:
                 raise BadRequest(f"{name} must be 1 to {_MAX_TEXT} characters", param=name)
         if who != principal.id or team != principal.team:
             self._require_admin(principal, "reading another principal's or team's usage")
-        loaded = self._policy.get()
+        loaded = await self._policy.get()
         limits = limits_of(loaded.config, who, team) if loaded else []
         if resource is not None:
             limits = [lim for lim in limits if lim.scope != "global" or lim.subject == resource]
@@ -695,7 +696,7 @@ class ApiV1:
         return _reply({"principal": who, "timezone": self._settings.timezone, **figures})
 
     async def policies(self, request: web.Request, principal: Principal) -> web.StreamResponse:
-        loaded = self._policy.get()
+        loaded = await self._policy.get()
         opa_bundles = await self.s.opa.bundle_revisions()
         opa = {
             "bundles": opa_bundles,
