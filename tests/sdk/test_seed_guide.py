@@ -302,3 +302,33 @@ def test_tinyllama_enforce_false_warns_instead_of_raising(sidecar: Stack) -> Non
     llama = TinyLlamaGuarded(enforce=False)
     with pytest.warns(PolicyWarning, match="temperature 1.5 is above the maximum 1.0"):
         assert llama.chat("hi", temperature=1.5) == ""
+
+
+def test_concurrent_decorated_calls_over_two_sidecars_run_exactly_n_bodies(sidecar: Stack) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    guardians = [Guardian(url=s.url) for s in sidecar.sidecars]
+    ran: list[int] = []
+
+    def guarded(guardian: Guardian) -> Any:
+        @guardian.check("rate_limit")
+        def job(i: int) -> int:
+            ran.append(i)
+            return i
+
+        return job
+
+    jobs = [guarded(g) for g in guardians]
+
+    def attempt(i: int) -> str:
+        try:
+            jobs[i % 2](i)
+            return "ran"
+        except PolicyViolation as exc:
+            assert exc.retry_after is not None
+            return "refused"
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        outcomes = list(pool.map(attempt, range(3 * RATE_PER_MINUTE)))
+    assert outcomes.count("ran") == len(ran) == RATE_PER_MINUTE
+    assert outcomes.count("refused") == 2 * RATE_PER_MINUTE
