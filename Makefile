@@ -16,8 +16,8 @@ run: setup
 	$(VENV)/hexarch up --policy $(POLICY) --demo --port $(PORT)
 
 lint:
-	$(VENV)/ruff check compiler sidecar tests bench
-	$(VENV)/ruff format --check compiler sidecar tests bench
+	$(VENV)/ruff check compiler sidecar tests bench hexarch_guardrails examples
+	$(VENV)/ruff format --check compiler sidecar tests bench hexarch_guardrails examples
 	$(VENV)/mypy
 
 rego-check:

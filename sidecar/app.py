@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 import orjson
 from aiohttp import web
 
+from sidecar import api_v1
 from sidecar.background import BackgroundJobs
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
@@ -77,6 +78,7 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.
         app.cleanup_ctx.append(_bundle_ctx(bundle))
     app.cleanup_ctx.append(_decision_log_ctx(proxy))
     app.cleanup_ctx.append(_services_ctx(settings, metrics, proxy, env))
+    api_v1.add_routes(app, settings, proxy)  # /hexarch/v1/: check, settle, usage, stats, policies
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)

@@ -12,6 +12,15 @@ import sys
 from collections.abc import Sequence
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hexarch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from compiler import cli as compiler_cli
     from sidecar import commands as sidecar_commands
@@ -19,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     from sidecar.injector import command as injector_command
 
     parser = argparse.ArgumentParser(prog="hexarch", description="Policy sidecar for LLM traffic.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"hexarch {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     compiler_cli.register(sub)
     # One owner per section: the compiler's commands also report the settings' sections.
     for name in compiler_cli.WHOLE_FILE_COMMANDS:
@@ -32,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `hexarch`: what it can do
+        parser.print_help()
+        return 0
     code: int = args.func(args)
     return code
 

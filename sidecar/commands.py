@@ -13,7 +13,7 @@ from typing import Any
 
 
 def register(subparsers: Any) -> None:
-    from sidecar import demo_model, stack, usage
+    from sidecar import demo_model, stack, status, usage
 
     parser: argparse.ArgumentParser = subparsers.add_parser(
         "serve",
@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
     demo_model.register(subparsers)
     stack.register(subparsers)
     usage.register(subparsers)
+    status.register(subparsers)
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, str]:

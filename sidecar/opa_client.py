@@ -22,6 +22,7 @@ class OpaClient:
     def __init__(self, base_url: str, timeout_ms: int, decision_path: str = "hexarch/decision") -> None:
         self._url = f"{base_url.rstrip('/')}/v1/data/{decision_path.strip('/')}"
         self._health = f"{base_url.rstrip('/')}/health?bundles"
+        self._bundles = f"{base_url.rstrip('/')}/v1/data/system/bundles"
         self._timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
         self._session: aiohttp.ClientSession | None = None
         self._timeout_s = timeout_ms / 1000
@@ -79,3 +80,24 @@ class OpaClient:
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
             return False
         return isinstance(doc, dict) and isinstance(doc.get("result"), dict)
+
+    async def bundle_revisions(self) -> dict[str, str]:
+        """The revision of each bundle OPA has activated, by bundle name ({} when OPA does not say)."""
+        if self._session is None:
+            return {}
+        try:
+            async with self._session.get(self._bundles) as resp:
+                if resp.status != 200:
+                    return {}
+                doc = orjson.loads(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            return {}
+        bundles = doc.get("result") if isinstance(doc, dict) else None
+        if not isinstance(bundles, dict):
+            return {}
+        out: dict[str, str] = {}
+        for name, info in bundles.items():
+            manifest = info.get("manifest") if isinstance(info, dict) else None
+            if isinstance(manifest, dict) and isinstance(manifest.get("revision"), str):
+                out[str(name)] = manifest["revision"]
+        return out

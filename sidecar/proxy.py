@@ -57,6 +57,7 @@ from sidecar.principal import Principal, PrincipalResolver
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros, output_allowance, reserved_output
 from sidecar.settings import PLAIN_PLACEHOLDER, Settings
+from sidecar.stats import StatsTags
 from sidecar.upstream import Reply, UpstreamClient
 
 logger = logging.getLogger("hexarch.sidecar")
@@ -65,6 +66,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 WARNING_HEADER = "X-Hexarch-Warning"
 DECISION_HEADER = "X-Hexarch-Decision-Id"
 _GENERATING_APIS = frozenset({"openai.chat", "openai.completions", "ollama.chat", "ollama.generate", "json"})
+_LABELS: web.RequestKey[tuple[str | None, str | None]] = web.RequestKey("hexarch_labels", tuple)
 _UNIT_WORDS = {"requests": "requests", "tokens": "tokens", "usd_micros": "micro-USD"}
 
 
@@ -91,6 +93,7 @@ class _Ticket:
     pricing: Mapping[str, Any] | None
     reservation: int  # output tokens reserved: charged when the upstream reports no usage
     hide_usage_chunk: bool  # the sidecar asked for the stream's usage event; the client did not
+    tags: StatsTags | None = None  # who and what, for the usage statistics (sidecar/stats.py)
 
 
 def _window_text(lim: Limit) -> str:
@@ -143,6 +146,8 @@ class Proxy:
         self.decision_log = DecisionLog(settings)  # opened and closed by the app's cleanup context
         trusted = settings.trusted_headers
         self._owner_header = trusted.resource_owner if trusted.enabled else None
+        # Called once per settled request (sidecar/api_v1.py counts it in the usage statistics).
+        self.settled_hooks: list[Callable[[str, StatsTags, Usage], Awaitable[None]]] = []
 
     def attach(self, services: Services | None) -> None:
         self._services = services
@@ -175,6 +180,8 @@ class Proxy:
         record.finished = time.perf_counter()
         metrics = self.s.metrics
         metrics.child(metrics.requests, record.outcome, record.policy or "").inc()
+        model, team = request.get(_LABELS, (None, None))
+        metrics.observe_request(endpoint.path, model, team, response.status)
         if self._log and not record.settling:
             self.decision_log.write(record)  # otherwise the settlement job logs it with the usage
         return response
@@ -200,6 +207,7 @@ class Proxy:
         body = decode_body(raw) if ep.has_body else None
         filled = fill_defaults(ep, body) if body is not None else False
         norm = normalise(ep, body)
+        request[_LABELS] = (norm.model, principal.team)  # metric labels (sidecar/metrics.py)
         doc = self._input(request, ep, principal, norm, rec.decision_id)
         rec.model, rec.resources = norm.model, doc["resources"]
         if self.decision_log.prompts and body is not None:
@@ -262,6 +270,9 @@ class Proxy:
             pricing=pricing,
             reservation=reserved_output(norm.max_output_tokens, limits, pricing, norm.prompt_tokens),
             hide_usage_chunk=hide_usage_chunk,
+            tags=StatsTags(
+                principal.id, principal.team, norm.model, tuple(sorted({lim.policy for lim in limits}))
+            ),
         )
         return await self._forward(request, ep, forwarded, norm, extra, ticket, rec)
 
@@ -472,7 +483,7 @@ class Proxy:
             lim = state.limit
             if lim.unit == "usd_micros":
                 metrics = self.s.metrics
-                metrics.set_budget_remaining(lim.id, lim.subject, state.remaining)
+                metrics.set_budget_remaining(lim.id, lim.subject, state.remaining, lim.limit, lim.warn_at)
             # A request that named no maximum is capped by the sidecar itself: nothing to warn about.
             if state.warn and not (lim.is_request_cap and not named_max):
                 unit = _UNIT_WORDS[lim.unit]
@@ -571,6 +582,9 @@ class Proxy:
     async def _settle(self, ticket: _Ticket, usage: Usage, rec: DecisionRecord) -> None:
         try:
             await ticket.store.settle(ticket.admission, usage)
+            if ticket.tags is not None:
+                for hook in self.settled_hooks:
+                    await hook(ticket.admission.reservation_id, ticket.tags, usage)
         except CounterStoreError as exc:
             self.s.metrics.redis_errors.inc()
             logger.warning("settling %s failed (its reservation expires by TTL): %s", rec.decision_id, exc)

@@ -37,12 +37,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sidecar import stack_state
 from sidecar.errors import SidecarError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,6 +247,8 @@ class Stack:
         if not port_is_free(host, options.port):
             raise StackError(f"sidecar port {options.port} on {host} is already in use (choose --port)")
         self.work_dir = options.work_dir.resolve()
+        # Told the name of each slow start-up step as it begins (`hexarch up` shows progress).
+        self.on_step: Callable[[str], None] = lambda step: None
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -271,11 +274,16 @@ class Stack:
         """Start every child and wait until the sidecar answers /readyz; on failure stop them all."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.on_step("starting redis-server")
             self._start_redis()
             if self.options.demo:
+                self.on_step("starting the demo model")
                 self._start_demo()
+            self.on_step("starting the sidecar (compiling the policy)")
             self._start_sidecar()
+            self.on_step("starting OPA")
             self._start_opa()
+            self.on_step("waiting for OPA to load the bundle and the sidecar to be ready")
             self._wait(self.sidecar_url + "/readyz", "sidecar readiness (/readyz)")
         except BaseException:
             self.stop()
@@ -544,14 +552,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         stack = Stack(options, interrupted=stop)
         try:
-            stack.start()
+            with _progress() as status:
+                stack.on_step = status
+                stack.start()
         except StackError as exc:
             if stop.is_set():
                 return 0
             print(f"hexarch up: {exc}", file=sys.stderr)
             return 1
-        print(banner(stack), flush=True)
-        code = _supervise(stack, stop)
+        stack_state.write(
+            stack.work_dir,
+            sidecar_url=stack.sidecar_url,
+            opa_url=stack.opa_url,
+            redis_url=stack.redis_url,
+            demo_url=stack.demo_url,
+            policy=str(options.policy.resolve()),
+        )
+        print(banner(stack), flush=True)  # after the state file: whoever reads the banner finds it
+        try:
+            code = _supervise(stack, stop)
+        finally:
+            stack_state.remove(stack.work_dir)
         stack.stop()
         print("hexarch up: stopped", flush=True)
         return code
@@ -561,6 +582,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str], None]]:
+    """A spinner naming the current start-up step on a terminal; plain lines otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda step: print(f"hexarch up: {step}...", file=sys.stderr, flush=True)
+        return
+    with console.status("hexarch up: starting") as status:
+        yield lambda step: status.update(f"hexarch up: {step}...")
 
 
 def _supervise(stack: Stack, stop: threading.Event) -> int:

@@ -264,6 +264,7 @@ class UpstreamClient:
         scanner = StreamScanner()
         usage_filter = UsageChunkFilter() if hide_usage_chunk else None
         complete = False
+        first_byte = True
         try:
             await out.prepare(request)
             async for chunk in resp.content.iter_any():
@@ -272,6 +273,9 @@ class UpstreamClient:
                     chunk = usage_filter.feed(chunk)
                     if not chunk:
                         continue
+                if first_byte:
+                    first_byte = False
+                    self._metrics.observe_first_byte(upstream.name, time.perf_counter() - started)
                 await out.write(chunk)
             scanner.finish()
             if usage_filter is not None and (rest := usage_filter.finish()):

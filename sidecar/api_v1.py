@@ -1,0 +1,738 @@
+"""The sidecar's own API under `/hexarch/v1/`, described by `sidecar/openapi.json` (OpenAPI 3.1).
+
+    POST check        decision + admission for a described operation -> allow/deny, reservation id
+    POST settle       actual usage of a reservation (idempotent)
+    GET  usage        each limit's used/limit/remaining/reset and each budget in USD
+    GET  stats        requests, tokens and spend today and this month by model/principal/team/policy
+    GET  policies     the loaded policies, the bundle revision and when it was loaded
+    GET  openapi.json this API's description
+
+`check` runs the proxy's own steps (principal, OPA decision, refusal mapping, admission with the fail
+mode): a check and a proxied request are admitted by the same code. What `check` admitted is kept in
+Redis as a ticket until `settle`; a ticket not settled by its deadline is released by the sweeper
+that every sidecar runs (its token and budget reservations go back; the request stays counted).
+Reading someone else's usage or statistics needs the `admin` role. Errors use the DESIGN.md shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from sidecar import redis_keys
+from sidecar.counters import (
+    Admission,
+    Counters,
+    Limit,
+    LimitState,
+    ReservedGroup,
+    Usage,
+    limits_from_decision,
+)
+from sidecar.decision_log import DecisionRecord, emit
+from sidecar.errors import (
+    BadRequest,
+    CounterStoreError,
+    Forbidden,
+    Gone,
+    NotFound,
+    PolicyEngineError,
+    RequestError,
+)
+from sidecar.errors_http import JSON, error_response, request_error_response
+from sidecar.ingress import Normalised
+from sidecar.principal import Principal
+from sidecar.proxy import Proxy, Services
+from sidecar.redis_client import create_redis
+from sidecar.reply_usage import TokenCounts
+from sidecar.reservation import cost_micros
+from sidecar.settings import Settings
+from sidecar.stats import REDIS_FAILURES, StatsStore, StatsTags
+from sidecar.usage import limits_of
+
+logger = logging.getLogger("hexarch.sidecar")
+
+PREFIX = "/hexarch/v1"
+ADMIN_ROLE = "admin"
+DEFAULT_TTL_SECONDS = 300
+MAX_TTL_SECONDS = 600  # below the admission record's own TTL (900 s), so a release always finds it
+SWEEP_SECONDS = 1.0
+_SWEEP_BATCH = 100
+OPENAPI_FILE = Path(__file__).resolve().parent / "openapi.json"
+_MAX_TEXT = 256
+
+
+# --------------------------------------------------------------------------------------------
+# Request body reading: every field checked, a wrong one is a 400 naming it.
+
+
+def _text(body: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise BadRequest(f"{name} is required", param=name)
+        return None
+    if not isinstance(value, str) or not value or len(value) > _MAX_TEXT:
+        raise BadRequest(f"{name} must be a non-empty string of at most {_MAX_TEXT} characters", param=name)
+    return value
+
+
+def _count(
+    body: Mapping[str, Any], name: str, default: int | None = None, maximum: int = 10**9
+) -> int | None:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= maximum:
+        raise BadRequest(f"{name} must be a whole number from 0 to {maximum}", param=name)
+    return value
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"the body is not valid JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _reply(doc: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(doc), content_type=JSON)
+
+
+# --------------------------------------------------------------------------------------------
+# The compiled policy (for resources, `usage` and `policies`), recompiled when the file changes.
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    revision: str
+    loaded_at: str
+    source: str
+    config: dict[str, Any]
+    policies: tuple[dict[str, Any], ...]
+
+
+class PolicyView:
+    def __init__(self, settings: Settings) -> None:
+        self._path = settings.policy_file or settings.source
+        self._stamp: tuple[int, int] | None = None
+        self._loaded: LoadedPolicy | None = None
+
+    async def get(self) -> LoadedPolicy | None:
+        """The compiled policy; recompiled (off the event loop) when the file has changed."""
+        if self._path is None:
+            return None
+        try:
+            st = os.stat(self._path)
+        except OSError:
+            return self._loaded
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp or self._loaded is None:
+            from compiler.api import compile_policy
+            from compiler.errors import CompilerError
+
+            try:
+                bundle = await asyncio.to_thread(compile_policy, self._path)
+            except CompilerError as exc:  # a broken edit: keep serving what was loaded before
+                logger.warning("policy file %s does not compile: %s", self._path, exc)
+                return self._loaded
+            policies = tuple(
+                {
+                    "id": p.id,
+                    "description": p.description,
+                    "enabled": p.enabled,
+                    "rules": orjson.loads(orjson.dumps([asdict(r) for r in p.rules], default=str)),
+                }
+                for p in bundle.model.policies
+            )
+            self._loaded = LoadedPolicy(
+                bundle.revision,
+                datetime.now(UTC).isoformat(timespec="seconds"),
+                str(self._path),
+                bundle.config,
+                policies,
+            )
+            self._stamp = stamp
+        return self._loaded
+
+
+def _policy_resources(config: Mapping[str, Any], policy_id: str) -> list[str]:
+    found: list[str] = []
+    for section in ("rate_limits", "token_limits", "budgets", "access_rules"):
+        for entry in config.get(section, ()):
+            resource = entry.get("resource")
+            if entry.get("policy") == policy_id and isinstance(resource, str) and resource not in found:
+                found.append(resource)
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """What `settle` needs of an admission, kept in Redis between check and settle."""
+
+    reservation_id: str
+    principal: str
+    groups: tuple[ReservedGroup, ...]
+    pricing: Mapping[str, Any] | None
+    tags: StatsTags
+    deadline_ms: int
+
+    def dumps(self) -> bytes:
+        return orjson.dumps(
+            {
+                "principal": self.principal,
+                "groups": [[g.subject, g.reservation_key, g.keys, g.units] for g in self.groups],
+                "pricing": self.pricing,
+                "tags": self.tags.document(),
+                "deadline_ms": self.deadline_ms,
+            }
+        )
+
+    @classmethod
+    def loads(cls, reservation_id: str, raw: bytes) -> Ticket:
+        doc = orjson.loads(raw)
+        return cls(
+            reservation_id,
+            doc["principal"],
+            tuple(ReservedGroup(s, r, tuple(k), tuple(u)) for s, r, k, u in doc["groups"]),
+            doc.get("pricing"),
+            StatsTags.from_document(doc.get("tags") or {}),
+            int(doc["deadline_ms"]),
+        )
+
+    def admission(self) -> Admission:
+        return Admission(True, self.reservation_id, (), None, self.groups)
+
+
+def _limit_row(state: LimitState) -> dict[str, Any]:
+    lim = state.limit
+    row: dict[str, Any] = {
+        "id": lim.id,
+        "policy": lim.policy,
+        "unit": lim.unit,
+        "scope": lim.scope,
+        "subject": lim.subject,
+        "window": lim.period or f"{lim.window_seconds}s",
+        "limit": lim.limit,
+        "cost": lim.cost,
+        "used": state.used,
+        "remaining": state.remaining,
+        "reset_seconds": state.reset_seconds,
+        "retry_after": state.retry_after,
+        "warn": state.warn,
+    }
+    if lim.unit == "usd_micros":
+        row.update(_usd(state))
+    return row
+
+
+def _usd(state: LimitState) -> dict[str, Any]:
+    lim = state.limit
+    return {
+        "limit_usd": lim.limit / 1e6,
+        "spent_usd": state.used / 1e6,
+        "remaining_usd": state.remaining / 1e6,
+        "utilisation": (state.used / lim.limit) if lim.limit else 1.0,
+    }
+
+
+class ApiV1:
+    """Handlers of `/hexarch/v1/`; the services come from the proxy the app attached them to."""
+
+    def __init__(self, settings: Settings, proxy: Proxy) -> None:
+        self._settings = settings
+        self._proxy = proxy
+        self._policy = PolicyView(settings)
+        self._stats: StatsStore | None = None
+        self._redis: Any = None
+
+    @property
+    def stats(self) -> StatsStore:
+        assert self._stats is not None, "the API's Redis client is not started"
+        return self._stats
+
+    @property
+    def s(self) -> Services:
+        return self._proxy.s
+
+    # ----------------------------------------------------------------------------------------
+    def routes(self, app: web.Application) -> None:
+        app.router.add_post(f"{PREFIX}/check", self._guard(self.check))
+        app.router.add_post(f"{PREFIX}/settle", self._guard(self.settle))
+        app.router.add_get(f"{PREFIX}/usage", self._guard(self.usage))
+        app.router.add_get(f"{PREFIX}/stats", self._guard(self.get_stats))
+        app.router.add_get(f"{PREFIX}/policies", self._guard(self.policies))
+        app.router.add_get(f"{PREFIX}/openapi.json", self.openapi)
+        app.cleanup_ctx.append(self._ctx)
+
+    async def _ctx(self, app: web.Application) -> AsyncIterator[None]:
+        self._redis = create_redis(self._settings.redis_url)
+        self._stats = StatsStore(self._redis, self._settings.timezone)
+        self._proxy.settled_hooks.append(self._proxied)
+        sweeper = asyncio.create_task(self._sweep_forever())
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
+            await self._redis.aclose()
+
+    def _guard(self, handler: Callable[[web.Request, Principal], Any]) -> Callable[[web.Request], Any]:
+        async def run(request: web.Request) -> web.StreamResponse:
+            try:
+                principal = self.s.principals.resolve(request.headers)
+                response: web.StreamResponse = await handler(request, principal)
+                return response
+            except RequestError as exc:
+                response = request_error_response(exc)
+                if exc.status == 401:
+                    response.headers["WWW-Authenticate"] = 'Bearer realm="hexarch"'
+                return response
+            except web.HTTPRequestEntityTooLarge:
+                return error_response(
+                    413,
+                    f"request body is larger than {self._settings.max_body_bytes} bytes",
+                    code="payload_too_large",
+                    type_="invalid_request_error",
+                )
+            except CounterStoreError as exc:
+                self.s.metrics.redis_errors.inc()
+                logger.warning("counter store failed: %s", exc)
+                return error_response(
+                    503,
+                    "the counter store is unavailable",
+                    code="counter_store_unavailable",
+                    type_="service_unavailable",
+                    headers={"Retry-After": "1"},
+                )
+
+        return run
+
+    async def openapi(self, request: web.Request) -> web.StreamResponse:
+        return web.Response(body=OPENAPI_FILE.read_bytes(), content_type=JSON)
+
+    # ----------------------------------------------------------------------------------------
+    async def check(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        body = await _json_object(request)
+        policy_id = _text(body, "policy_id")
+        resource = _text(body, "resource")
+        operation = _text(body, "operation") or "request"
+        model = _text(body, "model")
+        user = _text(body, "user")
+        params = body.get("params", {})
+        if not isinstance(params, dict):
+            raise BadRequest("params must be an object", param="params")
+        tokens = _count(body, "tokens", 0)
+        max_output = _count(body, "max_output_tokens")
+        ttl = _count(body, "ttl_seconds", DEFAULT_TTL_SECONDS, MAX_TTL_SECONDS)
+        assert tokens is not None and ttl is not None
+        if max_output is None:
+            for name in ("max_tokens", "num_predict", "max_completion_tokens"):
+                value = params.get(name)
+                if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+                    max_output = value
+                    break
+        if user is not None and user != principal.id:
+            self._require_admin(principal, "checking on behalf of another user")
+            principal = Principal(user, principal.team, principal.roles, principal.tier, True, principal.via)
+
+        loaded = await self._policy.get()
+        config = loaded.config if loaded else {}
+        if (
+            policy_id is not None
+            and loaded is not None
+            and all(p["id"] != policy_id for p in loaded.policies)
+        ):
+            raise NotFound(f"unknown policy {policy_id!r}", param="policy_id", code="unknown_policy")
+        resources: list[str] = [resource] if resource else []
+        if not resources and policy_id is not None:
+            resources = _policy_resources(config, policy_id)
+        if model and model not in resources:
+            resources.append(model)
+        resources.append("*")
+
+        rec = DecisionRecord(secrets.token_hex(12), request.method, request.path)
+        rec.principal = principal.id
+        estimate: dict[str, Any] = {"prompt_tokens": tokens}
+        if max_output is not None:
+            estimate["max_output_tokens"] = max_output
+        doc = {
+            "request": {
+                "id": rec.decision_id,
+                "method": "POST",
+                "path": request.path,
+                "api": "hexarch.check",
+            },
+            "principal": principal.document(),
+            "resources": resources,
+            "operation": operation,
+            "resource_type": _text(body, "resource_type"),
+            "feature": _text(body, "feature"),
+            "confirmed": body.get("confirmed") is True,
+            "model": model,
+            "params": params,
+            "estimate": estimate,
+        }
+        try:
+            return await self._check(doc, rec, principal, policy_id, model, tokens, max_output, ttl)
+        finally:
+            rec.finished = time.perf_counter()
+            metrics = self.s.metrics
+            metrics.child(metrics.requests, rec.outcome, rec.policy or "").inc()
+            metrics.observe_request(f"{PREFIX}/check", model, principal.team, rec.status or 503)
+            if self._settings.log_decisions:
+                emit(rec)
+
+    async def _check(
+        self,
+        doc: dict[str, Any],
+        rec: DecisionRecord,
+        principal: Principal,
+        policy_id: str | None,
+        model: str | None,
+        tokens: int,
+        max_output: int | None,
+        ttl: int,
+    ) -> web.StreamResponse:
+        proxy = self._proxy
+        reply: dict[str, Any] = {
+            "allow": False,
+            "decision_id": rec.decision_id,
+            "policy_id": policy_id,
+            "reservation_id": None,
+            "expires_in": None,
+            "status": 200,
+            "code": None,
+            "message": None,
+            "policy": None,
+            "retry_after": None,
+            "violations": [],
+            "warnings": [],
+            "limits": [],
+            "error": None,
+        }
+        decision = await proxy._decide(doc, rec)
+        if isinstance(decision, web.StreamResponse):
+            rec.status = decision.status
+            return decision  # 503: the fail mode refused
+        pricing = None
+        limits: list[Limit] = []
+        if decision is not None:
+            if policy_id is not None:
+                decision = _only_policy(decision, policy_id)
+            pricing = decision.get("pricing")
+            reply["violations"] = list(decision.get("violations") or ())
+            reply["warnings"] = list(decision.get("warnings") or ())
+            denied = proxy._denied(decision, rec, doc["params"])
+            if denied is not None:
+                return self._refusal(reply, denied, rec)
+            try:
+                limits = limits_from_decision(decision.get("limits") or ())
+            except PolicyEngineError as exc:
+                failed = proxy._dependency_failed("opa", exc, rec)
+                if failed is not None:
+                    rec.status = failed.status
+                    return failed
+        admitted = await proxy._admit(rec.decision_id, limits, rec)
+        if isinstance(admitted, web.StreamResponse):
+            rec.status = admitted.status
+            return admitted
+        admission, store = admitted
+        reply["limits"] = [_limit_row(s) for s in admission.states]
+        for state in admission.states:
+            lim = state.limit
+            if lim.unit == "usd_micros" and admission.admitted:
+                self.s.metrics.set_budget_remaining(
+                    lim.id, lim.subject, state.remaining, lim.limit, lim.warn_at
+                )
+        if not admission.admitted:
+            norm = Normalised(None, model, doc["params"], tokens, max_output, False)
+            return self._refusal(reply, proxy._limited(admission, norm, rec), rec)
+        rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
+        tags = StatsTags(principal.id, principal.team, model, tuple(sorted({lim.policy for lim in limits})))
+        reply.update(allow=True, reservation_id=admission.reservation_id, expires_in=ttl)
+        if isinstance(store, Counters):
+            ticket = Ticket(
+                admission.reservation_id,
+                principal.id,
+                admission.groups,
+                pricing,
+                tags,
+                int((time.time() + ttl) * 1000),
+            )
+            try:
+                await self._save(ticket, ttl)
+            except CounterStoreError:
+                await store.refund(admission)
+                raise
+        else:
+            reply["reservation_id"] = None  # fail_open stand-in: nothing to settle across processes
+        rec.status = 200
+        return _reply(reply)
+
+    def _refusal(self, reply: dict[str, Any], response: web.Response, rec: DecisionRecord) -> web.Response:
+        assert isinstance(response.body, bytes)
+        error = orjson.loads(response.body)["error"]
+        details = error.get("details") or {}
+        reply.update(
+            status=response.status,
+            code=error.get("code"),
+            message=error.get("message"),
+            policy=error.get("policy"),
+            retry_after=details.get("retry_after") if response.status == 429 else None,
+            error=error,
+        )
+        rec.status = 200
+        headers = {
+            k: v for k, v in response.headers.items() if k.startswith("X-RateLimit") or k == "Retry-After"
+        }
+        return web.Response(body=orjson.dumps(reply), content_type=JSON, headers=headers)
+
+    async def _save(self, ticket: Ticket, ttl: int) -> None:
+        try:
+            pipe = self._redis.pipeline(transaction=False)
+            pipe.set(redis_keys.api_ticket_key(ticket.reservation_id), ticket.dumps(), ex=ttl + 60)
+            pipe.zadd(redis_keys.api_ticket_index(), {ticket.reservation_id: ticket.deadline_ms})
+            await pipe.execute()
+        except REDIS_FAILURES as exc:
+            raise CounterStoreError(f"saving the reservation failed: {exc}") from exc
+
+    async def _load(self, reservation_id: str) -> Ticket | None:
+        try:
+            raw = await self._redis.get(redis_keys.api_ticket_key(reservation_id))
+        except REDIS_FAILURES as exc:
+            raise CounterStoreError(f"reading the reservation failed: {exc}") from exc
+        if not raw:
+            return None
+        try:
+            return Ticket.loads(reservation_id, raw)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            logger.warning("ignoring unreadable reservation ticket %r: %s", reservation_id, exc)
+            return None
+
+    # ----------------------------------------------------------------------------------------
+    async def settle(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        body = await _json_object(request)
+        rid = _text(body, "reservation_id", required=True)
+        assert rid is not None
+        prompt = _count(body, "prompt_tokens", 0)
+        completion = _count(body, "completion_tokens", 0)
+        outcome = body.get("outcome", "success")
+        if outcome not in ("success", "failed"):
+            raise BadRequest("outcome must be 'success' or 'failed'", param="outcome")
+        assert prompt is not None and completion is not None
+        ticket = await self._load(rid)
+        if ticket is None:
+            counted = await self.stats.counted(rid)
+            if counted == "expired":
+                raise Gone(
+                    f"reservation {rid!r} was released when its settle deadline passed",
+                    param="reservation_id",
+                    code="reservation_expired",
+                )
+            if counted:
+                return _reply(
+                    {"reservation_id": rid, "settled": True, "already_settled": True, "usage": None}
+                )
+            raise NotFound(
+                f"no open reservation {rid!r} (never admitted, or released when it expired)",
+                param="reservation_id",
+                code="reservation_not_found",
+            )
+        if ticket.principal != principal.id and ADMIN_ROLE not in principal.roles:
+            raise Forbidden("this reservation belongs to another principal")
+        counts = TokenCounts(prompt, completion) if outcome == "success" else TokenCounts(0, 0)
+        usage = Usage(counts.prompt_tokens, counts.completion_tokens, cost_micros(ticket.pricing, counts))
+        counters = self.s.counters
+        if outcome == "failed":
+            await counters.refund(ticket.admission())
+        else:
+            await counters.settle(ticket.admission(), usage)
+        fresh = await self.stats.record(rid, ticket.tags, usage, drop_ticket=True)
+        if fresh:
+            self._metrics_of(usage)
+            self._observe(ticket.tags, usage)
+        return _reply(
+            {
+                "reservation_id": rid,
+                "settled": True,
+                "already_settled": not fresh,
+                "usage": {
+                    "prompt_tokens": usage.prompt_tokens,
+                    "completion_tokens": usage.completion_tokens,
+                    "cost_usd_micros": usage.cost_usd_micros,
+                    "cost_usd": usage.cost_usd_micros / 1e6,
+                },
+            }
+        )
+
+    async def _proxied(self, reservation_id: str, tags: StatsTags, usage: Usage) -> None:
+        self._observe(tags, usage)
+        await self.stats.record(reservation_id, tags, usage)
+
+    def _observe(self, tags: StatsTags, usage: Usage) -> None:
+        self.s.metrics.observe_settled(
+            tags.model, tags.team, usage.prompt_tokens, usage.completion_tokens, usage.cost_usd_micros
+        )
+
+    def _metrics_of(self, usage: Usage) -> None:
+        metrics = self.s.metrics
+        metrics.child(metrics.tokens, "prompt").inc(usage.prompt_tokens)
+        metrics.child(metrics.tokens, "completion").inc(usage.completion_tokens)
+        metrics.cost.inc(usage.cost_usd_micros)
+
+    async def _sweep_forever(self) -> None:
+        delay = SWEEP_SECONDS
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.sweep()
+                delay = SWEEP_SECONDS
+            except CounterStoreError as exc:
+                # Redis is down: back off (and log) up to every 30 s; expired tickets wait for it.
+                delay = min(30.0, delay * 2)
+                logger.warning("releasing expired reservations failed (next try in %.0f s): %s", delay, exc)
+
+    async def sweep(self) -> int:
+        """Release the tickets whose settle deadline has passed; the number released here."""
+        try:
+            due = await self._redis.zrangebyscore(
+                redis_keys.api_ticket_index(), "-inf", int(time.time() * 1000), start=0, num=_SWEEP_BATCH
+            )
+        except REDIS_FAILURES as exc:
+            raise CounterStoreError(f"reading the reservation index failed: {exc}") from exc
+        released = 0
+        for member in due:
+            rid = member.decode() if isinstance(member, bytes) else str(member)
+            ticket = await self._load(rid)
+            if ticket is None:
+                with contextlib.suppress(*REDIS_FAILURES):
+                    await self._redis.zrem(redis_keys.api_ticket_index(), rid)
+                continue
+            # The request stays counted; what it reserved of tokens and budgets goes back.
+            usage = Usage(0, 0, 0)
+            await self.s.counters.settle(ticket.admission(), usage)
+            if await self.stats.record(rid, ticket.tags, usage, drop_ticket=True, expired=True):
+                released += 1
+        return released
+
+    # ----------------------------------------------------------------------------------------
+    def _require_admin(self, principal: Principal, what: str) -> None:
+        if ADMIN_ROLE not in principal.roles:
+            raise Forbidden(f"{what} needs the {ADMIN_ROLE!r} role")
+
+    async def usage(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        query = request.query
+        who = query.get("principal") or principal.id
+        team = query.get("team") or principal.team
+        resource = query.get("resource")
+        for name, value in (("principal", who), ("team", team), ("resource", resource)):
+            if value is not None and (not value or len(value) > _MAX_TEXT):
+                raise BadRequest(f"{name} must be 1 to {_MAX_TEXT} characters", param=name)
+        if who != principal.id or team != principal.team:
+            self._require_admin(principal, "reading another principal's or team's usage")
+        loaded = await self._policy.get()
+        limits = limits_of(loaded.config, who, team) if loaded else []
+        if resource is not None:
+            limits = [lim for lim in limits if lim.scope != "global" or lim.subject == resource]
+        states = await self.s.counters.peek(limits) if limits else ()
+        rows = [_limit_row(s) for s in states]
+        for row in rows:
+            row.pop("cost", None)
+            row.pop("retry_after", None)
+            row.pop("warn", None)
+        budgets = [
+            {
+                "id": s.limit.id,
+                "policy": s.limit.policy,
+                "scope": s.limit.scope,
+                "subject": s.limit.subject,
+                "period": s.limit.period,
+                "reset_seconds": s.reset_seconds,
+                **_usd(s),
+            }
+            for s in states
+            if s.limit.unit == "usd_micros"
+        ]
+        return _reply(
+            {
+                "principal": who,
+                "team": team,
+                "resource": resource,
+                "limits": [r for r in rows if r["unit"] != "usd_micros"],
+                "budgets": budgets,
+            }
+        )
+
+    async def get_stats(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        who = request.query.get("principal")
+        if who is not None and (not who or len(who) > _MAX_TEXT):
+            raise BadRequest(f"principal must be 1 to {_MAX_TEXT} characters", param="principal")
+        if ADMIN_ROLE not in principal.roles:
+            if who is not None and who != principal.id:
+                self._require_admin(principal, "reading another principal's statistics")
+            who = principal.id
+        figures = await self.stats.read(who)
+        return _reply({"principal": who, "timezone": self._settings.timezone, **figures})
+
+    async def policies(self, request: web.Request, principal: Principal) -> web.StreamResponse:
+        loaded = await self._policy.get()
+        opa_bundles = await self.s.opa.bundle_revisions()
+        opa = {
+            "bundles": opa_bundles,
+            # OPA decides with the policy this sidecar reads (None: OPA does not say which bundle it has)
+            "in_sync": (loaded is not None and loaded.revision in opa_bundles.values())
+            if opa_bundles
+            else None,
+        }
+        if loaded is None:
+            return _reply({"revision": None, "loaded_at": None, "source": None, "policies": [], "opa": opa})
+        return _reply(
+            {
+                "opa": opa,
+                "revision": loaded.revision,
+                "loaded_at": loaded.loaded_at,
+                "source": Path(loaded.source).name,
+                "enforcement": loaded.config.get("enforcement"),
+                "policies": list(loaded.policies),
+            }
+        )
+
+
+def _only_policy(decision: Mapping[str, Any], policy_id: str) -> dict[str, Any]:
+    """The decision as far as one policy is concerned: its violations, warnings and limits."""
+    out = dict(decision)
+    for name in ("violations", "warnings", "limits"):
+        out[name] = [
+            e for e in decision.get(name) or () if isinstance(e, dict) and e.get("policy") == policy_id
+        ]
+    # Refused by other policies only: as far as this one goes, the operation may run.
+    out["allow"] = decision.get("allow") is True or (
+        bool(decision.get("violations")) and not out["violations"]
+    )
+    return out
+
+
+def add_routes(app: web.Application, settings: Settings, proxy: Proxy) -> None:
+    """The one hook `create_app` calls."""
+    ApiV1(settings, proxy).routes(app)
