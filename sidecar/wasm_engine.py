@@ -282,7 +282,13 @@ class WasmEngine:
             return
         try:
             policy = await asyncio.to_thread(self._load, revision, bundle)
-        except (WasmBuildError, wasmtime.WasmtimeError, OSError, subprocess.SubprocessError) as exc:
+        except (
+            WasmBuildError,
+            wasmtime.WasmtimeError,
+            tarfile.TarError,
+            OSError,
+            subprocess.SubprocessError,
+        ) as exc:
             self._failed_revision = revision
             logger.error(
                 "Wasm build of revision %s failed, still deciding with %s: %s", revision, self.revision, exc

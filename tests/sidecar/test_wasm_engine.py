@@ -19,10 +19,14 @@ from typing import Any
 
 import pytest
 
+from bench.floor_proxy import decision_input
 from compiler.api import compile_policy
 from compiler.bundle import extract_bundle
+from sidecar.errors import SettingsError
+from sidecar.opa_client import OpaClient
+from sidecar.settings import load_settings
 from sidecar.wasm_builtins import go_float, sprintf
-from sidecar.wasm_engine import WasmPolicy, needs_opa_server, wasm_from_bundle
+from sidecar.wasm_engine import WasmEngine, WasmPolicy, needs_opa_server, wasm_from_bundle
 from tests.conftest import EXAMPLE_POLICY
 from tests.support.servers import ROOT, start_opa
 
@@ -189,3 +193,58 @@ def test_host_sprintf_matches_go() -> None:
     )
     assert sprintf("%q|%02d|%v", ["a\x01\u00a0é\U0001f600\t", 7, "x"]) == '"a\\x01\\u00a0é😀\\t"|07|x'
     assert sprintf("%v and %v", [["a", 1], {"k": None}]) == '["a", 1] and {"k": null}'
+
+
+async def test_the_engine_reloads_when_the_bundle_revision_changes(opa_bin: str, tmp_path: Path) -> None:
+    """A new revision from the bundle source is built and swapped in; a broken one keeps the last."""
+    policy = tmp_path / "hexarch.yaml"
+    allow_all = "version: 1\npolicies: []\n"
+    deny = (
+        "version: 1\npolicies:\n  - id: models\n    rules:\n"
+        "      - model: [gpt-4o]\n        allowed: true\n        action: block\n"
+    )
+    policy.write_text(allow_all)
+    current: list[tuple[str, bytes]] = []
+
+    async def source() -> tuple[str, bytes] | None:
+        return current[-1] if current else None
+
+    engine = WasmEngine(source, opa_bin, OpaClient("http://127.0.0.1:9", 100), check_seconds=3600)
+    doc = decision_input({"model": "tinyllama", "messages": []})  # what the sidecar sends for a chat
+    try:
+        await engine.start()
+        assert not await engine.ready()  # nothing built yet
+        first = compile_policy(policy)
+        current.append((first.revision, first.data))
+        await engine.refresh()
+        assert engine.revision == first.revision and (await engine.decide(doc))["allow"] is True
+
+        policy.write_text(deny)
+        second = compile_policy(policy)
+        current.append((second.revision, second.data))
+        await engine.refresh()
+        assert engine.revision == second.revision
+        decision = await engine.decide(doc)
+        assert decision["allow"] is False
+        assert [v["code"] for v in decision["violations"]] == ["model_not_allowed"]
+
+        current.append(("broken", b"not a bundle"))
+        await engine.refresh()
+        assert engine.revision == second.revision  # still deciding with the last good build
+        assert (await engine.decide(doc))["allow"] is False
+    finally:
+        await engine.close()
+
+
+def test_decision_engine_setting_is_checked(tmp_path: Path) -> None:
+    assert load_settings(None, env={}).decision_engine == "opa"
+    with pytest.raises(SettingsError, match=r"HEXARCH_DECISION_ENGINE='wasmm' is not one of opa, wasm"):
+        load_settings(None, env={"HEXARCH_DECISION_ENGINE": "wasmm"})
+    with pytest.raises(SettingsError, match="decision_engine: wasm needs the policy"):
+        load_settings(None, env={"HEXARCH_DECISION_ENGINE": "wasm"})
+    config = tmp_path / "hexarch.yaml"
+    config.write_text("version: 1\npolicies: []\nsidecar:\n  decision_engine: wasm\n")
+    assert load_settings(str(config), env={}).decision_engine == "wasm"
+    config.write_text("version: 1\npolicies: []\nsidecar:\n  decision_engine: embedded\n")
+    with pytest.raises(SettingsError, match="decision_engine"):
+        load_settings(str(config), env={})
