@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import io
 import logging
 import os
@@ -164,12 +165,12 @@ class WasmPolicy:
         return value
 
     def _read_cstring(self, addr: int) -> bytes:
-        buf = self._memory.data_ptr(self._store)
-        end = addr
-        size = self._memory.data_len(self._store)
-        while end < size and buf[end] != 0:
-            end += 1
-        return bytes(buf[addr:end])
+        """The NUL-terminated string at `addr` (read in C: a document can be kilobytes)."""
+        if not 0 <= addr < self._memory.data_len(self._store):
+            raise PolicyEngineError(f"the Wasm policy returned an address outside its memory: {addr}")
+        base = ctypes.cast(self._memory.data_ptr(self._store), ctypes.c_void_p).value
+        assert base is not None
+        return ctypes.string_at(base + addr)
 
     def _read_json(self, addr: int) -> Any:
         return orjson.loads(self._read_cstring(addr))
