@@ -239,6 +239,8 @@ class _Engine(Protocol):
 
     async def decide(self, input_doc: dict[str, Any]) -> dict[str, Any]: ...
 
+    async def ready(self) -> bool: ...
+
 
 class WasmEngine:
     """The DecisionEngine that evaluates in-process; reloads on every new bundle revision."""
@@ -321,7 +323,8 @@ class WasmEngine:
         return policy.evaluate(raw)
 
     async def ready(self) -> bool:
-        return self._policy is not None
+        """A module is loaded, and the OPA server (the bundle's verifier, the fallback) is ready."""
+        return self._policy is not None and await self._server.ready()
 
 
 def default_opa_binary() -> str:
