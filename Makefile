@@ -30,5 +30,8 @@ pytest:
 
 test: setup lint rego-check pytest
 
+# The side-by-side benchmark (docs/performance.md): installs the pinned LiteLLM proxy and matplotlib
+# first, writes bench/results/bench.json and bench.png. BENCH_ARGS="--soak" adds the 5-minute soak.
 bench: setup
-	$(VENV)/python -m bench.latency
+	@bash scripts/setup_bench.sh
+	$(VENV)/python -m bench.latency $(BENCH_ARGS)

@@ -23,12 +23,12 @@ from sidecar import api_v1
 from sidecar.background import BackgroundJobs
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
+from sidecar.decision_engine import create_engine
 from sidecar.errors import CounterStoreError
 from sidecar.errors_http import JSON, error_response
 from sidecar.ingress import resolve_endpoints
 from sidecar.local_counters import LocalCounters
 from sidecar.metrics import CONTENT_TYPE, Metrics
-from sidecar.opa_client import OpaClient
 from sidecar.principal import PrincipalResolver
 from sidecar.proxy import Handler, Proxy, Services
 from sidecar.redis_client import create_redis, redact
@@ -76,8 +76,12 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.
         bundle = BundleServer(settings.policy_file, metrics, settings.bundle_check_seconds)
         app.router.add_get(BUNDLE_PATH, bundle.handle)
         app.cleanup_ctx.append(_bundle_ctx(bundle))
+    elif settings.decision_engine == "wasm" and settings.policy_file:
+        # not served (OPA gets the bundle elsewhere), but compiled here for the in-process engine
+        bundle = BundleServer(settings.policy_file, metrics, settings.bundle_check_seconds)
+        app.cleanup_ctx.append(_bundle_ctx(bundle))
     app.cleanup_ctx.append(_decision_log_ctx(proxy))
-    app.cleanup_ctx.append(_services_ctx(settings, metrics, proxy, env))
+    app.cleanup_ctx.append(_services_ctx(settings, metrics, proxy, env, bundle))
     api_v1.add_routes(app, settings, proxy)  # /hexarch/v1/: check, settle, usage, stats, policies
 
     async def healthz(request: web.Request) -> web.StreamResponse:
@@ -163,10 +167,14 @@ def _bundle_ctx(bundle: BundleServer) -> Callable[[web.Application], AsyncIterat
 
 
 def _services_ctx(
-    settings: Settings, metrics: Metrics, proxy: Proxy, env: Mapping[str, str] | None
+    settings: Settings,
+    metrics: Metrics,
+    proxy: Proxy,
+    env: Mapping[str, str] | None,
+    bundle: BundleServer | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        opa = OpaClient(settings.opa_url, settings.opa_timeout_ms, settings.opa_decision_path)
+        opa = create_engine(settings, bundle)  # the `decision_engine` setting picks who decides
         upstream = UpstreamClient(settings, metrics, env)
         counters: CounterStore = Counters(create_redis(settings.redis_url), timezone=settings.timezone)
         fallback: CounterStore | None = (

@@ -24,8 +24,8 @@ def _version() -> str:
 def build_parser() -> argparse.ArgumentParser:
     from compiler import cli as compiler_cli
     from sidecar import commands as sidecar_commands
-    from sidecar.settings import file_diagnostics
     from sidecar.injector import command as injector_command
+    from sidecar.settings import file_diagnostics
 
     parser = argparse.ArgumentParser(prog="hexarch", description="Policy sidecar for LLM traffic.")
     parser.add_argument("--version", action="version", version=f"hexarch {_version()}")

@@ -5,6 +5,15 @@ The decision goes through `sidecar.opa_http` (a minimal HTTP/1.1 client for this
 
 An undefined result (no `result` key), a non-200, a timeout or a refused connection are all a
 PolicyEngineError: the caller applies the fail mode. A decision is never guessed.
+
+Admission queue: at most `DECISIONS_IN_FLIGHT` decision calls are on the wire to OPA at once; the
+others wait their turn in arrival order (an asyncio semaphore in the poster), and the decision
+timeout (`opa.timeout_ms`) counts only the call itself, not the wait. OPA evaluates with few
+threads (GOMAXPROCS, sidecar/stack.py): sending it hundreds of queries at once only makes every one
+of them slow, and a burst of 400 requests on a fresh stack then missed the timeout (503s); queued
+here, each call is answered in about the time of one. At most `DECISION_QUEUE_LIMIT` requests wait;
+beyond that a request is refused at once like an unreachable OPA (`503 policy_engine_unavailable`
+in fail_closed), so a flood cannot grow the queue, and memory, without bound.
 """
 
 from __future__ import annotations
@@ -17,6 +26,9 @@ import orjson
 from sidecar.errors import PolicyEngineError
 from sidecar.opa_http import HttpError, JsonPoster
 
+DECISIONS_IN_FLIGHT = 4
+DECISION_QUEUE_LIMIT = 4096
+
 
 class OpaClient:
     def __init__(self, base_url: str, timeout_ms: int, decision_path: str = "hexarch/decision") -> None:
@@ -27,6 +39,7 @@ class OpaClient:
         self._session: aiohttp.ClientSession | None = None
         self._timeout_s = timeout_ms / 1000
         self._poster: JsonPoster | None = None
+        self._pending = 0  # decisions in flight or waiting for a slot
 
     async def start(self) -> None:
         # One connection pool reused by every request; OPA on loopback answers in well under 1 ms.
@@ -34,7 +47,7 @@ class OpaClient:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode()
         )
-        self._poster = JsonPoster(self._url, self._timeout_s)
+        self._poster = JsonPoster(self._url, self._timeout_s, max_connections=DECISIONS_IN_FLIGHT)
 
     async def close(self) -> None:
         if self._poster is not None:
@@ -46,10 +59,15 @@ class OpaClient:
 
     async def decide(self, input_doc: dict[str, Any]) -> dict[str, Any]:
         assert self._poster is not None, "OpaClient.start() was not awaited"
+        if self._pending >= DECISIONS_IN_FLIGHT + DECISION_QUEUE_LIMIT:
+            raise PolicyEngineError(f"decision queue full ({DECISION_QUEUE_LIMIT} requests waiting for OPA)")
+        self._pending += 1
         try:
             status, raw = await self._poster.post(orjson.dumps({"input": input_doc}))
         except HttpError as exc:
             raise PolicyEngineError(f"OPA unreachable: {exc}") from exc
+        finally:
+            self._pending -= 1
         if status != 200:
             raise PolicyEngineError(f"OPA answered HTTP {status}")
         try:

@@ -23,6 +23,7 @@ from multidict import CIMultiDict
 
 from sidecar.background import BackgroundJobs
 from sidecar.counters import Admission, CounterStore, Limit, LimitState, Usage, limits_from_decision
+from sidecar.decision_engine import DecisionEngine
 from sidecar.decision_log import DecisionLog, DecisionRecord
 from sidecar.errors import (
     CounterStoreError,
@@ -52,7 +53,6 @@ from sidecar.ingress import (
     resources_of,
 )
 from sidecar.metrics import Metrics
-from sidecar.opa_client import OpaClient
 from sidecar.principal import Principal, PrincipalResolver
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros, output_allowance, reserved_output
@@ -77,7 +77,7 @@ class Services:
     settings: Settings
     metrics: Metrics
     principals: PrincipalResolver
-    opa: OpaClient
+    opa: DecisionEngine
     counters: CounterStore
     fallback_counters: CounterStore | None  # fail_open stand-in when Redis fails
     upstream: UpstreamClient

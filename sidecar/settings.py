@@ -29,6 +29,8 @@ from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS, UPSTREAM_URL_KEY
 from sidecar.errors import SettingsError
 
 FAIL_MODES = ("fail_closed", "fail_open")
+# Who decides a request (sidecar/decision_engine.py): the OPA server, or its Wasm build in-process.
+DECISION_ENGINES = ("opa", "wasm")
 UPSTREAM_APIS = ("ollama", "openai")
 # Which body adapter a route uses; see sidecar/ingress.py.
 ROUTE_APIS = (
@@ -142,6 +144,7 @@ class Settings:
     opa_decision_path: str = "hexarch/decision"
     redis_url: str = "redis://127.0.0.1:6379/0"
     fail_mode: str = "fail_closed"
+    decision_engine: str = "opa"
     timezone: str = "UTC"
     max_body_bytes: int = 4 * 1024 * 1024
     default_upstream: str | None = None
@@ -318,6 +321,7 @@ SIDECAR_KEYS = (
     "listen",
     "redis_url",
     "fail_mode",
+    "decision_engine",
     "max_body_bytes",
     "default_upstream",
     "builtin_routes",
@@ -657,6 +661,9 @@ def _sidecar_section(
     if side.get("redis_url") is not None:
         changes["redis_url"] = c.url(side.get("redis_url"), Settings.redis_url, REDIS_SCHEMES)
     changes["fail_mode"] = c.string(side.get("fail_mode"), Settings.fail_mode, choices=FAIL_MODES)
+    changes["decision_engine"] = c.string(
+        side.get("decision_engine"), Settings.decision_engine, choices=DECISION_ENGINES
+    )
     changes["max_body_bytes"] = int(
         c.number(side.get("max_body_bytes"), Settings.max_body_bytes, minimum=1, integer=True)
     )
@@ -843,6 +850,18 @@ def _apply_env(settings: Settings, env: Mapping[str, str], c: _Collector) -> Set
             )
         else:
             changes["fail_mode"] = fail_mode
+    engine = text("HEXARCH_DECISION_ENGINE")
+    if engine is not None:
+        if engine not in DECISION_ENGINES:
+            c.add(
+                _env_diag(
+                    "HEXARCH_DECISION_ENGINE",
+                    f"HEXARCH_DECISION_ENGINE='{engine}' is not one of {', '.join(DECISION_ENGINES)}",
+                    did_you_mean(engine, DECISION_ENGINES),
+                )
+            )
+        else:
+            changes["decision_engine"] = engine
     if (max_body := integer("HEXARCH_MAX_BODY_BYTES", 1)) is not None:
         changes["max_body_bytes"] = max_body
     policy_file = text("HEXARCH_POLICY_FILE")
@@ -940,6 +959,18 @@ def load_settings(
             raise SettingsError(exc.diagnostics) from exc
         settings = _from_tree(root, environment, c)
     settings = _apply_env(settings, environment, c)
+    if settings.decision_engine == "wasm" and not settings.policy_file:
+        # The Wasm engine compiles the bundle itself: it needs the policy the sidecar would serve.
+        c.add(
+            Diagnostic(
+                settings.source or ENV_FILE,
+                1,
+                1,
+                "decision_engine",
+                "decision_engine: wasm needs the policy: policies in this file or a policy_file",
+                "set sidecar.policy_file (or HEXARCH_POLICY_FILE), or use decision_engine: opa",
+            )
+        )
     if c.errors:
         raise SettingsError(c.errors)
     return settings

@@ -51,6 +51,13 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         "HEXARCH_FAIL_MODE",
     ),
     SettingDoc(
+        "sidecar.decision_engine",
+        "`opa`",
+        "who decides: `opa` (the OPA server) or `wasm` (OPA's Wasm build of the same bundle, in-process)",
+        "tests/sidecar/test_wasm_engine.py::test_decision_engine_setting_is_checked",
+        "HEXARCH_DECISION_ENGINE",
+    ),
+    SettingDoc(
         "sidecar.max_body_bytes",
         "4194304",
         "larger request bodies get 413",
