@@ -48,7 +48,10 @@ PAIRS: dict[str, tuple[str, str]] = {
     "sidecar.redis_url": (upstream(""), upstream("") + sidecar("redis_url: 'redis://h:1/0'")),
     "sidecar.fail_mode": (upstream(""), upstream("") + sidecar("fail_mode: fail_open")),
     "sidecar.max_body_bytes": (upstream(""), upstream("") + sidecar("max_body_bytes: 10")),
-    "sidecar.decision_engine": (upstream(""), upstream("") + sidecar("decision_engine: wasm")),
+    "sidecar.decision_engine": (
+        upstream("") + sidecar("policy_file: p.yaml"),
+        upstream("") + sidecar("policy_file: p.yaml\ndecision_engine: wasm"),
+    ),
     "sidecar.default_upstream": (upstream(""), upstream("") + sidecar("default_upstream: backup")),
     "sidecar.builtin_routes": (upstream(""), upstream("") + sidecar("builtin_routes: false")),
     "sidecar.api_keys": (upstream(""), key_entry("")),
