@@ -41,7 +41,7 @@ from sidecar.counters import (
     Usage,
     limits_from_decision,
 )
-from sidecar.decision_log import DecisionRecord, emit
+from sidecar.decision_log import DecisionRecord
 from sidecar.errors import (
     BadRequest,
     CounterStoreError,
@@ -124,7 +124,7 @@ class LoadedPolicy:
     revision: str
     loaded_at: str
     source: str
-    config: dict[str, Any]
+    config: Mapping[str, Any]
     policies: tuple[dict[str, Any], ...]
 
 
@@ -401,7 +401,7 @@ class ApiV1:
             metrics.child(metrics.requests, rec.outcome, rec.policy or "").inc()
             metrics.observe_request(f"{PREFIX}/check", model, principal.team, rec.status or 503)
             if self._settings.log_decisions:
-                emit(rec)
+                self._proxy.decision_log.write(rec)
 
     async def _check(
         self,

@@ -1,6 +1,6 @@
 """Who decides a request: the `decision_engine` setting and the engines it names.
 
-    DecisionEngine (protocol)   start() / close() / decide(input) -> decision / ready()
+    DecisionEngine (protocol)   start() / close() / decide(input) -> decision / ready() / bundle_revisions()
     ├── "opa"   OpaClient        the OPA server decides (POST /v1/data/hexarch/decision); default
     └── "wasm"  WasmEngine       OPA's Wasm build of the same bundle, evaluated in-process
 
@@ -27,6 +27,8 @@ class DecisionEngine(Protocol):
     async def decide(self, input_doc: dict[str, Any]) -> dict[str, Any]: ...
 
     async def ready(self) -> bool: ...
+
+    async def bundle_revisions(self) -> dict[str, str]: ...
 
 
 def _opa(settings: Settings, bundle: BundleServer | None) -> DecisionEngine:

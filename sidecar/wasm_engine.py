@@ -241,6 +241,8 @@ class _Engine(Protocol):
 
     async def ready(self) -> bool: ...
 
+    async def bundle_revisions(self) -> dict[str, str]: ...
+
 
 class WasmEngine:
     """The DecisionEngine that evaluates in-process; reloads on every new bundle revision."""
@@ -321,6 +323,10 @@ class WasmEngine:
         if needs_opa_server(raw):
             return await self._server.decide(input_doc)
         return policy.evaluate(raw)
+
+    async def bundle_revisions(self) -> dict[str, str]:
+        """What the OPA server (which still loads and verifies the bundle) has activated."""
+        return await self._server.bundle_revisions()
 
     async def ready(self) -> bool:
         """A module is loaded, and the OPA server (the bundle's verifier, the fallback) is ready."""
