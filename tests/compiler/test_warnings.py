@@ -116,3 +116,10 @@ def test_action_allow_keeps_the_rule(tmp_path: Path) -> None:
     assert [(m["patterns"], m["allowed"], m["action"]) for m in config["model_rules"]] == [
         (["tinyllama"], True, "block")
     ]
+
+
+def test_compile_prints_warnings_and_writes_the_bundle(hexarch: Hexarch, tmp_path: Path) -> None:
+    path = _write(tmp_path, CASES[0][1])
+    result = hexarch("compile", path, "-o", tmp_path / "bundle.tar.gz")
+    assert result.code == 0 and (tmp_path / "bundle.tar.gz").is_file()
+    assert f"{path}:6:16: warning: the allow-list of policy 'models' lists only '*'" in result.err
