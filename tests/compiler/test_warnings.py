@@ -31,6 +31,13 @@ CASES: list[tuple[str, str, tuple[int, int], str]] = [
         "allowed_hours covers the whole day: this window never matches",
     ),
     (
+        "allowed and forbidden hours overlap",
+        "  - id: hours\n    rules:\n      - operation: batch\n"
+        '        forbidden_hours: ["09:00-17:00"]\n        allowed_hours: ["16:00-08:00"]\n',
+        (8, 24),
+        "allowed_hours and forbidden_hours overlap (60 minutes a day are both)",
+    ),
+    (
         "allowed_days of every day",
         "  - id: days\n    rules:\n      - operation: batch\n"
         "        allowed_days: [mon, tue, wed, thu, fri, sat, sun]\n",
