@@ -123,10 +123,21 @@ def _compiled(tmp_path: Path, name: str, rule: dict[str, Any]) -> str:
     path = tmp_path / f"{name}.yaml"
     doc = {"policies": [{"id": "p", "rules": [{k: v for k, v in rule.items() if v is not None}]}]}
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
+    return _bundle_text(path)
+
+
+def _bundle_text(path: Path) -> str:
+    """The compiled data and every generated test file, or why the file is refused."""
     try:
-        return config_json(compile_policy(path).config).decode()
+        compiled = compile_policy(path)
     except PolicyError as exc:
         return f"refused: {exc}"
+    generated = [
+        f"{name}\n{text.decode()}"
+        for name, text in sorted(compiled.bundle.files.items())
+        if "/generated/" in name
+    ]
+    return "\n".join([config_json(compiled.config).decode(), *generated])
 
 
 def test_the_table_names_every_accepted_key_of_every_kind() -> None:
@@ -142,3 +153,29 @@ def test_changing_the_key_changes_the_bundle(tmp_path: Path, kind: str, key: str
     assert not before.startswith("refused"), before
     after = _compiled(tmp_path, "after", {**base, **CHANGES[kind][key]})
     assert after != before
+
+
+POLICY_CHANGES: dict[str, dict[str, Any]] = {
+    "id": {"id": "q"},
+    "description": {"description": "why"},
+    "enabled": {"enabled": False},
+    "rules": {"rules": [{"requests_per_minute": 6}]},
+}
+
+
+def test_policy_keys_are_all_in_the_table() -> None:
+    from compiler.validate import POLICY_KEYS
+
+    assert set(POLICY_CHANGES) == set(POLICY_KEYS)
+
+
+@pytest.mark.parametrize("key", sorted(POLICY_CHANGES))
+def test_changing_a_policy_key_changes_the_bundle(tmp_path: Path, key: str) -> None:
+    base = {"id": "p", "rules": [{"requests_per_minute": 5}]}
+    texts = []
+    for name, policy in (("before", base), ("after", {**base, **POLICY_CHANGES[key]})):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"policies": [policy]}), encoding="utf-8")
+        texts.append(_bundle_text(path))
+    assert not texts[0].startswith("refused"), texts[0]
+    assert texts[1] != texts[0]
