@@ -9,9 +9,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from compiler.diagnostics import Diagnostic
 from compiler.errors import CompilerError, PolicyError
 from compiler.model import PolicyFile
 
@@ -72,6 +74,24 @@ def _fail(exc: CompilerError) -> int:
     return 1
 
 
+# Checks of the sections other packages own (sidecar/settings.py: `sidecar`, `logging`, `opa`,
+# upstream sections), run on the same file so every command reports the whole file's problems. The
+# `hexarch` entry point (sidecar/cli.py) sets them as the `file_checks` default of these commands.
+FileCheck = Callable[[str], Sequence[Diagnostic]]
+WHOLE_FILE_COMMANDS = ("compile", "check", "test")
+
+
+def whole_file(args: argparse.Namespace, exc: PolicyError | None = None) -> None:
+    """Raise PolicyError with `exc`'s diagnostics plus those of the other sections' owners."""
+    extra = [d for check in getattr(args, "file_checks", ()) for d in check(args.policy)]
+    if exc is None and not [d for d in extra if d.severity == "error"]:
+        return
+    seen = set(exc.diagnostics) if exc is not None else set()
+    merged = [*(exc.diagnostics if exc is not None else ()), *(d for d in extra if d not in seen)]
+    merged.sort(key=lambda d: (d.file, d.line, d.col))
+    raise PolicyError(merged)
+
+
 def _summary(model: PolicyFile) -> str:
     enabled = model.enabled_policies
     rules = sum(len(p.rules) for p in enabled)
@@ -88,7 +108,12 @@ def run_compile(args: argparse.Namespace) -> int:
 
     to_stdout = args.output == "-"
     try:
-        compiled = compile_policy(args.policy, signing_key=args.signing_key, signing_alg=args.signing_alg)
+        try:
+            compiled = compile_policy(args.policy, signing_key=args.signing_key, signing_alg=args.signing_alg)
+        except PolicyError as exc:
+            whole_file(args, exc)
+            raise
+        whole_file(args)
         if to_stdout:
             sys.stdout.buffer.write(compiled.bundle.data)
             sys.stdout.buffer.flush()
@@ -111,7 +136,12 @@ def run_check(args: argparse.Namespace) -> int:
     from compiler.lower import lower
 
     try:
-        model = load_policy(args.policy)
+        try:
+            model = load_policy(args.policy)
+        except PolicyError as exc:
+            whole_file(args, exc)
+            raise
+        whole_file(args)
         check_custom(model)
         # Lower and emit too, so a file that passes `check` also compiles.
         emit_tests(model, lower(model))
@@ -129,7 +159,12 @@ def run_test(args: argparse.Namespace) -> int:
     from compiler.opa_tool import opa_test_bundle
 
     try:
-        compiled = compile_policy(args.policy)
+        try:
+            compiled = compile_policy(args.policy)
+        except PolicyError as exc:
+            whole_file(args, exc)
+            raise
+        whole_file(args)
         with tempfile.TemporaryDirectory(prefix="hexarch-test-") as tmp:
             bundle_dir = Path(tmp) / "bundle"
             extract_bundle(compiled.bundle, bundle_dir)

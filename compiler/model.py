@@ -145,22 +145,6 @@ class Price:
 
 
 @dataclass(frozen=True)
-class LoggingConfig:
-    level: str = "info"
-    file: str | None = None
-    log_prompts: bool = False
-    format: str = "json"
-
-
-@dataclass(frozen=True)
-class OpaConfig:
-    url: str = "http://127.0.0.1:8181"
-    timeout_ms: int = 250
-    decision_path: str = "hexarch/decision"
-    bundle_polling_seconds: int = 10
-
-
-@dataclass(frozen=True)
 class CustomPolicy:
     id: str
     file: Path  # resolved against the policy file's directory
@@ -169,8 +153,9 @@ class CustomPolicy:
 
 @dataclass(frozen=True)
 class Upstream:
+    """An upstream section's name; its contents belong to sidecar/settings.py."""
+
     name: str
-    base_url: str
 
 
 @dataclass(frozen=True)
@@ -179,8 +164,6 @@ class PolicyFile:
     version: int
     enforcement: Enforcement
     timezone: str
-    logging: LoggingConfig
-    opa: OpaConfig
     pricing: tuple[Price, ...]
     default_max_output_tokens: int
     custom: tuple[CustomPolicy, ...]

@@ -22,8 +22,6 @@ from compiler.model import (
     Action,
     CustomPolicy,
     Enforcement,
-    LoggingConfig,
-    OpaConfig,
     Policy,
     PolicyFile,
     Price,
@@ -51,9 +49,11 @@ TOP_LEVEL_KEYS = (
 # Top-level keys starting with "x-" are the user's own (a place for YAML anchors, as in
 # docker-compose files); nothing reads them.
 EXTENSION_PREFIX = "x-"
+# A top-level mapping with one of these keys is an upstream section (`tinyllama: {api_url: ...}`).
+# The compiler only recognises the sections it does not own: `logging`, `opa`, `sidecar` and upstream
+# sections are read and checked by their one owner, sidecar/settings.py (`hexarch check` runs both).
+UPSTREAM_URL_KEYS = ("base_url", "api_url")
 ENFORCEMENTS = ("strict", "warn", "monitor")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LOG_FORMATS = ("json", "text")
 
 # Keys that are right in another place of the file: say where, rather than guess a spelling.
 MISPLACED_KEYS = {
@@ -89,16 +89,13 @@ def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
         name = str(key.value)
         if name in TOP_LEVEL_KEYS or name.startswith(EXTENSION_PREFIX):
             continue
-        if value.kind == "mapping" and value.get("api_url") is not None:  # TEMPORARY: see _opa
-            continue
-        if value.kind == "mapping" and value.get("base_url") is not None:
-            base_url = v.string(value.get("base_url"), f"'{name}.base_url'")
-            if base_url is not None:
-                upstreams.append(Upstream(name, base_url))
+        if value.kind == "mapping" and any(value.get(k) is not None for k in UPSTREAM_URL_KEYS):
+            upstreams.append(Upstream(name))
             continue
         hint = (
             did_you_mean(name, TOP_LEVEL_KEYS)
-            or "an upstream section is a mapping with a base_url; keys starting with 'x-' are ignored"
+            or "an upstream section is a mapping with a base_url (or api_url); keys starting with 'x-' "
+            "are ignored"
         )
         v.unknown_key(tree, key, f"unknown top-level key '{name}'", hint)
 
@@ -111,14 +108,9 @@ def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
 
     enforcement = v.choice(tree.get("enforcement"), ENFORCEMENTS, "enforcement") or "strict"
     timezone = _timezone(v, tree.get("timezone")) or "UTC"
-    logging = _logging(v, tree.get("logging"))
-    opa = _opa(v, tree.get("opa"))
     pricing = _pricing(v, tree.get("pricing"))
     default_max_output = _defaults(v, tree.get("defaults"))
     custom = _custom(v, tree.get("custom"), base_dir)
-    sidecar = tree.get("sidecar")
-    if sidecar is not None:
-        v.mapping(sidecar, "'sidecar'")
 
     policies_node = tree.get("policies")
     policies: list[Policy] = []
@@ -140,8 +132,6 @@ def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
         version=version,
         enforcement=cast(Enforcement, enforcement),
         timezone=timezone,
-        logging=logging,
-        opa=opa,
         pricing=pricing,
         default_max_output_tokens=default_max_output,
         custom=custom,
@@ -164,48 +154,6 @@ def _timezone(v: Reader, node: Node | None) -> str | None:
         v.error(node, f"unknown timezone '{name}'", hint)
         return None
     return name
-
-
-def _logging(v: Reader, node: Node | None) -> LoggingConfig:
-    if node is None or not v.mapping(node, "'logging'"):
-        return LoggingConfig()
-    # TEMPORARY (issue7-compiler): `enabled` accepted until issue7-sidecar moves this section to
-    # sidecar/settings.py; on merge, take issue7-sidecar's version of this function (it deletes it).
-    v.check_keys(node, ("level", "file", "log_prompts", "format", "enabled"), "'logging'")
-    default = LoggingConfig()
-    level = v.choice(node.get("level"), LOG_LEVELS, "log level")
-    log_file = v.string(node.get("file"), "'logging.file'")
-    prompts = v.boolean(node.get("log_prompts"), "'logging.log_prompts'")
-    fmt = v.choice(node.get("format"), LOG_FORMATS, "log format")
-    return LoggingConfig(
-        level=level or default.level,
-        file=log_file,
-        log_prompts=default.log_prompts if prompts is None else prompts,
-        format=fmt or default.format,
-    )
-
-
-def _opa(v: Reader, node: Node | None) -> OpaConfig:
-    if node is None or not v.mapping(node, "'opa'"):
-        return OpaConfig()
-    # TEMPORARY (issue7-compiler): seed keys accepted until issue7-sidecar moves this section to
-    # sidecar/settings.py; on merge, take issue7-sidecar's version of this function (it deletes it).
-    keys = ("url", "timeout_ms", "decision_path", "bundle_polling_seconds", "timeout_seconds")
-    v.check_keys(node, (*keys, "health_check_interval"), "'opa'")
-    default = OpaConfig()
-    url_node = node.get("url")
-    url = v.string(url_node, "'opa.url'")
-    if url is not None and url_node is not None and not url.startswith(("http://", "https://")):
-        v.error(url_node, f"'opa.url' must start with http:// or https://, got '{url}'")
-    return OpaConfig(
-        url=url or default.url,
-        timeout_ms=v.positive_int(node.get("timeout_ms"), "'opa.timeout_ms'") or default.timeout_ms,
-        decision_path=v.string(node.get("decision_path"), "'opa.decision_path'") or default.decision_path,
-        bundle_polling_seconds=v.positive_int(
-            node.get("bundle_polling_seconds"), "'opa.bundle_polling_seconds'"
-        )
-        or default.bundle_polling_seconds,
-    )
 
 
 def _pricing(v: Reader, node: Node | None) -> tuple[Price, ...]:
