@@ -121,6 +121,7 @@ def run_compile(args: argparse.Namespace) -> int:
             write_bundle(compiled.bundle, Path(args.output))
     except CompilerError as exc:
         return _fail(exc)
+    _warnings_fail(compiled.model, args)  # printed; `compile` has no --strict
     signed = ", signed" if args.signing_key else ""
     where = "<stdout>" if to_stdout else args.output
     summary = f"{where}: {_summary(compiled.model)}, revision {compiled.revision[:12]}{signed}"

@@ -62,12 +62,27 @@ def _time_warnings(rule: TimeRule, node: Node) -> Iterator[Diagnostic]:
             "allowed_hours covers the whole day: this window never matches, so it restricts nothing",
             'give the hours the operation is allowed in, e.g. "18:00-08:00"',
         )
+    both = _minute_set(rule.allowed_hours) & _minute_set(rule.forbidden_hours)
+    if rule.allowed_hours and both:
+        yield _warning(
+            node.get("allowed_hours") or node,
+            f"allowed_hours and forbidden_hours overlap ({len(both)} minutes a day are both): "
+            "there the rule reports anyway",
+            "make the allowed and forbidden windows disjoint",
+        )
     if rule.allowed_days and set(rule.allowed_days) == set(WEEKDAYS):
         yield _warning(
             node.get("allowed_days") or node,
             "allowed_days lists every day of the week: it restricts nothing",
             "list only the days the operation is allowed on",
         )
+
+
+def _minute_set(windows: tuple[tuple[int, int], ...]) -> set[int]:
+    out: set[int] = set()
+    for start, end in windows:
+        out |= set(range(start, end)) if start <= end else set(range(start, WHOLE_DAY)) | set(range(end))
+    return out
 
 
 def _minutes(window: tuple[int, int]) -> int:

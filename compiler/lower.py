@@ -54,7 +54,11 @@ def lower(model: PolicyFile) -> Config:
         for rule in policy.rules:
             kind = kind_of(rule)
             head: EntryHead = {"policy": policy.id, "rule": rule.index}
-            lists[kind.config_list].extend(kind.lower(rule, head))
+            entries = kind.lower(rule, head)
+            if rule.description is not None:
+                # A rule's description travels with its entries, for whoever reads the bundle's data.
+                entries = [{**entry, "description": rule.description} for entry in entries]
+            lists[kind.config_list].extend(entries)
     config = {
         "enforcement": model.enforcement,
         "timezone": model.timezone,

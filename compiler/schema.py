@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from compiler.registry import KEY_SCHEMAS, REGISTRY, RuleKind
-from compiler.validate import ENFORCEMENTS, EXTENSION_PREFIX, POLICY_ID, TOP_LEVEL_KEYS
+from compiler.validate import ENFORCEMENTS, EXTENSION_PREFIX, POLICY_ID, POLICY_KEYS, TOP_LEVEL_KEYS
 
 SCHEMA_PATH = Path(__file__).resolve().parents[1] / "schema" / "hexarch.schema.json"
 SCHEMA_ID = "https://hexarch.dev/schema/hexarch.schema.json"
@@ -53,7 +53,7 @@ def _price() -> dict[str, Any]:
 
 
 def build_schema() -> dict[str, Any]:
-    policy = {
+    policy: dict[str, Any] = {
         "type": "object",
         "properties": {
             "id": {"type": "string", "pattern": POLICY_ID.pattern},
@@ -64,6 +64,7 @@ def build_schema() -> dict[str, Any]:
         "required": ["id", "rules"],
         "additionalProperties": False,
     }
+    assert set(policy["properties"]) == set(POLICY_KEYS), "every policy key of the validator has a schema"
     top: dict[str, Any] = {
         "version": {"const": 1},
         "enforcement": {"enum": list(ENFORCEMENTS)},

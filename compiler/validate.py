@@ -62,6 +62,7 @@ MISPLACED_KEYS = {
     "pricing": "pricing is a top-level section: pricing: {MODEL_GLOB: {input_per_million_usd, ...}}",
     "enabled": "'enabled: false' belongs to a policy (it switches the policy off); delete the rule instead",
 }
+POLICY_KEYS = ("id", "description", "enabled", "rules")
 PRICE_DECIMALS = 9
 POLICY_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 CUSTOM_ID = re.compile(r"^[a-z_][a-z0-9_]*$")
@@ -250,7 +251,7 @@ def _custom(v: Reader, node: Node | None, base_dir: Path) -> tuple[CustomPolicy,
 def _policy(v: Reader, node: Node, seen: dict[str, Node]) -> Policy | None:
     if not v.mapping(node, "each policy"):
         return None
-    v.check_keys(node, ("id", "description", "enabled", "rules"), "a policy", misplaced=MISPLACED_KEYS)
+    v.check_keys(node, POLICY_KEYS, "a policy", misplaced=MISPLACED_KEYS)
     id_node = node.get("id")
     pid: str | None = None
     if id_node is None:

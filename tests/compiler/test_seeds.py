@@ -18,8 +18,9 @@ from tests.compiler.conftest import Hexarch
 from tests.compiler.test_decision_table import decide
 
 SEEDS_DIR = Path(__file__).parents[1] / "seeds" / "guardrails"
-VERSIONS = sorted(p.name for p in SEEDS_DIR.iterdir() if p.is_dir())
-SEED_FILES = sorted(SEEDS_DIR.glob("*/*.yaml"))
+VERSIONS = sorted(p.name for p in SEEDS_DIR.iterdir() if p.is_dir() and p.name != "snippets")
+SEED_FILES = sorted(p for v in VERSIONS for p in (SEEDS_DIR / v).glob("*.yaml"))
+SNIPPETS = sorted((SEEDS_DIR / "snippets").glob("*.yaml"))
 TINYLLAMA = [p for p in SEED_FILES if p.name == "tinyllama_hexarch.yaml"]
 GUARDRAILS = [p for p in SEED_FILES if p.name == "hexarch.yaml"]
 
@@ -44,14 +45,14 @@ def test_every_published_version_is_here() -> None:
         assert old.read_text().replace("monthly_budget_usd:", "monthly_budget:") == new.read_text()
 
 
-@pytest.mark.parametrize("seed", SEED_FILES, ids=_ids(SEED_FILES))
+@pytest.mark.parametrize("seed", SEED_FILES + SNIPPETS, ids=_ids(SEED_FILES + SNIPPETS))
 def test_check_accepts_the_seed(hexarch: Hexarch, seed: Path) -> None:
     result = hexarch("check", seed)
     assert result.code == 0, result.err
     assert f"{seed}: ok" in result.out
 
 
-@pytest.mark.parametrize("seed", SEED_FILES, ids=_ids(SEED_FILES))
+@pytest.mark.parametrize("seed", SEED_FILES + SNIPPETS, ids=_ids(SEED_FILES + SNIPPETS))
 def test_generated_tests_pass(hexarch: Hexarch, seed: Path) -> None:
     result = hexarch("test", seed)
     assert result.code == 0, result.out + result.err
@@ -346,3 +347,18 @@ def test_guardrails_budgets(opa_bin: str, guardrails_bundle: Path) -> None:
         "rate_limit/0/rph": (1000, None),
         "rate_limit/2/rpm": (20, None),
     }
+
+
+def test_readme_snippet_decisions(opa_bin: str, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The Guardrails README's quick start: a USD budget, a global rate, delete needs confirmation."""
+    bundle = _bundle(tmp_path_factory, SEEDS_DIR / "snippets" / "readme_quick_start.yaml")
+    delete = decide(opa_bin, bundle, _doc(operation="delete"), WEDNESDAY_NOON)
+    assert (delete["allow"], _reports(delete["violations"])) == (
+        False,
+        {("safe_delete", "confirmation_required", 428)},
+    )
+    confirmed = decide(opa_bin, bundle, _doc(operation="delete", confirmed=True), WEDNESDAY_NOON)
+    assert (confirmed["allow"], confirmed["violations"]) == (True, [])
+    chat = decide(opa_bin, bundle, _doc(**OPENAI), WEDNESDAY_NOON)
+    limits = {e["id"]: (e["limit"], e["warn_at"]) for e in chat["limits"]}
+    assert limits == {"api_budget/0/month": (10_000_000, 0.8), "rate_limit/0/rpm": (100, None)}

@@ -31,6 +31,13 @@ CASES: list[tuple[str, str, tuple[int, int], str]] = [
         "allowed_hours covers the whole day: this window never matches",
     ),
     (
+        "allowed and forbidden hours overlap",
+        "  - id: hours\n    rules:\n      - operation: batch\n"
+        '        forbidden_hours: ["09:00-17:00"]\n        allowed_hours: ["16:00-08:00"]\n',
+        (8, 24),
+        "allowed_hours and forbidden_hours overlap (60 minutes a day are both)",
+    ),
+    (
         "allowed_days of every day",
         "  - id: days\n    rules:\n      - operation: batch\n"
         "        allowed_days: [mon, tue, wed, thu, fri, sat, sun]\n",
@@ -116,3 +123,10 @@ def test_action_allow_keeps_the_rule(tmp_path: Path) -> None:
     assert [(m["patterns"], m["allowed"], m["action"]) for m in config["model_rules"]] == [
         (["tinyllama"], True, "block")
     ]
+
+
+def test_compile_prints_warnings_and_writes_the_bundle(hexarch: Hexarch, tmp_path: Path) -> None:
+    path = _write(tmp_path, CASES[0][1])
+    result = hexarch("compile", path, "-o", tmp_path / "bundle.tar.gz")
+    assert result.code == 0 and (tmp_path / "bundle.tar.gz").is_file()
+    assert f"{path}:6:16: warning: the allow-list of policy 'models' lists only '*'" in result.err
