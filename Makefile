@@ -16,8 +16,8 @@ run: setup
 	$(VENV)/hexarch up --policy $(POLICY) --demo --port $(PORT)
 
 lint:
-	$(VENV)/ruff check compiler sidecar tests bench
-	$(VENV)/ruff format --check compiler sidecar tests bench
+	$(VENV)/ruff check compiler sidecar tests bench hexarch_guardrails examples
+	$(VENV)/ruff format --check compiler sidecar tests bench hexarch_guardrails examples
 	$(VENV)/mypy
 
 rego-check:
@@ -30,5 +30,8 @@ pytest:
 
 test: setup lint rego-check pytest
 
+# The side-by-side benchmark (docs/performance.md): installs the pinned LiteLLM proxy and matplotlib
+# first, writes bench/results/bench.json and bench.png. BENCH_ARGS="--soak" adds the 5-minute soak.
 bench: setup
-	$(VENV)/python -m bench.latency
+	@bash scripts/setup_bench.sh
+	$(VENV)/python -m bench.latency $(BENCH_ARGS)

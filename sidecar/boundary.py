@@ -1,7 +1,8 @@
 """The boundary of every guarded request: refusals and failures, raised anywhere in the pipeline as
 the typed exceptions of sidecar/errors.py, become responses here, once (`respond`); then the
-request is recorded: the decision id header, `hexarch_requests_total` by outcome and policy, and
-the decision log line (written by the settlement job instead when one is pending)."""
+request is recorded: the decision id header, `hexarch_requests_total` by outcome and policy,
+`hexarch_http_requests_total` by route, model, team and status class, and the decision log line
+(written by the settlement job instead when one is pending)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from sidecar.decision_log import DecisionRecord, emit
+from sidecar.decision_log import DecisionRecord
 from sidecar.errors import SidecarError
 from sidecar.errors_http import respond
 from sidecar.services import SERVICES_KEY
@@ -46,5 +47,6 @@ def _record(request: web.Request, rec: DecisionRecord, response: web.StreamRespo
     services = request.app[SERVICES_KEY]
     metrics = services.metrics
     metrics.child(metrics.requests, rec.outcome, rec.policy or "").inc()
+    metrics.observe_request(rec.route or request.path, rec.model, rec.team, response.status)
     if services.settings.log_decisions and not rec.settling:
-        emit(rec)  # otherwise the settlement job logs the record once it has the usage
+        services.decision_log.write(rec)  # otherwise the settlement job logs it with the usage

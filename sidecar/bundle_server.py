@@ -86,6 +86,12 @@ class BundleServer:
                 self._metrics.bundle_reloads.labels("error").inc()
                 logger.error("bundle build failed, still serving revision %s: %s", self.revision, exc)
 
+    async def current(self) -> tuple[str, bytes] | None:
+        """(revision, bundle) after the same mtime check OPA's polling triggers; None before a build."""
+        await self._refresh()
+        built = self._built
+        return None if built is None else (built.revision, built.data)
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         await self._refresh()
         built = self._built

@@ -12,20 +12,39 @@ import sys
 from collections.abc import Sequence
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("hexarch")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     from compiler import cli as compiler_cli
     from sidecar import commands as sidecar_commands
+    from sidecar.injector import command as injector_command
+    from sidecar.settings import file_diagnostics
 
     parser = argparse.ArgumentParser(prog="hexarch", description="Policy sidecar for LLM traffic.")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"hexarch {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     compiler_cli.register(sub)
+    # One owner per section: the compiler's commands also report the settings' sections.
+    for name in compiler_cli.WHOLE_FILE_COMMANDS:
+        sub.choices[name].set_defaults(file_checks=(file_diagnostics,))
     sidecar_commands.register(sub)
+    injector_command.register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:  # bare `hexarch`: what it can do
+        parser.print_help()
+        return 0
     code: int = args.func(args)
     return code
 

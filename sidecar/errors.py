@@ -12,7 +12,9 @@ outcome; sidecar/boundary.py turns it into the DESIGN.md error shape once, at th
     ├── RequestError                  the client's request is wrong -> 4xx in the DESIGN.md error shape
     │   ├── BadRequest                400 malformed JSON, wrong field types
     │   ├── Unauthenticated           401 missing or unknown API key
-    │   ├── NotFound                  404 no route for this path/method
+    │   ├── Forbidden                 403 the principal lacks the role (e.g. admin for others' usage)
+    │   ├── NotFound                  404 no route for this path/method, unknown policy/reservation
+    │   ├── Gone                      410 a reservation released when its settle deadline passed
     │   └── PayloadTooLarge           413 body over the configured limit
     ├── DependencyError               a part we rely on failed -> 503 when fail_closed (the
     │   │                             pipeline's one fail-open decision swallows it otherwise)
@@ -124,10 +126,22 @@ class Unauthenticated(RequestError):
         return {**super().response_headers(), "WWW-Authenticate": 'Bearer realm="hexarch"'}
 
 
+class Forbidden(RequestError):
+    status = 403
+    type = "permission_error"
+    code = "forbidden"
+
+
 class NotFound(RequestError):
     status = 404
     type = "not_found_error"
     code = "not_found"
+
+
+class Gone(RequestError):
+    status = 410
+    type = "invalid_request_error"
+    code = "gone"
 
 
 class PayloadTooLarge(RequestError):

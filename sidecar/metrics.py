@@ -6,6 +6,7 @@ Labels carry outcomes, policy ids, limit ids and upstream names: never keys, pro
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from typing import Any, TypeVar
 
@@ -22,10 +23,40 @@ _M = TypeVar("_M", bound=MetricWrapperBase)
 # a million users cannot grow the sidecar's memory or the scrape without bound.
 BUDGET_SERIES_KEPT = 1000
 _UPSTREAM_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_FIRST_BYTE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# Model and team labels come from requests and keys: the first LABEL_VALUES_KEPT distinct values of
+# each are used as they are, every later one is reported as "other" (docs/operations.md). Routes are
+# the configured endpoint paths (bounded by the config), status classes are 1xx..5xx.
+LABEL_VALUES_KEPT = 50
+OTHER = "other"
+
+
+class BoundedLabel:
+    """The first `kept` distinct values of a label pass; the rest become "other"."""
+
+    def __init__(self, kept: int = LABEL_VALUES_KEPT) -> None:
+        self._kept = kept
+        self._seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if not value:
+            return ""
+        if value in self._seen:
+            return value
+        if len(self._seen) < self._kept:
+            self._seen.add(value)
+            return value
+        return OTHER
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else "other"
 
 
 class Metrics:
-    def __init__(self, budget_series_kept: int = BUDGET_SERIES_KEPT) -> None:
+    def __init__(
+        self, budget_series_kept: int = BUDGET_SERIES_KEPT, label_values_kept: int = LABEL_VALUES_KEPT
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._budget_series: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -95,6 +126,49 @@ class Metrics:
         self.bundle_reloads = Counter(
             "hexarch_bundle_reloads_total", "Bundle rebuilds by result", ["result"], registry=r
         )
+        # Operator slices: model, route, status class, team (bounded, see BoundedLabel).
+        self.model_label = BoundedLabel(label_values_kept)
+        self.team_label = BoundedLabel(label_values_kept)
+        self.http_requests = Counter(
+            "hexarch_http_requests_total",
+            "Answered requests by route, model, team and status class",
+            ["route", "model", "team", "status_class"],
+            registry=r,
+        )
+        self.cost_usd = Counter(
+            "hexarch_cost_usd_total", "Settled cost in USD, by model and team", ["model", "team"], registry=r
+        )
+        self.settled_tokens = Counter(
+            "hexarch_settled_tokens_total",
+            "Tokens settled, by model, team and kind (prompt|completion)",
+            ["model", "team", "kind"],
+            registry=r,
+        )
+        self.budget_remaining_usd = Gauge(
+            "hexarch_budget_remaining_usd",
+            "Remaining budget after the last admission, USD",
+            ["limit", "subject"],
+            registry=r,
+        )
+        self.budget_utilisation = Gauge(
+            "hexarch_budget_utilisation_ratio",
+            "Share of the budget spent (0..1) after the last admission",
+            ["limit", "subject"],
+            registry=r,
+        )
+        self.budget_warn_threshold = Gauge(
+            "hexarch_budget_warn_threshold_ratio",
+            "The budget's warning threshold (alert_at_percentage / 100)",
+            ["limit", "subject"],
+            registry=r,
+        )
+        self.stream_first_byte_seconds = Histogram(
+            "hexarch_stream_first_byte_seconds",
+            "Streams: time from the upstream call to the first byte passed to the client",
+            ["upstream"],
+            buckets=_FIRST_BYTE_BUCKETS,
+            registry=r,
+        )
 
     def child(self, metric: _M, *values: str) -> _M:
         """`metric.labels(*values)`, remembered: `labels` validates and locks on every call, and the
@@ -106,17 +180,52 @@ class Metrics:
             found = self._children[key] = metric.labels(*values)
         return found
 
-    def set_budget_remaining(self, limit_id: str, subject: str, remaining: int) -> None:
+    def observe_request(self, route: str, model: str | None, team: str | None, status: int) -> None:
+        self.child(
+            self.http_requests, route, self.model_label(model), self.team_label(team), status_class(status)
+        ).inc()
+
+    def observe_settled(
+        self, model: str | None, team: str | None, prompt: int, completion: int, micros: int
+    ) -> None:
+        model_value, team_value = self.model_label(model), self.team_label(team)
+        self.child(self.settled_tokens, model_value, team_value, "prompt").inc(prompt)
+        self.child(self.settled_tokens, model_value, team_value, "completion").inc(completion)
+        self.child(self.cost_usd, model_value, team_value).inc(micros / 1_000_000)
+
+    def observe_first_byte(self, upstream: str, seconds: float) -> None:
+        self.child(self.stream_first_byte_seconds, upstream).observe(seconds)
+
+    def set_budget_remaining(
+        self,
+        limit_id: str,
+        subject: str,
+        remaining: int,
+        limit: int | None = None,
+        warn_at: float | None = None,
+    ) -> None:
         """The budget gauge of one subject; past `budget_series_kept` subjects the one admitted
         least recently is dropped (`hexarch usage` reads any subject from Redis)."""
         key = (limit_id, subject)
         self._budget_series[key] = None
         self._budget_series.move_to_end(key)
         self.child(self.budget_remaining, limit_id, subject).set(remaining)
+        self.child(self.budget_remaining_usd, limit_id, subject).set(remaining / 1_000_000)
+        if limit:
+            self.child(self.budget_utilisation, limit_id, subject).set(max(0, limit - remaining) / limit)
+        if warn_at is not None:
+            self.child(self.budget_warn_threshold, limit_id, subject).set(warn_at)
         while len(self._budget_series) > self._budget_series_kept:
             old, _ = self._budget_series.popitem(last=False)
-            self.budget_remaining.remove(*old)
-            self._children.pop((id(self.budget_remaining), old), None)
+            for gauge in (
+                self.budget_remaining,
+                self.budget_remaining_usd,
+                self.budget_utilisation,
+                self.budget_warn_threshold,
+            ):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*old)
+                self._children.pop((id(gauge), old), None)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

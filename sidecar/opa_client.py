@@ -5,6 +5,15 @@ The decision goes through `sidecar.opa_http` (a minimal HTTP/1.1 client for this
 
 An undefined result (no `result` key), a non-200, a timeout or a refused connection are all a
 PolicyEngineError: the caller applies the fail mode. A decision is never guessed.
+
+Admission queue: at most `DECISIONS_IN_FLIGHT` decision calls are on the wire to OPA at once; the
+others wait their turn in arrival order (an asyncio semaphore in the poster), and the decision
+timeout (`opa.timeout_ms`) counts only the call itself, not the wait. OPA evaluates with few
+threads (GOMAXPROCS, sidecar/stack.py): sending it hundreds of queries at once only makes every one
+of them slow, and a burst of 400 requests on a fresh stack then missed the timeout (503s); queued
+here, each call is answered in about the time of one. At most `DECISION_QUEUE_LIMIT` requests wait;
+beyond that a request is refused at once like an unreachable OPA (`503 policy_engine_unavailable`
+in fail_closed), so a flood cannot grow the queue, and memory, without bound.
 """
 
 from __future__ import annotations
@@ -17,15 +26,20 @@ import orjson
 from sidecar.errors import PolicyEngineError
 from sidecar.opa_http import HttpError, JsonPoster
 
+DECISIONS_IN_FLIGHT = 4
+DECISION_QUEUE_LIMIT = 4096
+
 
 class OpaClient:
     def __init__(self, base_url: str, timeout_ms: int, decision_path: str = "hexarch/decision") -> None:
         self._url = f"{base_url.rstrip('/')}/v1/data/{decision_path.strip('/')}"
         self._health = f"{base_url.rstrip('/')}/health?bundles"
+        self._bundles = f"{base_url.rstrip('/')}/v1/data/system/bundles"
         self._timeout = aiohttp.ClientTimeout(total=timeout_ms / 1000)
         self._session: aiohttp.ClientSession | None = None
         self._timeout_s = timeout_ms / 1000
         self._poster: JsonPoster | None = None
+        self._pending = 0  # decisions in flight or waiting for a slot
 
     async def start(self) -> None:
         # One connection pool reused by every request; OPA on loopback answers in well under 1 ms.
@@ -33,7 +47,7 @@ class OpaClient:
         self._session = aiohttp.ClientSession(
             connector=connector, timeout=self._timeout, json_serialize=lambda o: orjson.dumps(o).decode()
         )
-        self._poster = JsonPoster(self._url, self._timeout_s)
+        self._poster = JsonPoster(self._url, self._timeout_s, max_connections=DECISIONS_IN_FLIGHT)
 
     async def close(self) -> None:
         if self._poster is not None:
@@ -45,10 +59,15 @@ class OpaClient:
 
     async def decide(self, input_doc: dict[str, Any]) -> dict[str, Any]:
         assert self._poster is not None, "OpaClient.start() was not awaited"
+        if self._pending >= DECISIONS_IN_FLIGHT + DECISION_QUEUE_LIMIT:
+            raise PolicyEngineError(f"decision queue full ({DECISION_QUEUE_LIMIT} requests waiting for OPA)")
+        self._pending += 1
         try:
             status, raw = await self._poster.post(orjson.dumps({"input": input_doc}))
         except HttpError as exc:
             raise PolicyEngineError(f"OPA unreachable: {exc}") from exc
+        finally:
+            self._pending -= 1
         if status != 200:
             raise PolicyEngineError(f"OPA answered HTTP {status}")
         try:
@@ -58,6 +77,10 @@ class OpaClient:
         result = doc.get("result") if isinstance(doc, dict) else None
         if not isinstance(result, dict):
             raise PolicyEngineError("OPA has no decision (undefined result): is the bundle loaded?")
+        opa_id = doc.get("decision_id")
+        if isinstance(opa_id, str):
+            # OPA names each decision when its decision logging is on: the decision log links it.
+            result["opa_decision_id"] = opa_id
         return result
 
     async def ready(self) -> bool:
@@ -75,3 +98,24 @@ class OpaClient:
         except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
             return False
         return isinstance(doc, dict) and isinstance(doc.get("result"), dict)
+
+    async def bundle_revisions(self) -> dict[str, str]:
+        """The revision of each bundle OPA has activated, by bundle name ({} when OPA does not say)."""
+        if self._session is None:
+            return {}
+        try:
+            async with self._session.get(self._bundles) as resp:
+                if resp.status != 200:
+                    return {}
+                doc = orjson.loads(await resp.read())
+        except (TimeoutError, aiohttp.ClientError, orjson.JSONDecodeError):
+            return {}
+        bundles = doc.get("result") if isinstance(doc, dict) else None
+        if not isinstance(bundles, dict):
+            return {}
+        out: dict[str, str] = {}
+        for name, info in bundles.items():
+            manifest = info.get("manifest") if isinstance(info, dict) else None
+            if isinstance(manifest, dict) and isinstance(manifest.get("revision"), str):
+                out[str(name)] = manifest["revision"]
+        return out

@@ -1,13 +1,17 @@
 """One guarded request, read top to bottom in `Pipeline._handle`:
 
-    read body -> principal -> normalise (Anthropic ingress, routing by model) -> OPA decision
-    -> refusal? -> admission (Redis) -> limited? -> cap output -> forward (fallback chain) -> settle
+    read body -> principal -> normalise (Anthropic ingress, routing by model, upstream defaults)
+    -> decision (the DecisionEngine) -> refusal? -> admission (Redis) -> limited? -> cap output
+    -> forward (fallback chain) -> settle (usage statistics hooks, decision log)
 
 A refusal or failure anywhere is raised as a typed exception (sidecar/errors.py) and becomes a
 response once, in sidecar/boundary.py. A failing dependency is judged in one place,
 `Pipeline._dependency_failed`: re-raised (503) in fail_closed, counted and tolerated in fail_open.
 Whatever happens after admission, the reservation is settled with the real usage or refunded, once
 (sidecar/settlement.py). Services come from the app's typed state (`request.app[SERVICES_KEY]`).
+
+The steps `decide`, `refuse_if_denied`, `dependency_failed`, `admit` and `limited` are public:
+`POST /hexarch/v1/check` (sidecar/api_v1.py) runs the same ones for a described operation.
 """
 
 from __future__ import annotations
@@ -43,7 +47,9 @@ from sidecar.ingress import (
     Normalised,
     apply_token_cap,
     decode_body,
+    fill_defaults,
     normalise,
+    prompt_text,
     request_stream_usage,
     resources_of,
 )
@@ -56,6 +62,7 @@ from sidecar.routing import declares_models, model_for, route_by_model, served_m
 from sidecar.services import SERVICES_KEY, Services
 from sidecar.settings import PLAIN_PLACEHOLDER, UpstreamSettings
 from sidecar.settlement import Settlement, Ticket
+from sidecar.stats import StatsTags
 from sidecar.upstream import Build, Reply
 
 logger = logging.getLogger("hexarch.sidecar")
@@ -113,12 +120,24 @@ def _tightest(states: Sequence[LimitState]) -> LimitState | None:
     return min(pool, key=lambda s: s.remaining / s.limit.limit if s.limit.limit else 0.0)
 
 
+def note_decision(decision: Mapping[str, Any], rec: DecisionRecord) -> None:
+    """The decision's policies and OPA's own decision id, for the decision log."""
+    opa_id = decision.get("opa_decision_id")
+    rec.opa_decision_id = opa_id if isinstance(opa_id, str) else None
+    policies: dict[str, None] = {}
+    for key in ("violations", "warnings", "limits"):
+        for item in decision.get(key) or ():
+            if isinstance(item, dict) and isinstance(item.get("policy"), str):
+                policies[item["policy"]] = None
+    rec.policies = list(policies)
+
+
 class Proxy:
     """The route handlers: each request runs its own Pipeline over the app's services."""
 
     def handler(self, endpoint: Endpoint) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            record = DecisionRecord(secrets.token_hex(12), request.method, request.path)
+            record = DecisionRecord(secrets.token_hex(12), request.method, request.path, route=endpoint.path)
             request[RECORD_KEY] = record  # sidecar/boundary.py answers refusals and records it
             return await Pipeline(request.app[SERVICES_KEY], request, record).run(endpoint)
 
@@ -155,7 +174,7 @@ class Pipeline:
             return await self._unguarded(request, ep, raw, rec)
 
         principal = self.s.principals.resolve(request.headers)
-        rec.principal = principal.id
+        rec.principal, rec.team = principal.id, principal.team
         client_api = ep.api
         body = decode_body(raw) if ep.has_body else None
         if client_api == "anthropic.messages" and body is not None:
@@ -164,16 +183,21 @@ class Pipeline:
             ep = replace(ep, api="openai.chat")
         if body is not None:
             ep = route_by_model(self.s.settings, ep, body.get("model"))
+        # the upstream's default_model/_temperature/_max_tokens, before the policy judges the body
+        filled = fill_defaults(ep, body) if body is not None else False
         norm = normalise(ep, body)
         doc = self._input(request, ep, principal, norm, rec.decision_id)
         doc["request"]["api"] = client_api
+        rec.model, rec.resources = norm.model, doc["resources"]
+        if self.s.decision_log.prompts and body is not None:
+            rec.prompt = prompt_text(body)
         options = body.get("stream_options") if body is not None else None
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
-        decision = await self._decide(doc, rec)
+        decision = await self.decide(doc)
         extra: CIMultiDict[str] = CIMultiDict()
         if decision is not None:
-            self._refuse_if_denied(decision, rec, norm.params)
+            self.refuse_if_denied(decision, norm.params)
             for warning in decision.get("warnings") or ():
                 if isinstance(warning, dict):
                     text = f"{warning.get('policy', '')}: {warning.get('message', '')}"
@@ -186,14 +210,16 @@ class Pipeline:
             try:
                 limits = limits_from_decision(decision.get("limits") or ())
             except PolicyEngineError as exc:
-                self._dependency_failed(exc, rec)
+                self.dependency_failed(exc)
 
-        admission, store = await self._admit(rec.decision_id, limits, rec)
+        admission, store = await self.admit(limits)
         if not admission.admitted:
-            raise self._limited(admission, norm, rec)
+            raise self.limited(admission, norm)
         self._admission_headers(admission, extra, norm.max_output_tokens is not None)
 
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
+        if filled and client_api == ep.api:
+            raw = orjson.dumps(body)  # relayed as it came, with the defaults filled in
         forwarded = raw
         hide_usage_chunk = False
         pricing = decision.get("pricing") if decision is not None else None
@@ -216,6 +242,9 @@ class Pipeline:
             pricing=pricing,
             reservation=reserved_output(norm.max_output_tokens, limits, pricing, norm.prompt_tokens),
             hide_usage_chunk=hide_usage_chunk,
+            tags=StatsTags(
+                principal.id, principal.team, norm.model, tuple(sorted({lim.policy for lim in limits}))
+            ),
         )
         out = _Outbound(client_api, body, forwarded, wants_usage)
         return await self._forward(request, ep, out, norm, extra, ticket, rec)
@@ -229,6 +258,7 @@ class Pipeline:
             estimate["max_output_tokens"] = norm.max_output_tokens
         confirm = request.headers.get("X-Hexarch-Confirm", "")
         return {
+            "resource_owner": self._resource_owner(request),
             "request": {"id": request_id, "method": request.method, "path": request.path, "api": ep.api},
             "principal": principal.document(),
             "resources": resources_of(ep, norm.model),
@@ -241,20 +271,37 @@ class Pipeline:
             "estimate": estimate,
         }
 
-    async def _decide(self, doc: dict[str, Any], rec: DecisionRecord) -> dict[str, Any] | None:
+    def _resource_owner(self, request: web.Request) -> str | None:
+        """Who owns the resource the request names (`@self` / `@owner` in allowed_users).
+
+        The route's `{owner}` path placeholder, else the trusted resource-owner header (only when
+        trusted headers are on: the app next door vouches for it); never the body (docs/sidecar.md).
+        """
+        owner = request.match_info.get("owner")
+        if owner:
+            return owner
+        trusted = self.s.settings.trusted_headers
+        if trusted.enabled and trusted.resource_owner is not None:
+            return request.headers.get(trusted.resource_owner) or None
+        return None
+
+    async def decide(self, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """The decision engine's decision on `doc`; None when it failed and fail_open goes on."""
+        rec = self.rec
         started = time.perf_counter()
         try:
             decision = await self.s.opa.decide(doc)
         except PolicyEngineError as exc:
             rec.decision_ms = round((time.perf_counter() - started) * 1000, 3)
-            self._dependency_failed(exc, rec)
+            self.dependency_failed(exc)
             return None
         seconds = time.perf_counter() - started
         self.s.metrics.decision_seconds.observe(seconds)
         rec.decision_ms = round(seconds * 1000, 3)
+        note_decision(decision, rec)
         return decision
 
-    def _dependency_failed(self, exc: DependencyError, rec: DecisionRecord) -> None:
+    def dependency_failed(self, exc: DependencyError) -> None:
         """The one fail-open decision: re-raise (503, fail_closed) or count and go on (fail_open)."""
         if exc.dependency == "opa":
             self.s.metrics.opa_errors.inc()
@@ -264,11 +311,10 @@ class Pipeline:
         if not self._fail_open:
             raise exc
         self.s.metrics.fail_open.labels(exc.dependency).inc()
-        rec.outcome = "fail_open"
+        self.rec.outcome = "fail_open"
 
-    def _refuse_if_denied(
-        self, decision: Mapping[str, Any], rec: DecisionRecord, params: Mapping[str, Any]
-    ) -> None:
+    def refuse_if_denied(self, decision: Mapping[str, Any], params: Mapping[str, Any]) -> None:
+        """Raise the decision's refusal (PolicyDenied) unless it allows the request."""
         if decision.get("allow") is True:
             return
         violations = [v for v in decision.get("violations") or () if isinstance(v, dict)]
@@ -307,18 +353,18 @@ class Pipeline:
             details=details,
         )
 
-    async def _admit(
-        self, request_id: str, limits: Sequence[Limit], rec: DecisionRecord
-    ) -> tuple[Admission, CounterStore]:
+    async def admit(self, limits: Sequence[Limit]) -> tuple[Admission, CounterStore]:
+        """Admission under the request's decision id: Redis, or the fail_open stand-in."""
+        request_id = self.rec.decision_id
         try:
             return await self.settlement.admit(self.s.counters, request_id, limits), self.s.counters
         except CounterStoreError as exc:
-            self._dependency_failed(exc, rec)
+            self.dependency_failed(exc)
         fallback = self.s.fallback_counters
         assert fallback is not None  # created whenever fail_open is on
         return await self.settlement.admit(fallback, request_id, limits), fallback
 
-    def _limited(self, admission: Admission, norm: Normalised, rec: DecisionRecord) -> LimitExceeded:
+    def limited(self, admission: Admission, norm: Normalised) -> LimitExceeded:
         """The refusal of a limit the admission did not pass."""
         state = admission.blocking
         if state is None:  # refused without a named limit: treat as the store refusing
@@ -375,7 +421,7 @@ class Pipeline:
             lim = state.limit
             if lim.unit == "usd_micros":
                 metrics = self.s.metrics
-                metrics.set_budget_remaining(lim.id, lim.subject, state.remaining)
+                metrics.set_budget_remaining(lim.id, lim.subject, state.remaining, lim.limit, lim.warn_at)
             # A request that named no maximum is capped by the sidecar itself: nothing to warn about.
             if state.warn and not (lim.is_request_cap and not named_max):
                 unit = _UNIT_WORDS[lim.unit]

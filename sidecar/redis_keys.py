@@ -48,3 +48,29 @@ def subject_pattern(subject: str) -> str:
     tag = subject_tag(subject)
     glob_safe = "".join("\\" + ch if ch in "*?[]\\" else ch for ch in tag)
     return f"{PREFIX}:{{{glob_safe}}}:*"
+
+
+# The check/settle API (sidecar/api_v1.py) and usage statistics (sidecar/stats.py). All of them share
+# one hash tag, so the statistics script can update a day and a month hash, mark a reservation as
+# counted and drop its ticket atomically, also on Redis Cluster.
+API_TAG = "~api"
+
+
+def api_ticket_key(reservation_id: str) -> str:
+    """What `POST /hexarch/v1/check` admitted, kept for `settle` (JSON; TTL: the settle deadline)."""
+    return f"{PREFIX}:{{{API_TAG}}}:ticket:{reservation_id}"
+
+
+def api_ticket_index() -> str:
+    """Sorted set of open tickets by settle deadline (epoch ms): the expiry sweeper reads it."""
+    return f"{PREFIX}:{{{API_TAG}}}:tickets"
+
+
+def stats_key(period: str, label: str) -> str:
+    """Hash of request, token and cost totals of one `period` (``day``/``month``) named `label`."""
+    return f"{PREFIX}:{{{API_TAG}}}:stats:{period}:{label}"
+
+
+def stats_marker_key(reservation_id: str) -> str:
+    """Set once a reservation's usage is in the statistics: makes counting it idempotent."""
+    return f"{PREFIX}:{{{API_TAG}}}:counted:{reservation_id}"

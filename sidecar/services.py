@@ -3,17 +3,24 @@ handlers read `request.app[SERVICES_KEY]`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
 from sidecar.background import BackgroundJobs
-from sidecar.counters import CounterStore
+from sidecar.counters import CounterStore, Usage
+from sidecar.decision_engine import DecisionEngine
+from sidecar.decision_log import DecisionLog
 from sidecar.metrics import Metrics
-from sidecar.opa_client import OpaClient
 from sidecar.principal import PrincipalResolver
 from sidecar.settings import Settings
+from sidecar.stats import StatsTags
 from sidecar.upstream import UpstreamClient
+
+# Called once per settled request with its reservation id, who/what it was and the real usage
+# (sidecar/api_v1.py counts it in the usage statistics). Registered at start-up, before any request.
+SettledHook = Callable[[str, StatsTags, Usage], Awaitable[None]]
 
 
 @dataclass
@@ -23,11 +30,13 @@ class Services:
     settings: Settings
     metrics: Metrics
     principals: PrincipalResolver
-    opa: OpaClient
+    opa: DecisionEngine  # the `decision_engine` setting picks it (sidecar/decision_engine.py)
     counters: CounterStore
     fallback_counters: CounterStore | None  # fail_open stand-in when Redis fails
     upstream: UpstreamClient
     background: BackgroundJobs  # settlements and refunds, run after the reply is sent
+    decision_log: DecisionLog  # opened and closed by the app's cleanup context
+    settled_hooks: list[SettledHook] = field(default_factory=list)
 
 
 SERVICES_KEY: web.AppKey[Services] = web.AppKey("services", Services)

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.counters import Admission, CounterStore, Limit, Usage
-from sidecar.decision_log import DecisionRecord, emit
+from sidecar.decision_log import DecisionRecord
 from sidecar.errors import CounterStoreError
 from sidecar.ingress import Normalised
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros
 from sidecar.services import Services
+from sidecar.stats import StatsTags
 from sidecar.upstream import Reply
 
 logger = logging.getLogger("hexarch.sidecar")
@@ -42,6 +43,7 @@ class Ticket:
     pricing: Mapping[str, Any] | None
     reservation: int  # output tokens reserved: charged when the upstream reports no usage
     hide_usage_chunk: bool  # the sidecar asked for the stream's usage event; the client did not
+    tags: StatsTags | None = None  # who and what, for the usage statistics (sidecar/stats.py)
 
 
 class Settlement:
@@ -93,12 +95,21 @@ class Settlement:
         else:
             # No usage reported (or the client left before it): the reservation stands.
             counts = TokenCounts(norm.prompt_tokens, ticket.reservation)
-        cost = cost_micros(ticket.pricing, counts)
-        rec.prompt_tokens, rec.completion_tokens, rec.cost_usd_micros = (
-            counts.prompt_tokens,
-            counts.completion_tokens,
-            cost,
-        )
+        return self.charge(counts, ticket.pricing, rec)
+
+    def charge(
+        self, counts: TokenCounts, pricing: Mapping[str, Any] | None, rec: DecisionRecord | None = None
+    ) -> Usage:
+        """The usage of `counts` at `pricing`, counted in the token and cost metrics (and the record).
+
+        The one place usage is priced: a proxied reply (`usage`) and `POST /hexarch/v1/settle` both."""
+        cost = cost_micros(pricing, counts)
+        if rec is not None:
+            rec.prompt_tokens, rec.completion_tokens, rec.cost_usd_micros = (
+                counts.prompt_tokens,
+                counts.completion_tokens,
+                cost,
+            )
         metrics = self._s.metrics
         metrics.child(metrics.tokens, "prompt").inc(counts.prompt_tokens)
         metrics.child(metrics.tokens, "completion").inc(counts.completion_tokens)
@@ -108,6 +119,9 @@ class Settlement:
     async def _settle(self, ticket: Ticket, usage: Usage, rec: DecisionRecord) -> None:
         try:
             await ticket.store.settle(ticket.admission, usage)
+            if ticket.tags is not None:
+                for hook in self._s.settled_hooks:
+                    await hook(ticket.admission.reservation_id, ticket.tags, usage)
         except CounterStoreError as exc:
             self._s.metrics.redis_errors.inc()
             logger.warning("settling %s failed (its reservation expires by TTL): %s", rec.decision_id, exc)
@@ -115,7 +129,7 @@ class Settlement:
             rec.settling = False
             # status 0: the handler has not finished (the job ran inline) or never will (cancelled)
             if self._log and rec.status:
-                emit(rec)
+                self._s.decision_log.write(rec)
 
     async def refund(self, ticket: Ticket) -> None:
         try:

@@ -37,12 +37,13 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from sidecar import stack_state
 from sidecar.errors import SidecarError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,6 +81,7 @@ class StackOptions:
     polling_max_seconds: int = 2
     # False: the sidecar writes to this terminal (its decision log is what a developer watches).
     sidecar_log_file: bool = False
+    decision_log: str | None = None  # `logging.file` of the policy; None: the sidecar's stdout
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -173,6 +175,49 @@ def upstream_configured(policy: Path) -> bool:
     return bool(load_settings(str(policy), env=dict(os.environ)).upstreams)
 
 
+def validate_file(policy: Path) -> str | None:
+    """The whole file checked as `hexarch check` does (policies, then the sidecar's sections).
+
+    None when it is valid, else the located diagnostics to print.
+    """
+    from compiler.api import check_custom, load_policy
+    from compiler.diagnostics import Diagnostic, format_all
+    from compiler.errors import CompilerError, PolicyError
+    from sidecar.settings import file_diagnostics
+
+    diagnostics: list[Diagnostic] = []
+    try:
+        check_custom(load_policy(policy))
+    except PolicyError as exc:
+        diagnostics.extend(exc.diagnostics)
+    except CompilerError as exc:
+        return f"hexarch up: {exc}"
+    seen = set(diagnostics)
+    diagnostics.extend(d for d in file_diagnostics(str(policy)) if d not in seen)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if not errors:
+        return None
+    plural = "s" if len(errors) != 1 else ""
+    return f"{format_all(errors)}\nhexarch up: {len(errors)} error{plural} in {policy}; nothing started"
+
+
+def bundle_polling(policy: Path) -> tuple[int, int]:
+    """OPA's bundle polling delays (min, max): `opa.bundle_polling_seconds` of the file, else 1-2 s."""
+    from sidecar.settings import load_settings
+
+    seconds = load_settings(str(policy), env=dict(os.environ)).opa_bundle_polling_seconds
+    if seconds is None:
+        return StackOptions.polling_min_seconds, StackOptions.polling_max_seconds
+    return seconds, seconds
+
+
+def _decision_log(policy: Path) -> str | None:
+    from sidecar.settings import load_settings
+
+    settings = load_settings(str(policy), env=dict(os.environ))
+    return settings.log_file if settings.log_decisions else "off (logging.enabled: false)"
+
+
 def _anonymous_needed(policy: Path, env: Mapping[str, str]) -> bool:
     """True when the policy file declares no API keys, so the demo must work without one."""
     from sidecar.settings import load_settings
@@ -202,6 +247,8 @@ class Stack:
         if not port_is_free(host, options.port):
             raise StackError(f"sidecar port {options.port} on {host} is already in use (choose --port)")
         self.work_dir = options.work_dir.resolve()
+        # Told the name of each slow start-up step as it begins (`hexarch up` shows progress).
+        self.on_step: Callable[[str], None] = lambda step: None
 
     # -- addresses ------------------------------------------------------------------------------
 
@@ -227,11 +274,16 @@ class Stack:
         """Start every child and wait until the sidecar answers /readyz; on failure stop them all."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         try:
+            self.on_step("starting redis-server")
             self._start_redis()
             if self.options.demo:
+                self.on_step("starting the demo model")
                 self._start_demo()
+            self.on_step("starting the sidecar (compiling the policy)")
             self._start_sidecar()
+            self.on_step("starting OPA")
             self._start_opa()
+            self.on_step("waiting for OPA to load the bundle and the sidecar to be ready")
             self._wait(self.sidecar_url + "/readyz", "sidecar readiness (/readyz)")
         except BaseException:
             self.stop()
@@ -444,6 +496,7 @@ def banner(stack: Stack) -> str:
     lines += [
         f"  policy    {stack.options.policy}   (edits are live within seconds)",
         f"  logs      {stack.work_dir}",
+        f"  decisions {stack.options.decision_log or 'this terminal'}   (one line per request)",
         "",
         "Try:",
         f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\",
@@ -459,8 +512,14 @@ def run(args: argparse.Namespace) -> int:
     if not policy.is_file():
         print(f"hexarch up: policy file {policy} not found", file=sys.stderr)
         return 2
+    problems = validate_file(policy)
+    if problems is not None:  # nothing is started for a file `hexarch check` would refuse
+        print(problems, file=sys.stderr)
+        return 1
     try:
         demo = args.demo or not upstream_configured(policy)
+        polling = bundle_polling(policy)
+        decision_log = _decision_log(policy)
     except SidecarError as exc:  # the settings in the file are invalid: the diagnostics say where
         print(f"hexarch up: {exc}", file=sys.stderr)
         return 1
@@ -480,6 +539,9 @@ def run(args: argparse.Namespace) -> int:
         work_dir=Path(args.work_dir),
         demo_latency_ms=args.demo_latency_ms,
         demo_failure_rate=args.demo_failure_rate,
+        polling_min_seconds=polling[0],
+        polling_max_seconds=polling[1],
+        decision_log=decision_log,
     )
     stop = threading.Event()
 
@@ -490,14 +552,27 @@ def run(args: argparse.Namespace) -> int:
     try:
         stack = Stack(options, interrupted=stop)
         try:
-            stack.start()
+            with _progress() as status:
+                stack.on_step = status
+                stack.start()
         except StackError as exc:
             if stop.is_set():
                 return 0
             print(f"hexarch up: {exc}", file=sys.stderr)
             return 1
-        print(banner(stack), flush=True)
-        code = _supervise(stack, stop)
+        stack_state.write(
+            stack.work_dir,
+            sidecar_url=stack.sidecar_url,
+            opa_url=stack.opa_url,
+            redis_url=stack.redis_url,
+            demo_url=stack.demo_url,
+            policy=str(options.policy.resolve()),
+        )
+        print(banner(stack), flush=True)  # after the state file: whoever reads the banner finds it
+        try:
+            code = _supervise(stack, stop)
+        finally:
+            stack_state.remove(stack.work_dir)
         stack.stop()
         print("hexarch up: stopped", flush=True)
         return code
@@ -507,6 +582,19 @@ def run(args: argparse.Namespace) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+@contextlib.contextmanager
+def _progress() -> Iterator[Callable[[str], None]]:
+    """A spinner naming the current start-up step on a terminal; plain lines otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield lambda step: print(f"hexarch up: {step}...", file=sys.stderr, flush=True)
+        return
+    with console.status("hexarch up: starting") as status:
+        yield lambda step: status.update(f"hexarch up: {step}...")
 
 
 def _supervise(stack: Stack, stop: threading.Event) -> int:

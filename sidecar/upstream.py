@@ -3,7 +3,8 @@
 `open` walks the chain (the chosen upstream, then its `fallback` list) before the first byte reaches
 the client. A connection error, a timeout, a 5xx or a 429 moves on: a 5xx or timeout is retried on
 the same upstream `retries` times after an exponential backoff with full jitter
-(`backoff_seconds` * 2^n), a 429 goes straight to the next upstream. Everything, backoff included,
+(`backoff_seconds` * 2^n; a seed-style section's `retry_delay_seconds` waits its fixed doubling
+instead, see `_backoff`), a 429 goes straight to the next upstream. Everything, backoff included,
 is bounded by the first upstream's `deadline_seconds`. Each upstream has a circuit breaker
 (sidecar/breaker.py): `breaker_failures` failures in a row open it for `breaker_seconds`, then one
 probe is let through (half-open) and its outcome closes or re-opens it. Any other status is the
@@ -88,6 +89,15 @@ class Opened:
     adapter: Adapter
     started: float
     tried: tuple[tuple[str, str], ...]  # the attempts that failed before this one
+
+
+def _backoff(target: UpstreamSettings, attempt: int) -> float:
+    """The wait before retry `attempt` (1, 2, ...) of `target`."""
+    if target.retry_delay_seconds is not None:
+        # the seed's retry_delay_seconds, doubling per retry (capped at 1 s or the delay itself)
+        delay = target.retry_delay_seconds
+        return float(min(max(1.0, delay), delay * 2 ** (attempt - 1)))
+    return random.uniform(0, target.backoff_seconds * 2 ** (attempt - 1))
 
 
 def _timeout(upstream: UpstreamSettings, stream: bool, remaining: float) -> aiohttp.ClientTimeout:
@@ -195,7 +205,7 @@ class UpstreamClient:
             for attempt in range(target.retries + 1):
                 remaining = deadline - time.monotonic()
                 if attempt:
-                    delay = random.uniform(0, target.backoff_seconds * 2 ** (attempt - 1))
+                    delay = _backoff(target, attempt)
                     if delay >= remaining:
                         break
                     await asyncio.sleep(delay)
@@ -353,6 +363,7 @@ class UpstreamClient:
         scanner = StreamScanner()
         usage_filter = UsageChunkFilter() if hide_usage_chunk else None
         complete = broke = False
+        first_byte = True
         try:
             await out.prepare(request)
             async for chunk in resp.content.iter_any():
@@ -361,6 +372,9 @@ class UpstreamClient:
                     chunk = usage_filter.feed(chunk)
                     if not chunk:
                         continue
+                if first_byte:
+                    first_byte = False
+                    self._metrics.observe_first_byte(upstream.name, time.perf_counter() - started)
                 await self._pump(out, chunk)
             scanner.finish()
             if usage_filter is not None and (rest := usage_filter.finish()):
@@ -437,7 +451,11 @@ class UpstreamClient:
         try:
             await out.prepare(request)
             await self._pump(out, writer.start())
+            first_byte = True
             async for chunk in resp.content.iter_any():
+                if first_byte:
+                    first_byte = False
+                    self._metrics.observe_first_byte(upstream.name, time.perf_counter() - started)
                 for delta in decoder.feed(chunk):
                     if delta.text:
                         await self._pump(out, writer.text(delta.text))

@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from sidecar import stack_state
 from sidecar.counters import Counters, Limit, LimitState
+from sidecar.stack_state import DEFAULT_WORK_DIR
 
 _UNITS = {"rate_limits": "requests", "token_limits": "tokens", "budgets": "usd_micros"}
 
@@ -33,6 +37,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--principal", metavar="ID", help="subject of principal-scoped limits")
     parser.add_argument("--team", metavar="TEAM", help="subject of team-scoped limits")
     parser.add_argument("--json", action="store_true", help="one JSON document instead of a table")
+    parser.add_argument(
+        "--work-dir",
+        default=str(DEFAULT_WORK_DIR),
+        help="where a running `hexarch up` keeps its state (default .hexarch/run): its policy and Redis "
+        "are used unless --config/--redis-url say otherwise",
+    )
     parser.set_defaults(func=_usage)
 
 
@@ -83,14 +93,61 @@ def _row(state: LimitState) -> dict[str, Any]:
     }
 
 
-def render_table(rows: Sequence[Mapping[str, Any]]) -> str:
+BAR_WIDTH = 20
+
+
+def _bar(used: int, limit: int) -> str:
+    share = min(1.0, used / limit) if limit else 1.0
+    filled = round(share * BAR_WIDTH)
+    return "█" * filled + "░" * (BAR_WIDTH - filled) + f" {share:>4.0%}"
+
+
+def _amount(row: Mapping[str, Any], value: int) -> str:
+    """Budgets in dollars, everything else as the whole number it is."""
+    return f"${value / 1_000_000:,.2f}" if row["unit"] == "usd_micros" else str(value)
+
+
+def render_table(rows: Sequence[Mapping[str, Any]], width: int | None = None) -> str:
+    """The rows as a table with a bar per limit (budgets in dollars), for a terminal or a pipe."""
     if not rows:
         return "no stored limits for these subjects"
-    columns = ("id", "subject", "unit", "window", "used", "limit", "remaining", "reset_seconds")
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    lines = ["  ".join(c.ljust(widths[c]) for c in columns)]
-    lines += ["  ".join(str(r[c]).ljust(widths[c]) for c in columns) for r in rows]
-    return "\n".join(lines)
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, show_edge=False, pad_edge=False, header_style="bold")
+    for column in (
+        "id",
+        "subject",
+        "unit",
+        "window",
+        "used",
+        "limit",
+        "remaining",
+        "reset_seconds",
+        "used %",
+    ):
+        table.add_column(
+            column, no_wrap=True, justify="right" if column in ("used", "limit", "remaining") else "left"
+        )
+    for r in rows:
+        unit = "USD" if r["unit"] == "usd_micros" else r["unit"]
+        share = r["used"] / r["limit"] if r["limit"] else 1.0
+        style = "red" if share >= 1 else "yellow" if share >= 0.75 else "green"
+        table.add_row(
+            str(r["id"]),
+            str(r["subject"]),
+            unit,
+            str(r["window"]),
+            _amount(r, r["used"]),
+            _amount(r, r["limit"]),
+            _amount(r, r["remaining"]),
+            f"{r['reset_seconds']}s",
+            f"[{style}]{_bar(r['used'], r['limit'])}[/{style}]",
+        )
+    console = Console(width=width or 160, record=True, force_terminal=False, color_system=None)
+    with console.capture() as captured:
+        console.print(table)
+    return captured.get().rstrip("\n")
 
 
 async def read_usage(redis_url: str, timezone: str, limits: Sequence[Limit]) -> list[dict[str, Any]]:
@@ -110,11 +167,17 @@ def _usage(args: argparse.Namespace) -> int:
     from sidecar.errors import CounterStoreError, SettingsError
     from sidecar.settings import load_settings
 
-    overrides = {"HEXARCH_REDIS_URL": args.redis_url} if args.redis_url else {}
+    running = stack_state.read(Path(args.work_dir))
+    redis_url = args.redis_url or (running or {}).get("redis_url")
+    config = args.config or os.environ.get("HEXARCH_CONFIG") or (running or {}).get("policy")
+    overrides = {"HEXARCH_REDIS_URL": redis_url} if redis_url else {}
     try:
-        settings = load_settings(args.config, overrides=overrides)
+        settings = load_settings(config, overrides=overrides)
         if settings.source is None:
-            print("hexarch usage: --config (or HEXARCH_CONFIG) is required", file=sys.stderr)
+            print(
+                "hexarch usage: no running `hexarch up` found; give --config (or HEXARCH_CONFIG)",
+                file=sys.stderr,
+            )
             return 2
         config = compile_policy(settings.source).config
         rows = asyncio.run(

@@ -23,8 +23,18 @@ def test_the_opa_the_tests_run_is_the_pinned_one(opa_bin: str) -> None:
 
 
 def test_docker_compose_runs_the_pinned_opa() -> None:
+    # OPA runs from the sidecar image, which copies the pinned opa (next test).
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    assert compose["services"]["opa"]["image"] == f"openpolicyagent/opa:{pinned_opa()}"
+    assert compose["services"]["opa"]["image"] == compose["services"]["hexarch"]["image"]
+    assert compose["services"]["opa"]["entrypoint"] == ["opa"]
+
+
+def test_the_helm_chart_injects_the_pinned_opa() -> None:
+    values = yaml.safe_load((ROOT / "helm" / "hexarch" / "values.yaml").read_text())
+    assert values["opa"]["image"]["tag"] == f"{pinned_opa()}-static"
+    from sidecar.injector.config import InjectorConfig
+
+    assert InjectorConfig().opa_image == f"openpolicyagent/opa:{pinned_opa()}-static"
 
 
 def test_the_sidecar_image_copies_the_pinned_opa() -> None:

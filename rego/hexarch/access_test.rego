@@ -52,3 +52,21 @@ test_operation_scoped_rule if {
 	_messages(r, {"resources": ["stats"], "operation": "read", "principal": {"id": "alice"}}) == []
 	_messages(r, {"resources": ["stats"], "operation": "delete", "principal": {"id": "alice"}}) == ["principal \"alice\" may not use operation delete on resource stats"]
 }
+
+test_self_admits_the_owner_of_the_resource if {
+	r := object.union(_rule, {"users": [], "roles": [], "self": true})
+	_messages(r, {"resources": ["stats"], "principal": {"id": "alice"}, "resource_owner": "alice"}) == []
+	_messages(r, {"resources": ["stats"], "principal": {"id": "alice"}, "resource_owner": "bob"}) != []
+}
+
+test_self_fails_closed_without_an_owner if {
+	r := object.union(_rule, {"users": [], "roles": [], "self": true})
+	_messages(r, {"resources": ["stats"], "principal": {"id": "alice"}}) != []
+	_messages(r, {"resources": ["stats"], "principal": {"id": "alice"}, "resource_owner": null}) != []
+	_messages(r, {"resources": ["stats"], "principal": {"id": ""}, "resource_owner": ""}) != []
+	_messages(r, {"resources": ["stats"], "principal": {}, "resource_owner": ""}) != []
+}
+
+test_self_is_not_a_role if {
+	_messages(_rule, {"resources": ["stats"], "principal": {"id": "alice", "roles": ["self"]}, "resource_owner": "alice"}) != []
+}

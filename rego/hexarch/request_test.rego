@@ -18,6 +18,8 @@ test_wrong_types_count_as_missing if {
 	not request.confirmed with input as doc
 	not request.model with input as doc
 	not request.resource_type with input as doc
+	not request.resource_owner with input as doc
+	not request.resource_owner with input as {"resource_owner": 7}
 	not request.feature with input as doc
 	not request.principal_id with input as doc
 	request.principal_roles == set() with input as doc
@@ -40,6 +42,7 @@ test_well_typed_values if {
 	request.confirmed with input as doc
 	request.model == "tinyllama" with input as doc
 	request.resource_type == "conversation" with input as doc
+	request.resource_owner == "alice" with input as object.union(doc, {"resource_owner": "alice"})
 	request.feature == "vision" with input as doc
 	request.principal_subject == "alice" with input as doc
 	request.team_subject == "ml" with input as doc

@@ -1,0 +1,1 @@
+"""Examples that run against a Hexarch sidecar (`examples.tinyllama_guardrails`)."""

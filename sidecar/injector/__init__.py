@@ -1,0 +1,1 @@
+"""`hexarch injector`: the Kubernetes admission webhook that adds the sidecar and OPA to pods."""

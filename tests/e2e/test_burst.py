@@ -1,0 +1,56 @@
+"""A burst on a fresh stack: 400 simultaneous chat completions, none refused for a slow decision.
+
+The stack runs as processes (`sidecar.stack`, OPA with its production GOMAXPROCS), nothing warmed up
+before the burst. Every request must be answered 200: the sidecar's admission queue
+(sidecar/opa_client.py) keeps OPA's load at a few decisions at a time, so none misses the decision
+timeout (`503 policy_engine_unavailable`), which 128 of 400 did before the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import aiohttp
+
+from bench.latency import BODY, unthrottled_policy
+from sidecar.stack import Stack, StackOptions, free_port
+from tests.conftest import EXAMPLE_POLICY
+
+BURST = 400
+
+
+async def burst(url: str) -> tuple[Counter[int], list[bytes]]:
+    statuses: Counter[int] = Counter()
+    refusals: list[bytes] = []
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def one() -> None:
+            async with session.post(f"{url}/v1/chat/completions", json=BODY) as resp:
+                body = await resp.read()
+                statuses[resp.status] += 1
+                if resp.status != 200:
+                    refusals.append(body)
+
+        await asyncio.gather(*(one() for _ in range(BURST)))
+    return statuses, refusals
+
+
+def test_a_burst_of_400_on_a_fresh_stack_gets_no_503(tmp_path: Path) -> None:
+    policy = tmp_path / "hexarch.yaml"
+    unthrottled_policy(EXAMPLE_POLICY, policy)  # every rule evaluated, no limit reached
+    options = StackOptions(
+        policy=policy,
+        demo=True,
+        port=free_port(),
+        opa_port=free_port(),
+        redis_port=free_port(),
+        demo_port=free_port(),
+        work_dir=tmp_path / "run",
+        sidecar_log_file=True,
+        extra_env={"HEXARCH_ANONYMOUS": "true"},
+    )
+    with Stack(options) as stack:
+        statuses, refusals = asyncio.run(burst(stack.sidecar_url))
+    assert statuses == Counter({200: BURST}), refusals[:3]

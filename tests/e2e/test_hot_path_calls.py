@@ -1,0 +1,188 @@
+"""Regression check on the hot path: how many OPA and Redis calls a request costs (counted, not timed).
+
+The whole stack runs as processes (`sidecar.stack`: redis-server, OPA polling the sidecar's bundle,
+the demo model, the sidecar). Over N sequential chat completions, OPA's own Prometheus counter of
+`POST /v1/data` and Redis's `INFO commandstats` are read before and after:
+
+* with `decision_engine: opa`, exactly one decision call per request reaches OPA;
+* with `decision_engine: wasm`, none does (the decision is made in-process);
+* the sidecar sends Redis exactly two commands per request, both EVALSHA: the admission script
+  before the reply and the settlement script after it. A second round trip on the hot path makes it
+  three. They are counted by a small TCP relay between the sidecar and Redis that parses the RESP
+  commands it forwards (`INFO commandstats` would also count the commands the scripts run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bench.latency import unthrottled_policy
+from sidecar.stack import Stack, StackOptions, free_port
+from tests.conftest import EXAMPLE_POLICY
+
+REQUESTS = 30
+HANDSHAKE = ("hello", "client", "select", "auth")
+BODY = {"model": "tinyllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
+
+
+def opa_decision_calls(opa_url: str) -> int:
+    with urllib.request.urlopen(f"{opa_url}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    total = 0
+    for line in text.splitlines():
+        if line.startswith("http_request_duration_seconds_count{") and 'handler="v1/data"' in line:
+            total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+class CountingRelay:
+    """A loopback TCP relay to Redis that counts the RESP commands clients send through it, by name."""
+
+    def __init__(self, redis_port: int) -> None:
+        self.counts: Counter[str] = Counter()
+        self._lock = threading.Lock()
+        self._target = redis_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def snapshot(self) -> Counter[str]:
+        with self._lock:
+            return Counter(self.counts)
+
+    def close(self) -> None:
+        self._stop = True
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stop:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, count: bool) -> None:
+        pending = b""
+        try:
+            while chunk := src.recv(65536):
+                if count:
+                    pending = self._count(pending + chunk)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                dst.shutdown(socket.SHUT_WR)
+
+    def _count(self, buf: bytes) -> bytes:
+        """Count every complete command (`*N` then N bulk strings) in `buf`; return the rest."""
+        while buf.startswith(b"*"):
+            pos = buf.find(b"\r\n")
+            if pos < 0:
+                return buf
+            items, pos = int(buf[1:pos]), pos + 2
+            name = b""
+            for i in range(items):
+                end = buf.find(b"\r\n", pos)
+                if end < 0:
+                    return buf
+                size = int(buf[pos + 1 : end])
+                if len(buf) < end + 2 + size + 2:
+                    return buf
+                if i == 0:
+                    name = buf[end + 2 : end + 2 + size]
+                pos = end + 2 + size + 2
+            with self._lock:
+                self.counts[name.decode().lower()] += 1
+            buf = buf[pos:]
+        return buf
+
+
+def chat(url: str) -> int:
+    req = urllib.request.Request(
+        f"{url}/v1/chat/completions",
+        data=json.dumps(BODY).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        resp.read()
+        return int(resp.status)
+
+
+@pytest.fixture
+def relay(tmp_path: Path) -> Iterator[tuple[CountingRelay, int]]:
+    redis_port = free_port()
+    counting = CountingRelay(redis_port)
+    try:
+        yield counting, redis_port
+    finally:
+        counting.close()
+
+
+@pytest.fixture(params=["opa", "wasm"])
+def stack(
+    request: pytest.FixtureRequest, tmp_path: Path, relay: tuple[CountingRelay, int]
+) -> Iterator[Stack]:
+    policy = tmp_path / "hexarch.yaml"
+    unthrottled_policy(EXAMPLE_POLICY, policy)  # every rule still evaluated, nothing throttled
+    options = StackOptions(
+        policy=policy,
+        demo=True,
+        port=free_port(),
+        opa_port=free_port(),
+        redis_port=relay[1],
+        demo_port=free_port(),
+        work_dir=tmp_path / "run",
+        sidecar_log_file=True,
+        extra_env={
+            "HEXARCH_DECISION_ENGINE": request.param,
+            "HEXARCH_ANONYMOUS": "true",
+            "HEXARCH_REDIS_URL": f"redis://127.0.0.1:{relay[0].port}/0",  # through the counting relay
+        },
+    )
+    with Stack(options) as running:
+        yield running
+
+
+def test_one_decision_and_two_redis_commands_per_request(
+    stack: Stack, relay: tuple[CountingRelay, int]
+) -> None:
+    counting = relay[0]
+    engine = stack.sidecar_env()["HEXARCH_DECISION_ENGINE"]
+    assert chat(stack.sidecar_url) == 200  # warm: scripts loaded, connections open
+    settled(counting, 2)
+    opa_before, redis_before = opa_decision_calls(stack.opa_url), counting.snapshot()
+
+    for _ in range(REQUESTS):
+        assert chat(stack.sidecar_url) == 200
+
+    settled(counting, redis_before["evalsha"] + 2 * REQUESTS)
+    opa_after, redis_after = opa_decision_calls(stack.opa_url), counting.snapshot()
+
+    assert opa_after - opa_before == (REQUESTS if engine == "opa" else 0)
+    sent = redis_after - redis_before
+    # a pooled connection opened on the way says HELLO (and CLIENT SETINFO) once: not per request
+    handshakes = {name: sent.pop(name) for name in HANDSHAKE if name in sent}
+    assert sent == Counter({"evalsha": 2 * REQUESTS})
+    assert handshakes.get("hello", 0) <= 2, handshakes
+
+
+def settled(counting: CountingRelay, evalsha: int) -> None:
+    """Until `evalsha` EVALSHA went through (settlements run after the replies), at most 10 s."""
+    deadline = time.monotonic() + 10
+    while counting.snapshot()["evalsha"] < evalsha and time.monotonic() < deadline:
+        time.sleep(0.05)
