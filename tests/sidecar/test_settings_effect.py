@@ -134,6 +134,19 @@ PAIRS: dict[str, tuple[str, str]] = {
     "<upstream>.breaker_failures": (upstream(""), upstream(", breaker_failures: 1")),
     "<upstream>.breaker_seconds": (upstream(""), upstream(", breaker_seconds: 1")),
     "<upstream>.max_tokens_param": (upstream(""), upstream(", max_tokens_param: max_completion_tokens")),
+    "<upstream>.models": (upstream(""), upstream(", models: ['claude-*']")),
+    "<upstream>.api_key_file": (upstream(""), upstream(", api_key_file: /run/secrets/key")),
+    "<upstream>.folder_id": (upstream(""), upstream(", folder_id: b1g")),
+    "<upstream>.key_type": (
+        upstream(", api: yandexgpt, folder_id: b1g"),
+        upstream(", api: yandexgpt, folder_id: b1g, key_type: iam_token"),
+    ),
+    "<upstream>.auth_url": (upstream(""), upstream(", auth_url: 'https://127.0.0.1:5/oauth'")),
+    "<upstream>.scope": (upstream(""), upstream(", scope: GIGACHAT_API_PERS")),
+    "<upstream>.backoff_seconds": (upstream(""), upstream(", backoff_seconds: 0.5")),
+    "<upstream>.deadline_seconds": (upstream(""), upstream(", deadline_seconds: 5")),
+    "<upstream>.ca_file": (upstream(""), upstream(f", ca_file: '{__file__}'")),
+    "<upstream>.verify_tls": (upstream(""), upstream(", verify_tls: false")),
 }
 
 
