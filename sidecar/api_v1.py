@@ -433,9 +433,11 @@ class ApiV1:
             )
             try:
                 await self._save(ticket, ttl)
-            except CounterStoreError:
+            except CounterStoreError as exc:
+                self.s.metrics.redis_errors.inc()
+                logger.warning("counter store failed: %s", exc)
                 await store.refund(admission)
-                raise
+                raise  # 503 from the boundary
         else:
             reply["reservation_id"] = None  # fail_open stand-in: nothing to settle across processes
         return _reply(reply)
