@@ -513,6 +513,8 @@ class ApiV1:
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(redis_keys.api_ticket_key(ticket.reservation_id), ticket.dumps(), ex=ttl + 60)
             pipe.zadd(redis_keys.api_ticket_index(), {ticket.reservation_id: ticket.deadline_ms})
+            # outlives every open ticket's deadline; expires once no check has come for a while
+            pipe.expire(redis_keys.api_ticket_index(), MAX_TTL_SECONDS + 120)
             await pipe.execute()
         except REDIS_FAILURES as exc:
             raise CounterStoreError(f"saving the reservation failed: {exc}") from exc
