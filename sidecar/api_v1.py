@@ -41,7 +41,7 @@ from sidecar.counters import (
     Usage,
     limits_from_decision,
 )
-from sidecar.decision_log import DecisionRecord, emit
+from sidecar.decision_log import DecisionRecord
 from sidecar.errors import (
     BadRequest,
     CounterStoreError,
@@ -124,7 +124,7 @@ class LoadedPolicy:
     revision: str
     loaded_at: str
     source: str
-    config: dict[str, Any]
+    config: Mapping[str, Any]
     policies: tuple[dict[str, Any], ...]
 
 
@@ -372,7 +372,8 @@ class ApiV1:
         resources.append("*")
 
         rec = DecisionRecord(secrets.token_hex(12), request.method, request.path)
-        rec.principal = principal.id
+        rec.principal, rec.team, rec.model = principal.id, principal.team, model
+        rec.route = f"{PREFIX}/check"
         estimate: dict[str, Any] = {"prompt_tokens": tokens}
         if max_output is not None:
             estimate["max_output_tokens"] = max_output
@@ -393,6 +394,7 @@ class ApiV1:
             "params": params,
             "estimate": estimate,
         }
+        rec.resources = resources
         try:
             return await self._check(doc, rec, principal, policy_id, model, tokens, max_output, ttl)
         finally:
@@ -401,7 +403,7 @@ class ApiV1:
             metrics.child(metrics.requests, rec.outcome, rec.policy or "").inc()
             metrics.observe_request(f"{PREFIX}/check", model, principal.team, rec.status or 503)
             if self._settings.log_decisions:
-                emit(rec)
+                self._proxy.decision_log.write(rec)
 
     async def _check(
         self,
