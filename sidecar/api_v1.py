@@ -54,7 +54,7 @@ from sidecar.errors import (
 from sidecar.errors_http import JSON, error_response, request_error_response
 from sidecar.ingress import Normalised
 from sidecar.principal import Principal
-from sidecar.proxy import Proxy, Services
+from sidecar.proxy import Proxy, Services, _note_decision
 from sidecar.redis_client import create_redis
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros
@@ -442,6 +442,7 @@ class ApiV1:
         if decision is not None:
             if policy_id is not None:
                 decision = _only_policy(decision, policy_id)
+            _note_decision(decision, rec)  # the decision log's policies and OPA's decision id
             pricing = decision.get("pricing")
             reply["violations"] = list(decision.get("violations") or ())
             reply["warnings"] = list(decision.get("warnings") or ())
