@@ -54,7 +54,7 @@ from sidecar.errors import (
 from sidecar.errors_http import JSON, error_response, request_error_response
 from sidecar.ingress import Normalised
 from sidecar.principal import Principal
-from sidecar.proxy import Proxy, Services
+from sidecar.proxy import Proxy, Services, _note_decision
 from sidecar.redis_client import create_redis
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros
@@ -372,7 +372,8 @@ class ApiV1:
         resources.append("*")
 
         rec = DecisionRecord(secrets.token_hex(12), request.method, request.path)
-        rec.principal = principal.id
+        rec.principal, rec.team, rec.model = principal.id, principal.team, model
+        rec.route = f"{PREFIX}/check"
         estimate: dict[str, Any] = {"prompt_tokens": tokens}
         if max_output is not None:
             estimate["max_output_tokens"] = max_output
@@ -393,6 +394,7 @@ class ApiV1:
             "params": params,
             "estimate": estimate,
         }
+        rec.resources = resources
         try:
             return await self._check(doc, rec, principal, policy_id, model, tokens, max_output, ttl)
         finally:
@@ -440,6 +442,7 @@ class ApiV1:
         if decision is not None:
             if policy_id is not None:
                 decision = _only_policy(decision, policy_id)
+            _note_decision(decision, rec)  # the decision log's policies and OPA's decision id
             pricing = decision.get("pricing")
             reply["violations"] = list(decision.get("violations") or ())
             reply["warnings"] = list(decision.get("warnings") or ())
@@ -513,6 +516,8 @@ class ApiV1:
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(redis_keys.api_ticket_key(ticket.reservation_id), ticket.dumps(), ex=ttl + 60)
             pipe.zadd(redis_keys.api_ticket_index(), {ticket.reservation_id: ticket.deadline_ms})
+            # outlives every open ticket's deadline; expires once no check has come for a while
+            pipe.expire(redis_keys.api_ticket_index(), MAX_TTL_SECONDS + 120)
             await pipe.execute()
         except REDIS_FAILURES as exc:
             raise CounterStoreError(f"saving the reservation failed: {exc}") from exc
