@@ -157,3 +157,16 @@ def test_old_cluster_gets_plain_containers_and_no_volume_claim(helm_bin: str) ->
     assert injector_config(docs)["native_sidecars"] is False
     (statefulset,) = by_kind(docs, "StatefulSet")
     assert "volumeClaimTemplates" not in statefulset["spec"]
+
+
+def test_default_policy_in_the_chart_compiles(helm_bin: str, tmp_path: Any) -> None:
+    import sys
+    from pathlib import Path
+
+    docs = render("default", helm_bin)
+    policy = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "hx-hexarch-policy")
+    path = tmp_path / "hexarch.yaml"
+    path.write_text(policy["data"]["hexarch.yaml"])
+    hexarch = str(Path(sys.executable).with_name("hexarch"))
+    out = subprocess.run([hexarch, "check", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
