@@ -74,7 +74,7 @@ def test_schema_rejects_bad_values(helm_bin: str) -> None:
     for pair, message in [
         ("injector.failurePolicy=Sometimes", "failurePolicy"),
         ("sidecar.failMode=open", "failMode"),
-        ("redis.mode=cluster", "clusterUrl"),
+        ("redis.mode=cluster", "redis.clusterUrl is required"),
         ("injector.replicaCount=0", "replicaCount"),
         ("unknownKey=1", "unknownKey"),
     ]:
@@ -119,6 +119,9 @@ def test_external_and_cluster_redis_reach_the_sidecars(helm_bin: str) -> None:
     assert injector_config(external)["redis_url"] == "redis://:s3cret@redis.example:6379/0"
     cluster = render("redis-cluster", helm_bin)
     assert injector_config(cluster)["redis_url"] == "redis+cluster://r1:6379,r2:6379"
+    from_secret = helm_template(helm_bin, ["redis.mode=external", "redis.urlSecret.name=redis-creds"])
+    config = injector_config(from_secret)
+    assert config["redis_url_secret"] == "redis-creds/url" and "redis_url" not in config
 
 
 def test_cert_manager_issues_the_certificate_when_its_crds_exist(helm_bin: str) -> None:
