@@ -271,6 +271,7 @@ async def soak(call: Call, pid: int, seconds: float) -> dict[str, Any]:
         samples.append((round(time.monotonic() - began, 1), rss_mb(pid)))
 
     await asyncio.gather(sampler(), *(worker() for _ in range(SOAK_IN_FLIGHT)))
+    into.busy_seconds = time.monotonic() - began
     values = [rss for _, rss in samples]
     # the first minute is the warm-up of caches and pools; growth is judged after it
     settled = [rss for t, rss in samples if t >= min(60.0, seconds / 5)] or values

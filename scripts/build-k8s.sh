@@ -32,7 +32,8 @@ if [ "$(etcd_version || true)" != "${ETCD_VERSION#v}" ]; then
   } >"$src/go.mod"
   printf 'package main\n\nimport _ "go.etcd.io/etcd/server/v3"\n\nfunc main() {}\n' >"$src/tools.go"
   (cd "$src" && GOFLAGS=-mod=mod go mod tidy >/dev/null 2>&1 || true)
-  (cd "$src" && GOFLAGS=-mod=mod go build -o "$root/.tools/bin/etcd" go.etcd.io/etcd/server/v3)
+  (cd "$src" && GOFLAGS=-mod=mod go build -o "$root/.tools/bin/etcd.new" go.etcd.io/etcd/server/v3)
+  mv .tools/bin/etcd.new .tools/bin/etcd
 fi
 [ "$(etcd_version || true)" = "${ETCD_VERSION#v}" ] || { log "etcd at .tools/bin/etcd is not ${ETCD_VERSION}"; exit 1; }
 
@@ -59,7 +60,13 @@ if [ "$(kas_version || true)" != "${KUBERNETES_VERSION}" ]; then
   n=$(grep -c '^replace' "$src/go.mod")
   [ "$n" -gt 20 ] || { log "found only $n staging modules in kubernetes' go.mod"; exit 1; }
   printf 'package main\n\nimport _ "k8s.io/kubernetes/cmd/kube-apiserver/app"\n\nfunc main() {}\n' >"$src/tools.go"
-  (cd "$src" && GOFLAGS=-mod=mod go build -o "$root/.tools/bin/kube-apiserver" k8s.io/kubernetes/cmd/kube-apiserver)
+  # The release version is stamped the way Kubernetes' own build does (hack/lib/version.sh).
+  minor=${KUBERNETES_VERSION#v1.}; minor=${minor%%.*}
+  ldflags="-X k8s.io/component-base/version.gitVersion=${KUBERNETES_VERSION}"
+  ldflags+=" -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor}"
+  (cd "$src" && GOFLAGS=-mod=mod go build -ldflags "$ldflags" -o "$root/.tools/bin/kube-apiserver.new" \
+    k8s.io/kubernetes/cmd/kube-apiserver)
+  mv .tools/bin/kube-apiserver.new .tools/bin/kube-apiserver
 fi
 [ "$(kas_version || true)" = "${KUBERNETES_VERSION}" ] || { log "kube-apiserver at .tools/bin/kube-apiserver is not ${KUBERNETES_VERSION}"; exit 1; }
 log "ready: etcd ${ETCD_VERSION}, kube-apiserver ${KUBERNETES_VERSION}"

@@ -61,7 +61,7 @@ from sidecar.errors import (
 from sidecar.errors_http import JSON, respond
 from sidecar.ingress import Normalised
 from sidecar.principal import Principal
-from sidecar.proxy import Pipeline
+from sidecar.proxy import Pipeline, note_decision
 from sidecar.redis_client import create_redis
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros
@@ -397,6 +397,7 @@ class ApiV1:
         if decision is not None:
             if policy_id is not None:
                 decision = _only_policy(decision, policy_id)
+                note_decision(decision, pipeline.rec)  # the log names the checked policy only
             pricing = decision.get("pricing")
             reply["violations"] = list(decision.get("violations") or ())
             reply["warnings"] = list(decision.get("warnings") or ())
@@ -468,6 +469,8 @@ class ApiV1:
             pipe = self._redis.pipeline(transaction=False)
             pipe.set(redis_keys.api_ticket_key(ticket.reservation_id), ticket.dumps(), ex=ttl + 60)
             pipe.zadd(redis_keys.api_ticket_index(), {ticket.reservation_id: ticket.deadline_ms})
+            # outlives every open ticket's deadline; expires once no check has come for a while
+            pipe.expire(redis_keys.api_ticket_index(), MAX_TTL_SECONDS + 120)
             await pipe.execute()
         except REDIS_FAILURES as exc:
             raise CounterStoreError(f"saving the reservation failed: {exc}") from exc

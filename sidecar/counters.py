@@ -33,6 +33,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from sidecar import redis_keys
 from sidecar.errors import CounterStoreError, PolicyEngineError
+from sidecar.redis_client import DEFAULT_MAX_CONNECTIONS
 
 UNITS = ("requests", "tokens", "usd_micros")
 ACTIONS = ("block", "warn")
@@ -545,6 +546,17 @@ def _load_script(name: str) -> tuple[str, str]:
 _REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
+# Script calls on the wire at once, and how many may wait for a turn (the admission queue). Half the
+# client's pool (sidecar/redis_client.py) for admissions, half for settlements, so a settlement (which
+# frees budget for the next admission) never queues behind a burst of admissions and no call ever
+# waits in redis-py's pool,
+# whose wait is capped (`pool_timeout`, 1 s) and under a burst answered `counter_store_unavailable`
+# (27 of 400 simultaneous requests with the Wasm engine, which has no decision queue in front of
+# Redis). Waiting here has no deadline; beyond `SCRIPT_QUEUE_LIMIT` waiting calls a call fails at once.
+SCRIPTS_IN_FLIGHT = DEFAULT_MAX_CONNECTIONS // 2  # per script
+SCRIPT_QUEUE_LIMIT = 4096
+
+
 class Counters(_Engine):
     """Counters in Redis (standalone or Cluster), one EVALSHA per hash-tag group."""
 
@@ -561,8 +573,11 @@ class Counters(_Engine):
         # Only a cluster client needs the one-time initialisation of `_ready`.
         self._initialised = not isinstance(redis, RedisCluster)
         self._init_lock = asyncio.Lock()
+        self._pending = 0  # script calls on the wire or waiting for a slot
         self._admit_src, self._admit_sha = _load_script("admit.lua")
         self._settle_src, self._settle_sha = _load_script("settle.lua")
+        shas = (self._admit_sha, self._settle_sha)
+        self._slots = {sha: asyncio.Semaphore(SCRIPTS_IN_FLIGHT) for sha in shas}
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD both scripts (on every primary of a cluster); EVALSHA reloads on NOSCRIPT too."""
@@ -604,6 +619,16 @@ class Counters(_Engine):
         still have run: only the caller knows what to undo)."""
         if not calls:
             return []
+        if self._pending >= SCRIPTS_IN_FLIGHT + SCRIPT_QUEUE_LIMIT:
+            raise CounterStoreError(f"counter queue full ({SCRIPT_QUEUE_LIMIT} calls waiting for Redis)")
+        self._pending += 1
+        try:
+            async with self._slots[sha]:
+                return await self._evalsha_now(sha, calls)
+        finally:
+            self._pending -= 1
+
+    async def _evalsha_now(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         try:
             replies = await self._send(sha, calls)
             missing = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]

@@ -35,6 +35,9 @@ class InjectorConfig:
     opa_port: int = 8181
     # Redis for the counters (HEXARCH_REDIS_URL of the sidecar)
     redis_url: str = "redis://127.0.0.1:6379/0"
+    # "SECRET/KEY": take HEXARCH_REDIS_URL from this Secret in the pod's namespace instead of
+    # redis_url (for URLs with a password: the URL then never appears in a ConfigMap or pod spec)
+    redis_url_secret: str = ""
     # ConfigMap holding the policy (key `policy_key`); annotation hexarch.io/policy-configmap overrides
     policy_configmap: str = "hexarch-policy"
     policy_key: str = "hexarch.yaml"
@@ -79,6 +82,8 @@ def parse_config(data: Mapping[str, Any]) -> InjectorConfig:
         raise ConfigError(
             "injector config needs 1 <= bundle_polling_min_seconds <= bundle_polling_max_seconds"
         )
+    if config.redis_url_secret and len(config.redis_url_secret.split("/")) != 2:
+        raise ConfigError("injector config 'redis_url_secret' must be SECRET/KEY, e.g. hexarch-redis/url")
     for key in ("sidecar_resources", "opa_resources"):
         check_resources(getattr(config, key), f"injector config '{key}'")
     return config

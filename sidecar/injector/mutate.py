@@ -164,7 +164,7 @@ def sidecar_containers(config: InjectorConfig, o: Overrides) -> list[dict[str, A
         "env": [
             {"name": "HEXARCH_LISTEN", "value": f"0.0.0.0:{port}"},
             {"name": "HEXARCH_OPA_URL", "value": f"http://127.0.0.1:{config.opa_port}"},
-            {"name": "HEXARCH_REDIS_URL", "value": config.redis_url},
+            _redis_env(config),
             {"name": "HEXARCH_FAIL_MODE", "value": o.fail_mode},
         ],
         "ports": [{"name": "hexarch", "containerPort": port, "protocol": "TCP"}],
@@ -210,6 +210,13 @@ def sidecar_containers(config: InjectorConfig, o: Overrides) -> list[dict[str, A
         **native,
     }
     return [sidecar, opa]
+
+
+def _redis_env(config: InjectorConfig) -> dict[str, Any]:
+    if config.redis_url_secret:
+        name, key = config.redis_url_secret.split("/")
+        return {"name": "HEXARCH_REDIS_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+    return {"name": "HEXARCH_REDIS_URL", "value": config.redis_url}
 
 
 def volumes(o: Overrides) -> list[dict[str, Any]]:

@@ -179,3 +179,22 @@ def test_policies_and_openapi(stack: Stack) -> None:
             f"/hexarch/v1/{name}"
             for name in ("check", "settle", "usage", "stats", "policies", "openapi.json")
         }
+
+
+def test_every_api_key_has_a_ttl_and_its_name_from_redis_keys(stack: Stack) -> None:
+    import redis
+
+    from sidecar import redis_keys
+
+    stack.flush()
+    with client(stack) as http:
+        settled = http.post("/hexarch/v1/check", json={"policy_id": "rate_limit"}).json()["reservation_id"]
+        http.post("/hexarch/v1/settle", json={"reservation_id": settled})
+        open_one = http.post("/hexarch/v1/check", json={"policy_id": "rate_limit"}).json()["reservation_id"]
+    db = redis.Redis.from_url(stack.redis_url)
+    keys = {k.decode() for k in db.scan_iter(match="hexarch:{~api}:*")}
+    assert redis_keys.api_ticket_key(open_one) in keys and redis_keys.api_ticket_index() in keys
+    assert redis_keys.stats_marker_key(settled) in keys
+    assert redis_keys.api_ticket_key(settled) not in keys  # dropped when settled
+    for key in keys:
+        assert db.ttl(key) > 0, key

@@ -7,18 +7,20 @@ answer through the sidecar, at the OPENAI_BASE_URL of the recipe's example app.
 Mapping from containers to processes: image entrypoints to the local `hexarch`, `opa`,
 `redis-server`; each service's exposed port to a free loopback port (`service:port` and
 `0.0.0.0:port` in arguments and environment become `127.0.0.1:<free port>`); bind mounts to their
-source directory, named volumes to temporary directories.
+source directory (a copy of it, which the edit test changes), named volumes to temporary
+directories.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +88,7 @@ class LocalStack:
     ports: dict[str, int]  # service -> its free loopback port
     exposed: dict[str, int]  # service -> the port it exposes in the file
     procs: list[subprocess.Popen[bytes]]
+    binds: dict[str, Path] = field(default_factory=dict)  # bind source -> the test's copy
 
     def rewrite(self, text: str, own: str | None = None, mounts: dict[str, str] | None = None) -> str:
         for name, port in self.ports.items():
@@ -144,7 +147,11 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack
             mounts: dict[str, str] = {}
             for volume in service.get("volumes") or []:
                 if volume["type"] == "bind":
-                    mounts[volume["target"]] = volume["source"]
+                    # a copy, so the edit test below does not touch the repository's policy
+                    copy = tmp / "binds" / Path(volume["source"]).name
+                    shutil.copytree(volume["source"], copy)
+                    mounts[volume["target"]] = str(copy)
+                    stack.binds[volume["source"]] = copy
                 else:
                     path = tmp / "volumes" / volume["source"]
                     path.mkdir(parents=True, exist_ok=True)
@@ -185,3 +192,30 @@ def test_stack_from_the_file_answers_the_recipe_apps_openai_client(local_stack: 
     client = openai.OpenAI(base_url=base_url, api_key=app["environment"]["OPENAI_API_KEY"], max_retries=0)
     reply = client.chat.completions.create(model="tinyllama", messages=[{"role": "user", "content": "hi"}])
     assert (reply.choices[0].message.content or "").startswith("Hexarch demo model reply")
+
+
+def test_policy_edit_saved_through_a_rename_is_enforced(local_stack: LocalStack) -> None:
+    """Editors save by writing a new file and renaming it over the old one: the directory mount sees it."""
+    project = load(COMPOSE_FILE)
+    (policy,) = project["services"]["hexarch"]["volumes"]
+    directory = local_stack.binds[policy["source"]]
+    text = (directory / "hexarch.yaml").read_text()
+    assert "max_tokens_per_request: 1024" in text
+    (directory / ".hexarch.yaml.swp").write_text(
+        text.replace("max_tokens_per_request: 1024", "max_tokens_per_request: 4")
+    )
+    (directory / ".hexarch.yaml.swp").replace(directory / "hexarch.yaml")
+    client = openai.OpenAI(
+        base_url=f"http://127.0.0.1:{local_stack.ports['hexarch']}/v1", api_key="x", max_retries=0
+    )
+    deadline = time.monotonic() + HEALTHY_TIMEOUT_SECONDS
+    while True:
+        try:
+            client.chat.completions.create(
+                model="tinyllama", messages=[{"role": "user", "content": "hi"}], max_tokens=8
+            )
+        except openai.BadRequestError as exc:
+            assert "token" in str(exc).lower()
+            break
+        assert time.monotonic() < deadline, "the edited policy was not enforced"
+        time.sleep(0.2)

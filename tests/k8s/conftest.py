@@ -52,6 +52,14 @@ def helm_template(
     return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
 
 
+def chart_injector_config(docs: list[dict[str, Any]]) -> str:
+    (config,) = [
+        d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == f"{RELEASE}-hexarch-injector"
+    ]
+    text: str = config["data"]["injector.yaml"]
+    return text
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
@@ -109,9 +117,14 @@ def test_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
-def injector(tmp_path_factory: pytest.TempPathFactory, test_ca: tuple[Path, Path]) -> Iterator[Injector]:
+def injector(
+    tmp_path_factory: pytest.TempPathFactory, test_ca: tuple[Path, Path], helm_bin: str
+) -> Iterator[Injector]:
+    """The injector with the config the chart renders for its default values."""
     work = tmp_path_factory.mktemp("injector")
-    running = start_injector(work, server_cert(work, test_ca, "injector"))
+    config = work / "injector.yaml"
+    config.write_text(chart_injector_config(helm_template(helm_bin)))
+    running = start_injector(work, server_cert(work, test_ca, "injector"), config)
     try:
         yield running
     finally:

@@ -145,7 +145,7 @@ def test_annotation_overrides_policy_resources_and_fail_mode(cluster: KubeApi) -
     spec = create(cluster, PLAIN_NS, body)["spec"]
     sidecar = spec["initContainers"][0]
     assert env_of(sidecar)["HEXARCH_FAIL_MODE"] == "fail_open"
-    assert sidecar["resources"] == {"limits": {"memory": "512Mi"}}
+    assert sidecar["resources"]["limits"] == {"memory": "512Mi"}  # requests default to limits
     volumes = {v["name"]: v for v in spec["volumes"]}
     assert volumes["hexarch-policy"]["configMap"]["name"] == "team-a-policy"
 
@@ -183,3 +183,65 @@ def test_injector_down_follows_the_failure_policy(
     finally:
         cluster.apply(webhook_config(helm_bin, injector.url, injector.ca_bundle), WEBHOOKS)
         until(lambda: injected(cluster), "the webhook back on the running injector")
+
+
+def test_helm_install_into_the_api_server_and_upgrade_keeps_the_certificate(
+    cluster: KubeApi, helm_bin: str, tmp_path: Any
+) -> None:
+    """Every object of the chart is accepted by a real API server; NOTES.txt renders with the Redis
+    password masked; an upgrade reuses the generated certificate (lookup) instead of rotating it."""
+    import base64
+    import subprocess
+
+    import yaml
+
+    from tests.k8s.conftest import CHART
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "test",
+                "clusters": [
+                    {"name": "test", "cluster": {"server": cluster.url, "insecure-skip-tls-verify": True}}
+                ],
+                "users": [{"name": "admin", "user": {"token": cluster.token}}],
+                "contexts": [{"name": "test", "context": {"cluster": "test", "user": "admin"}}],
+            }
+        )
+    )
+    ns = "hexarch-real"
+    base = [helm_bin, "--kubeconfig", str(kubeconfig), "-n", ns]
+    values = [
+        "--set",
+        "redis.mode=external",
+        "--set",
+        "redis.externalUrl=redis://:s3cret@redis.example:6379/0",
+        "--set",
+        "injector.failurePolicy=Ignore",
+    ]
+    secret_path = f"/api/v1/namespaces/{ns}/secrets/real-hexarch-injector-tls"
+    try:
+        out = subprocess.run(
+            [*base, "install", "real", str(CHART), "--create-namespace", *values],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        assert 'hexarch.io/inject: "true"' in out.stdout
+        assert "redis://:***@redis.example:6379/0" in out.stdout and "s3cret" not in out.stdout, out.stdout
+        first = cluster.ok("GET", secret_path)["data"]
+        assert base64.b64decode(first["tls.crt"]).startswith(b"-----BEGIN CERTIFICATE-----")
+        kinds = {"deployments": "apps/v1", "poddisruptionbudgets": "policy/v1"}
+        for plural, group in kinds.items():
+            cluster.ok("GET", f"/apis/{group}/namespaces/{ns}/{plural}/real-hexarch-injector")
+        out = subprocess.run(
+            [*base, "upgrade", "real", str(CHART), *values], capture_output=True, text=True, timeout=120
+        )
+        assert out.returncode == 0, out.stderr
+        assert cluster.ok("GET", secret_path)["data"] == first
+    finally:
+        subprocess.run([*base, "uninstall", "real"], capture_output=True, timeout=120)

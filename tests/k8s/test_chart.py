@@ -74,7 +74,7 @@ def test_schema_rejects_bad_values(helm_bin: str) -> None:
     for pair, message in [
         ("injector.failurePolicy=Sometimes", "failurePolicy"),
         ("sidecar.failMode=open", "failMode"),
-        ("redis.mode=cluster", "clusterUrl"),
+        ("redis.mode=cluster", "redis.clusterUrl is required"),
         ("injector.replicaCount=0", "replicaCount"),
         ("unknownKey=1", "unknownKey"),
     ]:
@@ -119,6 +119,9 @@ def test_external_and_cluster_redis_reach_the_sidecars(helm_bin: str) -> None:
     assert injector_config(external)["redis_url"] == "redis://:s3cret@redis.example:6379/0"
     cluster = render("redis-cluster", helm_bin)
     assert injector_config(cluster)["redis_url"] == "redis+cluster://r1:6379,r2:6379"
+    from_secret = helm_template(helm_bin, ["redis.mode=external", "redis.urlSecret.name=redis-creds"])
+    config = injector_config(from_secret)
+    assert config["redis_url_secret"] == "redis-creds/url" and "redis_url" not in config
 
 
 def test_cert_manager_issues_the_certificate_when_its_crds_exist(helm_bin: str) -> None:
@@ -157,3 +160,16 @@ def test_old_cluster_gets_plain_containers_and_no_volume_claim(helm_bin: str) ->
     assert injector_config(docs)["native_sidecars"] is False
     (statefulset,) = by_kind(docs, "StatefulSet")
     assert "volumeClaimTemplates" not in statefulset["spec"]
+
+
+def test_default_policy_in_the_chart_compiles(helm_bin: str, tmp_path: Any) -> None:
+    import sys
+    from pathlib import Path
+
+    docs = render("default", helm_bin)
+    policy = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "hx-hexarch-policy")
+    path = tmp_path / "hexarch.yaml"
+    path.write_text(policy["data"]["hexarch.yaml"])
+    hexarch = str(Path(sys.executable).with_name("hexarch"))
+    out = subprocess.run([hexarch, "check", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

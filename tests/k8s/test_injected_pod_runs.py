@@ -14,7 +14,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from tests.k8s.conftest import Injector, by_kind, helm_template, webhook_config
+from tests.k8s.conftest import Injector, chart_injector_config, helm_template, webhook_config
 from tests.k8s.test_apiserver import WEBHOOKS, until
 from tests.support.kube import KubeApi
 from tests.support.servers import RedisServer, free_port, terminate, wait_for
@@ -81,11 +81,8 @@ def test_injected_sidecar_and_opa_answer_the_openai_client(
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(policy(demo_url))
     docs = helm_template(helm_bin, [*values, "injector.url=https://x", "injector.caBundle=eA=="])
-    injector_yaml = next(
-        d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == "hx-hexarch-injector"
-    )
     config_file = tmp_path / "injector.yaml"
-    config_file.write_text(injector_yaml["data"]["injector.yaml"])
+    config_file.write_text(chart_injector_config(docs))
 
     # An injector with this release's config, behind the chart's webhook configuration.
     from tests.k8s.conftest import start_injector

@@ -180,6 +180,7 @@ def run_injector(*args: str) -> subprocess.CompletedProcess[str]:
         ("fail_mode: sometimes\n", "'fail_mode' must be one of fail_closed, fail_open"),
         ("sidecar_port: 8181\n", "'sidecar_port' and 'opa_port' must differ"),
         ("opa_resources: {limits: {memory: [1]}}\n", "'opa_resources'"),
+        ("redis_url_secret: just-a-name\n", "'redis_url_secret' must be SECRET/KEY"),
     ],
 )
 def test_bad_injector_config_is_refused_at_start(
@@ -244,6 +245,24 @@ def test_config_keys_change_what_is_injected(tmp_path: Path, injector: Injector)
     assert {"name": "OPENAI_BASE_URL", "value": "http://127.0.0.1:9090/v1"} in app_env
     volume = next(op["value"] for op in patch if op["path"] == "/spec/volumes")
     assert volume[0]["configMap"]["name"] == "pol"
+
+
+def test_redis_url_from_a_secret_is_a_secret_key_ref(tmp_path: Path, injector: Injector) -> None:
+    path = tmp_path / "injector.yaml"
+    path.write_text("redis_url: redis://:s3cret@r:6379/0\nredis_url_secret: redis-creds/url\n")
+    running = start_injector(tmp_path, injector.certs, path)
+    try:
+        _, body = post(running, "/mutate", review(POD))
+    finally:
+        terminate(running.proc)
+    patch = base64.b64decode(body["response"]["patch"])
+    assert b"s3cret" not in patch
+    sidecar = json.loads(patch)[0]["value"][0]
+    redis = next(e for e in sidecar["env"] if e["name"] == "HEXARCH_REDIS_URL")
+    assert redis == {
+        "name": "HEXARCH_REDIS_URL",
+        "valueFrom": {"secretKeyRef": {"name": "redis-creds", "key": "url"}},
+    }
 
 
 def test_every_injector_config_key_is_documented() -> None:

@@ -10,10 +10,12 @@ and odd values. The two decision documents must be equal, field for field.
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import json
 import random
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,8 @@ from sidecar.settings import load_settings
 from sidecar.wasm_builtins import go_float, sprintf
 from sidecar.wasm_engine import WasmEngine, WasmPolicy, needs_opa_server, wasm_from_bundle
 from tests.conftest import EXAMPLE_POLICY
-from tests.support.servers import ROOT, start_opa
+from tests.sidecar.app_support import demo_server, flushed_redis_url, harness
+from tests.support.servers import ROOT, RedisServer, start_opa
 
 POLICIES = [*sorted((ROOT / "tests" / "compiler" / "policies").rglob("*.yaml")), EXAMPLE_POLICY]
 RANDOM_INPUTS = 60
@@ -248,3 +251,48 @@ def test_decision_engine_setting_is_checked(tmp_path: Path) -> None:
     config.write_text("version: 1\npolicies: []\nsidecar:\n  decision_engine: embedded\n")
     with pytest.raises(SettingsError, match="decision_engine"):
         load_settings(str(config), env={})
+
+
+SIDECAR_POLICY = """version: 1
+tinyllama:
+  base_url: http://127.0.0.1:1
+  api: openai
+  model: tinyllama
+policies: []
+sidecar:
+  decision_engine: wasm
+  anonymous:
+    enabled: true
+    id: guest
+"""
+ONLY_GPT = """policies:
+  - id: models
+    rules:
+      - model: [gpt-4o]
+        allowed: true
+        action: block
+"""
+
+
+async def test_a_sidecar_with_the_wasm_engine_follows_policy_edits(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """The whole app with `decision_engine: wasm`: a request allowed, then the policy file edited, then
+    the same request refused by the new policy, decided in-process (no OPA is running at all)."""
+    chat = {"model": "tinyllama", "messages": [{"role": "user", "content": "hi"}]}
+    redis_url = flushed_redis_url(redis_server, 14)  # a database no other module uses
+    async with demo_server() as demo, harness(SIDECAR_POLICY, tmp_path, None, redis_url, demo) as h:
+        assert h.settings.decision_engine == "wasm"
+        async with h.session.post(h.url("/v1/chat/completions"), json=chat) as resp:
+            assert resp.status == 200, await resp.text()
+        config = tmp_path / "hexarch.yaml"
+        config.write_text(config.read_text().replace("policies: []\n", ONLY_GPT))
+        deadline = time.monotonic() + 30
+        while True:  # the bundle is rebuilt on its next check (1 s), then the Wasm module
+            async with h.session.post(h.url("/v1/chat/completions"), json=chat) as resp:
+                status, body = resp.status, await resp.json()
+            if status != 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert status == 403, body
+        assert body["error"]["code"] == "model_not_allowed"

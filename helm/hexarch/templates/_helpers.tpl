@@ -51,7 +51,9 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The Redis URL injected sidecars use, from redis.mode. */}}
 {{- define "hexarch.redisUrl" -}}
-{{- if eq .Values.redis.mode "external" }}
+{{- if and (ne .Values.redis.mode "standalone") .Values.redis.urlSecret.name }}
+{{- printf "from Secret %s, key %s" .Values.redis.urlSecret.name .Values.redis.urlSecret.key }}
+{{- else if eq .Values.redis.mode "external" }}
 {{- required "redis.externalUrl is required when redis.mode is external" .Values.redis.externalUrl }}
 {{- else if eq .Values.redis.mode "cluster" }}
 {{- required "redis.clusterUrl is required when redis.mode is cluster" .Values.redis.clusterUrl }}
