@@ -64,10 +64,9 @@ from sidecar.principal import Principal
 from sidecar.proxy import Pipeline, note_decision
 from sidecar.redis_client import create_redis
 from sidecar.reply_usage import TokenCounts
-from sidecar.reservation import cost_micros
 from sidecar.services import SERVICES_KEY, Services
 from sidecar.settings import Settings
-from sidecar.settlement import Settlement
+from sidecar.settlement import Settlement, price
 from sidecar.stats import REDIS_FAILURES, StatsStore, StatsTags
 from sidecar.usage import limits_of
 
@@ -520,7 +519,7 @@ class ApiV1:
         if ticket.principal != principal.id and ADMIN_ROLE not in principal.roles:
             raise Forbidden("this reservation belongs to another principal")
         counts = TokenCounts(prompt, completion) if outcome == "success" else TokenCounts(0, 0)
-        usage = Usage(counts.prompt_tokens, counts.completion_tokens, cost_micros(ticket.pricing, counts))
+        usage = price(counts, ticket.pricing)
         counters = self.s.counters
         if outcome == "failed":
             await counters.refund(ticket.admission())
@@ -528,7 +527,7 @@ class ApiV1:
             await counters.settle(ticket.admission(), usage)
         fresh = await self.stats.record(rid, ticket.tags, usage, drop_ticket=True)
         if fresh:
-            self.settlement.charge(counts, ticket.pricing)
+            self.settlement.charge(usage)
             self._observe(ticket.tags, usage)
         return _reply(
             {

@@ -46,6 +46,11 @@ class Ticket:
     tags: StatsTags | None = None  # who and what, for the usage statistics (sidecar/stats.py)
 
 
+def price(counts: TokenCounts, pricing: Mapping[str, Any] | None) -> Usage:
+    """What `counts` cost at the decision's `pricing` (sidecar/reservation.py `cost_micros`)."""
+    return Usage(counts.prompt_tokens, counts.completion_tokens, cost_micros(pricing, counts))
+
+
 class Settlement:
     def __init__(self, services: Services) -> None:
         self._s = services
@@ -95,26 +100,23 @@ class Settlement:
         else:
             # No usage reported (or the client left before it): the reservation stands.
             counts = TokenCounts(norm.prompt_tokens, ticket.reservation)
-        return self.charge(counts, ticket.pricing, rec)
+        usage = price(counts, ticket.pricing)
+        self.charge(usage, rec)
+        return usage
 
-    def charge(
-        self, counts: TokenCounts, pricing: Mapping[str, Any] | None, rec: DecisionRecord | None = None
-    ) -> Usage:
-        """The usage of `counts` at `pricing`, counted in the token and cost metrics (and the record).
-
-        The one place usage is priced: a proxied reply (`usage`) and `POST /hexarch/v1/settle` both."""
-        cost = cost_micros(pricing, counts)
+    def charge(self, usage: Usage, rec: DecisionRecord | None = None) -> None:
+        """Count settled usage in the token and cost metrics (and the decision record): a proxied
+        reply (`usage`) and `POST /hexarch/v1/settle` both, once each."""
         if rec is not None:
             rec.prompt_tokens, rec.completion_tokens, rec.cost_usd_micros = (
-                counts.prompt_tokens,
-                counts.completion_tokens,
-                cost,
+                usage.prompt_tokens,
+                usage.completion_tokens,
+                usage.cost_usd_micros,
             )
         metrics = self._s.metrics
-        metrics.child(metrics.tokens, "prompt").inc(counts.prompt_tokens)
-        metrics.child(metrics.tokens, "completion").inc(counts.completion_tokens)
-        metrics.cost.inc(cost)
-        return Usage(counts.prompt_tokens, counts.completion_tokens, cost)
+        metrics.child(metrics.tokens, "prompt").inc(usage.prompt_tokens)
+        metrics.child(metrics.tokens, "completion").inc(usage.completion_tokens)
+        metrics.cost.inc(usage.cost_usd_micros)
 
     async def _settle(self, ticket: Ticket, usage: Usage, rec: DecisionRecord) -> None:
         try:
