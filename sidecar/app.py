@@ -9,8 +9,12 @@ process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -19,6 +23,7 @@ from sidecar.background import BackgroundJobs
 from sidecar.boundary import boundary
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
+from sidecar.decision_log import DecisionLog
 from sidecar.errors import CounterStoreError
 from sidecar.errors_http import JSON, error_response
 from sidecar.ingress import resolve_endpoints
@@ -72,14 +77,18 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.
         bundle = BundleServer(settings.policy_file, metrics, settings.bundle_check_seconds)
         app.router.add_get(BUNDLE_PATH, bundle.handle)
         app.cleanup_ctx.append(_bundle_ctx(bundle))
-    app.cleanup_ctx.append(_services_ctx(settings, metrics, env))
+    decision_log = DecisionLog(settings)
+    app.cleanup_ctx.append(_decision_log_ctx(decision_log))
+    app.cleanup_ctx.append(_services_ctx(settings, metrics, decision_log, env))
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)
 
+    opa_ready = ReadinessCache(settings.opa_health_check_seconds)
+
     async def readyz(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES_KEY]
-        opa_ok = await services.opa.ready()
+        opa_ok = await opa_ready.check(services.opa.ready)
         redis_ok = await services.counters.ping()
         checks = {"opa": opa_ok, "redis": redis_ok}
         if bundle is not None:
@@ -104,6 +113,46 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.
     return app
 
 
+class ReadinessCache:
+    """`opa.health_check_interval`: a healthy OPA is re-checked at most once per interval.
+
+    A failed check is never cached: /readyz asks again on the next probe, so start-up and recovery
+    are seen at once. With interval 0 every probe asks OPA.
+    """
+
+    def __init__(self, interval_seconds: float) -> None:
+        self.interval = interval_seconds
+        self._ok_until = 0.0
+
+    async def check(self, probe: Callable[[], Awaitable[bool]]) -> bool:
+        now = time.monotonic()
+        if self.interval > 0 and now < self._ok_until:
+            return True
+        ok = await probe()
+        self._ok_until = now + self.interval if ok else 0.0
+        return ok
+
+
+def _decision_log_ctx(log: DecisionLog) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        log.open()
+        loop = asyncio.get_running_loop()
+        hooked = False
+        if log.path is not None:
+            # SIGHUP reopens the file (logrotate); only the main thread's loop can take signals.
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGHUP, log.reopen)
+                hooked = True
+        try:
+            yield
+        finally:
+            if hooked:
+                loop.remove_signal_handler(signal.SIGHUP)
+            log.close()
+
+    return ctx
+
+
 def _bundle_ctx(bundle: BundleServer) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         # A broken policy at start-up stops the sidecar with the compiler's diagnostics.
@@ -114,7 +163,7 @@ def _bundle_ctx(bundle: BundleServer) -> Callable[[web.Application], AsyncIterat
 
 
 def _services_ctx(
-    settings: Settings, metrics: Metrics, env: Mapping[str, str] | None
+    settings: Settings, metrics: Metrics, decision_log: DecisionLog, env: Mapping[str, str] | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         opa = OpaClient(settings.opa_url, settings.opa_timeout_ms, settings.opa_decision_path)
@@ -133,7 +182,15 @@ def _services_ctx(
             logger.warning("Redis at %s is not answering yet: %s", redact(settings.redis_url), exc)
         background = BackgroundJobs()
         services = Services(
-            settings, metrics, PrincipalResolver(settings), opa, counters, fallback, upstream, background
+            settings,
+            metrics,
+            PrincipalResolver(settings),
+            opa,
+            counters,
+            fallback,
+            upstream,
+            background,
+            decision_log,
         )
         app[SERVICES_KEY] = services
         try:

@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from sidecar.decision_log import DecisionRecord, emit
+from sidecar.decision_log import DecisionRecord
 from sidecar.errors import SidecarError
 from sidecar.errors_http import respond
 from sidecar.services import SERVICES_KEY
@@ -47,4 +47,4 @@ def _record(request: web.Request, rec: DecisionRecord, response: web.StreamRespo
     metrics = services.metrics
     metrics.child(metrics.requests, rec.outcome, rec.policy or "").inc()
     if services.settings.log_decisions and not rec.settling:
-        emit(rec)  # otherwise the settlement job logs the record once it has the usage
+        services.decision_log.write(rec)  # otherwise the settlement job logs it with the usage

@@ -43,7 +43,9 @@ from sidecar.ingress import (
     Normalised,
     apply_token_cap,
     decode_body,
+    fill_defaults,
     normalise,
+    prompt_text,
     request_stream_usage,
     resources_of,
 )
@@ -113,12 +115,24 @@ def _tightest(states: Sequence[LimitState]) -> LimitState | None:
     return min(pool, key=lambda s: s.remaining / s.limit.limit if s.limit.limit else 0.0)
 
 
+def _note_decision(decision: Mapping[str, Any], rec: DecisionRecord) -> None:
+    """The decision's policies and OPA's own decision id, for the decision log."""
+    opa_id = decision.get("opa_decision_id")
+    rec.opa_decision_id = opa_id if isinstance(opa_id, str) else None
+    policies: dict[str, None] = {}
+    for key in ("violations", "warnings", "limits"):
+        for item in decision.get(key) or ():
+            if isinstance(item, dict) and isinstance(item.get("policy"), str):
+                policies[item["policy"]] = None
+    rec.policies = list(policies)
+
+
 class Proxy:
     """The route handlers: each request runs its own Pipeline over the app's services."""
 
     def handler(self, endpoint: Endpoint) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            record = DecisionRecord(secrets.token_hex(12), request.method, request.path)
+            record = DecisionRecord(secrets.token_hex(12), request.method, request.path, route=endpoint.path)
             request[RECORD_KEY] = record  # sidecar/boundary.py answers refusals and records it
             return await Pipeline(request.app[SERVICES_KEY], request, record).run(endpoint)
 
@@ -134,6 +148,8 @@ class Pipeline:
         self.rec = record
         self._fail_open = services.settings.fail_mode == "fail_open"
         self.settlement = Settlement(services)
+        trusted = services.settings.trusted_headers
+        self._owner_header = trusted.resource_owner if trusted.enabled else None
 
     async def run(self, endpoint: Endpoint) -> web.StreamResponse:
         return await self._handle(self.request, endpoint, self.rec)
@@ -155,7 +171,7 @@ class Pipeline:
             return await self._unguarded(request, ep, raw, rec)
 
         principal = self.s.principals.resolve(request.headers)
-        rec.principal = principal.id
+        rec.principal, rec.team = principal.id, principal.team
         client_api = ep.api
         body = decode_body(raw) if ep.has_body else None
         if client_api == "anthropic.messages" and body is not None:
@@ -164,13 +180,19 @@ class Pipeline:
             ep = replace(ep, api="openai.chat")
         if body is not None:
             ep = route_by_model(self.s.settings, ep, body.get("model"))
+        filled = fill_defaults(ep, body) if body is not None else False
         norm = normalise(ep, body)
         doc = self._input(request, ep, principal, norm, rec.decision_id)
         doc["request"]["api"] = client_api
+        rec.model, rec.resources = norm.model, doc["resources"]
+        if self.s.decision_log.prompts and body is not None:
+            rec.prompt = prompt_text(body)
         options = body.get("stream_options") if body is not None else None
         wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
         decision = await self._decide(doc, rec)
+        if decision is not None:
+            _note_decision(decision, rec)
         extra: CIMultiDict[str] = CIMultiDict()
         if decision is not None:
             self._refuse_if_denied(decision, rec, norm.params)
@@ -194,7 +216,7 @@ class Pipeline:
         self._admission_headers(admission, extra, norm.max_output_tokens is not None)
 
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
-        forwarded = raw
+        forwarded = orjson.dumps(body) if filled else raw
         hide_usage_chunk = False
         pricing = decision.get("pricing") if decision is not None else None
         if body is not None and ep.api in _GENERATING_APIS:
@@ -229,6 +251,7 @@ class Pipeline:
             estimate["max_output_tokens"] = norm.max_output_tokens
         confirm = request.headers.get("X-Hexarch-Confirm", "")
         return {
+            "resource_owner": self._resource_owner(request),
             "request": {"id": request_id, "method": request.method, "path": request.path, "api": ep.api},
             "principal": principal.document(),
             "resources": resources_of(ep, norm.model),
@@ -240,6 +263,19 @@ class Pipeline:
             "params": norm.params,
             "estimate": estimate,
         }
+
+    def _resource_owner(self, request: web.Request) -> str | None:
+        """Who owns the resource the request names (`@self` / `@owner` in allowed_users).
+
+        The route's `{owner}` path placeholder, else the trusted resource-owner header (only when
+        trusted headers are on: the app next door vouches for it); never the body (docs/sidecar.md).
+        """
+        owner = request.match_info.get("owner")
+        if owner:
+            return owner
+        if self._owner_header is not None:
+            return request.headers.get(self._owner_header) or None
+        return None
 
     async def _decide(self, doc: dict[str, Any], rec: DecisionRecord) -> dict[str, Any] | None:
         started = time.perf_counter()

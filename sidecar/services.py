@@ -9,6 +9,7 @@ from aiohttp import web
 
 from sidecar.background import BackgroundJobs
 from sidecar.counters import CounterStore
+from sidecar.decision_log import DecisionLog
 from sidecar.metrics import Metrics
 from sidecar.opa_client import OpaClient
 from sidecar.principal import PrincipalResolver
@@ -28,6 +29,7 @@ class Services:
     fallback_counters: CounterStore | None  # fail_open stand-in when Redis fails
     upstream: UpstreamClient
     background: BackgroundJobs  # settlements and refunds, run after the reply is sent
+    decision_log: DecisionLog  # opened and closed by the app's cleanup context
 
 
 SERVICES_KEY: web.AppKey[Services] = web.AppKey("services", Services)

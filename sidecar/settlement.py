@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sidecar.counters import Admission, CounterStore, Limit, Usage
-from sidecar.decision_log import DecisionRecord, emit
+from sidecar.decision_log import DecisionRecord
 from sidecar.errors import CounterStoreError
 from sidecar.ingress import Normalised
 from sidecar.reply_usage import TokenCounts
@@ -115,7 +115,7 @@ class Settlement:
             rec.settling = False
             # status 0: the handler has not finished (the job ran inline) or never will (cancelled)
             if self._log and rec.status:
-                emit(rec)
+                self._s.decision_log.write(rec)
 
     async def refund(self, ticket: Ticket) -> None:
         try:
