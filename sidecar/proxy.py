@@ -6,7 +6,7 @@
 
 A refusal or failure anywhere is raised as a typed exception (sidecar/errors.py) and becomes a
 response once, in sidecar/boundary.py. A failing dependency is judged in one place,
-`Pipeline._dependency_failed`: re-raised (503) in fail_closed, counted and tolerated in fail_open.
+`Pipeline.dependency_failed`: re-raised (503) in fail_closed, counted and tolerated in fail_open.
 Whatever happens after admission, the reservation is settled with the real usage or refunded, once
 (sidecar/settlement.py). Services come from the app's typed state (`request.app[SERVICES_KEY]`).
 

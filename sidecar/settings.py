@@ -70,23 +70,21 @@ class UpstreamSettings:
     breaker_failures: int = 5  # consecutive failed attempts that open the circuit (0: never)
     breaker_seconds: float = 10.0  # how long an open circuit skips this upstream
     max_tokens_param: str | None = None  # None: chosen by host (see `token_cap_param`)
+    # Seed-style sections (`api_url`, `internal_url`, `default_*`, `retry_*`): base_url is the
+    # internal_url when given (where the sidecar forwards), public_url the api_url clients know.
+    public_url: str | None = None
+    default_temperature: float | None = None  # filled into requests that set no temperature
+    default_max_tokens: int | None = None  # filled into requests that name no output maximum
+    retry_delay_seconds: float = 0.05  # first backoff; doubles per retry
     models: tuple[str, ...] = ()  # globs of the request models this upstream serves (routing by model)
     api_key_file: str | None = None  # a file holding the key (read at start-up, like api_key_env)
     folder_id: str | None = None  # yandexgpt: the folder in modelUri and x-folder-id
     key_type: str = "api_key"  # yandexgpt: the key is an API key (Api-Key) or an IAM token (Bearer)
     auth_url: str | None = None  # gigachat: the OAuth token endpoint
     scope: str | None = None  # gigachat: the OAuth scope (GIGACHAT_API_PERS, _B2B, _CORP)
-    backoff_seconds: float = 0.05  # first retry delay; doubles per retry, with full jitter
     deadline_seconds: float = 60.0  # the whole chain (retries, fallbacks, backoff) before the first byte
     ca_file: str | None = None  # PEM bundle the provider's TLS certificate is checked against
     verify_tls: bool = True  # False: the provider's certificate is not checked (GigaChat's own CA)
-    # Seed-style sections (`api_url`, `internal_url`, `default_*`, `retry_*`): base_url is the
-    # internal_url when given (where the sidecar forwards), public_url the api_url clients know.
-    public_url: str | None = None
-    default_temperature: float | None = None  # filled into requests that set no temperature
-    default_max_tokens: int | None = None  # filled into requests that name no output maximum
-    # the seed's fixed backoff (no jitter), doubling per retry; None: `backoff_seconds` with jitter
-    retry_delay_seconds: float | None = None
 
     @property
     def token_cap_param(self) -> str:
@@ -317,7 +315,6 @@ UPSTREAM_KEYS = (
     "key_type",
     "auth_url",
     "scope",
-    "backoff_seconds",
     "deadline_seconds",
     "ca_file",
     "verify_tls",
@@ -406,18 +403,17 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         c.add(env_node.diag(f"'{key_env}' is not an environment variable name"))
     fallback_node = node.get("fallback")
     fallback = c.strings(fallback_node)
+    temperature_node = node.get("default_temperature")
+    temperature = c.reader.number(temperature_node, minimum=0) if temperature_node is not None else None
+    max_tokens_node = node.get("default_max_tokens")
+    max_tokens = c.reader.integer(max_tokens_node, minimum=1) if max_tokens_node is not None else None
+    retries = node.get("retries") or node.get("retry_attempts")
     if api == "yandexgpt" and node.get("folder_id") is None:
         c.add(
             node.diag(
                 f"upstream '{name}' (api: yandexgpt) needs folder_id", "modelUri is gpt://<folder_id>/<model>"
             )
         )
-    temperature_node = node.get("default_temperature")
-    temperature = c.reader.number(temperature_node, minimum=0) if temperature_node is not None else None
-    max_tokens_node = node.get("default_max_tokens")
-    max_tokens = c.reader.integer(max_tokens_node, minimum=1) if max_tokens_node is not None else None
-    retries = node.get("retries") or node.get("retry_attempts")
-    retry_delay_node = node.get("retry_delay_seconds")
     return UpstreamSettings(
         name=name,
         base_url=base.rstrip("/"),
@@ -432,20 +428,19 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         breaker_failures=int(c.number(node.get("breaker_failures"), 5, integer=True)),
         breaker_seconds=c.number(node.get("breaker_seconds"), 10.0),
         max_tokens_param=c.string(node.get("max_tokens_param"), None, choices=MAX_TOKENS_PARAMS),
+        public_url=public.rstrip("/") if public is not None else None,
+        default_temperature=None if temperature is None else float(temperature),
+        default_max_tokens=max_tokens,
+        retry_delay_seconds=c.number(node.get("retry_delay_seconds"), 0.05),
         models=c.strings(node.get("models")),
         api_key_file=c.string(node.get("api_key_file")),
         folder_id=c.string(node.get("folder_id")),
         key_type=c.string(node.get("key_type"), "api_key", choices=KEY_TYPES) or "api_key",
         auth_url=_optional_url(node.get("auth_url"), c),
         scope=c.string(node.get("scope")),
-        backoff_seconds=c.number(node.get("backoff_seconds"), 0.05),
         deadline_seconds=c.number(node.get("deadline_seconds"), 60.0, minimum=0.001),
         ca_file=_readable_file(node.get("ca_file"), c),
         verify_tls=c.boolean(node.get("verify_tls"), True),
-        public_url=public.rstrip("/") if public is not None else None,
-        default_temperature=None if temperature is None else float(temperature),
-        default_max_tokens=max_tokens,
-        retry_delay_seconds=c.number(retry_delay_node, 0.05) if retry_delay_node is not None else None,
     )
 
 

@@ -26,8 +26,6 @@ _HTTP = "tests/sidecar/test_app_http.py"
 _POL = "tests/sidecar/test_app_policies.py"
 _SEED = "tests/sidecar/test_seed_sections.py"
 _LOG = "tests/sidecar/test_decision_log.py"
-_PROV = "tests/sidecar/test_providers.py"
-_FALL = "tests/sidecar/test_fallback.py"
 
 SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     # --- sidecar: -------------------------------------------------------------------------------
@@ -376,8 +374,8 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "<upstream>.api",
         "`openai`",
-        "wire API: `openai`, `ollama`, `gemini`, `anthropic`, `yandexgpt` or `gigachat` (docs/providers.md)",
-        "tests/sidecar/test_output_allowance.py::test_the_cap_is_written_in_the_field_each_upstream_reads",
+        "wire API: `openai`, `ollama`, `gemini`, `anthropic`, `yandexgpt`, `gigachat` (docs/providers.md)",
+        "tests/sidecar/test_providers.py::test_openai_client_gets_text_usage_and_finish_from_each_provider",
         "HEXARCH_UPSTREAM_API",
     ),
     SettingDoc(
@@ -419,7 +417,7 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "<upstream>.api_key_env",
         "none",
-        "variable whose value is sent as `Authorization: Bearer`",
+        "variable holding the provider's key, sent in the provider's own header",
         "tests/sidecar/test_secrets.py::test_secrets_never_leak",
     ),
     SettingDoc(
@@ -437,8 +435,7 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "<upstream>.retry_delay_seconds",
         "0.05",
-        "seed's fixed first backoff (no jitter; replaces `backoff_seconds`), doubling per retry "
-        "(at most 1 s, or the delay itself when longer)",
+        "first backoff, doubling per retry (at most 1 s, or the delay itself when longer)",
         f"{_SEED}::test_retry_attempts_and_delay",
     ),
     SettingDoc(
@@ -474,61 +471,55 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "<upstream>.models",
         "none",
-        "globs of the request models this upstream serves: a request's `model` picks the upstream",
-        f"{_PROV}::test_openai_client_gets_text_usage_and_finish_from_each_provider",
+        "globs of the request models this upstream serves (routing by model, `/v1/models`)",
+        "tests/sidecar/test_providers.py::test_models_lists_what_the_upstreams_serve",
     ),
     SettingDoc(
         "<upstream>.api_key_file",
         "none",
-        "file holding the provider key (read at start-up; `api_key_env` wins when set)",
-        f"{_PROV}::test_keys_reach_the_provider_and_nowhere_else",
+        "a file holding the provider's key (instead of `api_key_env`)",
+        "tests/sidecar/test_providers.py::test_keys_reach_the_provider_and_nowhere_else",
     ),
     SettingDoc(
         "<upstream>.folder_id",
-        "none",
-        "`yandexgpt` (required): the folder of `modelUri` `gpt://<folder_id>/<model>` and `x-folder-id`",
-        f"{_PROV}::test_keys_reach_the_provider_and_nowhere_else",
+        "required for yandexgpt",
+        "YandexGPT folder: `modelUri` `gpt://<folder_id>/<model>` and `x-folder-id`",
+        "tests/sidecar/test_providers.py::test_keys_reach_the_provider_and_nowhere_else",
     ),
     SettingDoc(
         "<upstream>.key_type",
         "`api_key`",
-        "`yandexgpt`: the key is an API key (`Api-Key`) or an IAM token (`Bearer`)",
+        "YandexGPT: `api_key` (`Api-Key`) or `iam_token` (`Bearer`)",
         "tests/sidecar/test_provider_settings.py::test_yandex_key_type_picks_the_authorization_scheme",
     ),
     SettingDoc(
         "<upstream>.auth_url",
-        "none",
-        "`gigachat`: the OAuth endpoint the client credentials are exchanged at (token cached)",
-        f"{_PROV}::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
+        "GigaChat's OAuth endpoint",
+        "GigaChat: where the client credentials are exchanged for a token",
+        "tests/sidecar/test_providers.py::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
     ),
     SettingDoc(
         "<upstream>.scope",
-        "none",
-        "`gigachat`: the OAuth scope (`GIGACHAT_API_PERS`, `_B2B`, `_CORP`)",
-        f"{_PROV}::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
-    ),
-    SettingDoc(
-        "<upstream>.backoff_seconds",
-        "0.05",
-        "first retry delay, doubling per retry, with full jitter",
-        f"{_FALL}::test_a_5xx_primary_is_retried_then_the_fallback_answers",
+        "`GIGACHAT_API_PERS`",
+        "GigaChat: the OAuth scope",
+        "tests/sidecar/test_providers.py::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
     ),
     SettingDoc(
         "<upstream>.deadline_seconds",
         "60",
-        "the whole chain (retries, fallbacks, backoff) before the first byte; then 502/504",
-        f"{_FALL}::test_all_timing_out_is_a_504_bounded_by_the_deadline",
+        "retries, backoff and fallbacks together, before the first byte",
+        "tests/sidecar/test_fallback.py::test_all_timing_out_is_a_504_bounded_by_the_deadline",
     ),
     SettingDoc(
         "<upstream>.ca_file",
         "system CAs",
-        "PEM bundle the provider's TLS certificate is checked against (token exchange included)",
+        "PEM bundle the provider's certificate is checked against (GigaChat's own CA)",
         "tests/sidecar/test_provider_tls.py::test_ca_file_and_verify_tls",
     ),
     SettingDoc(
         "<upstream>.verify_tls",
         "`true`",
-        "`false`: the provider's certificate is not checked (not advised)",
+        "`false`: the provider's certificate is not checked",
         "tests/sidecar/test_provider_tls.py::test_ca_file_and_verify_tls",
     ),
     SettingDoc("<upstream>.description", "none", "a note for people; never read", ""),

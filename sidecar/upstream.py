@@ -2,10 +2,9 @@
 
 `open` walks the chain (the chosen upstream, then its `fallback` list) before the first byte reaches
 the client. A connection error, a timeout, a 5xx or a 429 moves on: a 5xx or timeout is retried on
-the same upstream `retries` times after an exponential backoff with full jitter
-(`backoff_seconds` * 2^n; a seed-style section's `retry_delay_seconds` waits its fixed doubling
-instead, see `_backoff`), a 429 goes straight to the next upstream. Everything, backoff included,
-is bounded by the first upstream's `deadline_seconds`. Each upstream has a circuit breaker
+the same upstream `retries` times after an exponential backoff (`retry_delay_seconds`, doubling,
+lengthened by up to half at random), a 429 goes straight to the next upstream. Everything, backoff
+included, is bounded by the first upstream's `deadline_seconds`. Each upstream has a circuit breaker
 (sidecar/breaker.py): `breaker_failures` failures in a row open it for `breaker_seconds`, then one
 probe is let through (half-open) and its outcome closes or re-opens it. Any other status is the
 provider's answer. When every attempt failed the caller gets UpstreamTimeout (504) if the last
@@ -89,15 +88,6 @@ class Opened:
     adapter: Adapter
     started: float
     tried: tuple[tuple[str, str], ...]  # the attempts that failed before this one
-
-
-def _backoff(target: UpstreamSettings, attempt: int) -> float:
-    """The wait before retry `attempt` (1, 2, ...) of `target`."""
-    if target.retry_delay_seconds is not None:
-        # the seed's retry_delay_seconds, doubling per retry (capped at 1 s or the delay itself)
-        delay = target.retry_delay_seconds
-        return float(min(max(1.0, delay), delay * 2 ** (attempt - 1)))
-    return random.uniform(0, target.backoff_seconds * 2 ** (attempt - 1))
 
 
 def _timeout(upstream: UpstreamSettings, stream: bool, remaining: float) -> aiohttp.ClientTimeout:
@@ -205,7 +195,10 @@ class UpstreamClient:
             for attempt in range(target.retries + 1):
                 remaining = deadline - time.monotonic()
                 if attempt:
-                    delay = _backoff(target, attempt)
+                    # retry_delay_seconds, doubling per retry (capped at 1 s or the delay itself),
+                    # with jitter: lengthened by up to half at random (never shorter than stated)
+                    base = target.retry_delay_seconds
+                    delay = min(max(1.0, base), base * 2 ** (attempt - 1)) * random.uniform(1.0, 1.5)
                     if delay >= remaining:
                         break
                     await asyncio.sleep(delay)

@@ -54,7 +54,7 @@ primary:
   models: ["tinyllama*"]
   timeout_seconds: 0.5
   retries: {retries}
-  backoff_seconds: 0.01
+  retry_delay_seconds: 0.01
   deadline_seconds: {deadline}
   breaker_failures: {breaker_failures}
   breaker_seconds: {breaker_seconds}

@@ -137,15 +137,11 @@ PAIRS: dict[str, tuple[str, str]] = {
     "<upstream>.models": (upstream(""), upstream(", models: ['claude-*']")),
     "<upstream>.api_key_file": (upstream(""), upstream(", api_key_file: /run/secrets/key")),
     "<upstream>.folder_id": (upstream(""), upstream(", folder_id: b1g")),
-    "<upstream>.key_type": (
-        upstream(", api: yandexgpt, folder_id: b1g"),
-        upstream(", api: yandexgpt, folder_id: b1g, key_type: iam_token"),
-    ),
-    "<upstream>.auth_url": (upstream(""), upstream(", auth_url: 'https://127.0.0.1:5/oauth'")),
-    "<upstream>.scope": (upstream(""), upstream(", scope: GIGACHAT_API_PERS")),
-    "<upstream>.backoff_seconds": (upstream(""), upstream(", backoff_seconds: 0.5")),
+    "<upstream>.key_type": (upstream(""), upstream(", key_type: iam_token")),
+    "<upstream>.auth_url": (upstream(""), upstream(", auth_url: 'https://127.0.0.1:5/api/v2/oauth'")),
+    "<upstream>.scope": (upstream(""), upstream(", scope: GIGACHAT_API_CORP")),
     "<upstream>.deadline_seconds": (upstream(""), upstream(", deadline_seconds: 5")),
-    "<upstream>.ca_file": (upstream(""), upstream(f", ca_file: '{__file__}'")),
+    "<upstream>.ca_file": (upstream(""), upstream(", ca_file: /etc/passwd")),
     "<upstream>.verify_tls": (upstream(""), upstream(", verify_tls: false")),
 }
 
