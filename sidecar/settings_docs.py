@@ -53,8 +53,8 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "sidecar.decision_engine",
         "`opa`",
-        "who decides: `opa` (the OPA server) or `wasm` (OPA's Wasm build of the same bundle, in-process)",
-        "tests/sidecar/test_wasm_engine.py::test_decision_engine_setting_is_checked",
+        "who decides: `opa` (the OPA server) or `wasm` (OPA's Wasm build of the bundle, in-process)",
+        "tests/sidecar/test_wasm_engine.py::test_a_sidecar_with_the_wasm_engine_follows_policy_edits",
         "HEXARCH_DECISION_ENGINE",
     ),
     SettingDoc(

@@ -6,15 +6,19 @@ the demo model, the sidecar). Over N sequential chat completions, OPA's own Prom
 
 * with `decision_engine: opa`, exactly one decision call per request reaches OPA;
 * with `decision_engine: wasm`, none does (the decision is made in-process);
-* the sidecar sends Redis exactly two commands per request, both EVALSHA: the admission script
-  before the reply and the settlement script after it. A second round trip on the hot path makes it
-  three. They are counted by a small TCP relay between the sidecar and Redis that parses the RESP
-  commands it forwards (`INFO commandstats` would also count the commands the scripts run).
+* the sidecar sends Redis exactly one EVALSHA of each of its scripts per request: the admission
+  script before the reply (the only Redis call the client waits for), then, after the reply, the
+  settlement script and the usage-statistics script (sidecar/stats.py, counted once per
+  reservation). Any other command, or a second call of any script, fails the check. They are counted
+  by a small TCP relay between the sidecar and Redis that parses the RESP commands it forwards and
+  names each EVALSHA by its script (`INFO commandstats` would also count the commands the scripts
+  run).
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import socket
 import threading
@@ -31,6 +35,12 @@ from sidecar.stack import Stack, StackOptions, free_port
 from tests.conftest import EXAMPLE_POLICY
 
 REQUESTS = 30
+LUA = Path(__file__).resolve().parents[2] / "sidecar" / "lua"
+SCRIPTS = {
+    hashlib.sha1((LUA / f"{name}.lua").read_bytes()).hexdigest(): name
+    for name in ("admit", "settle", "stats")
+}
+PER_REQUEST = ("evalsha:admit", "evalsha:settle", "evalsha:stats")
 HANDSHAKE = ("hello", "client", "select", "auth")
 BODY = {"model": "tinyllama", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 8}
 
@@ -96,6 +106,7 @@ class CountingRelay:
                 return buf
             items, pos = int(buf[1:pos]), pos + 2
             name = b""
+            sha = b""
             for i in range(items):
                 end = buf.find(b"\r\n", pos)
                 if end < 0:
@@ -105,9 +116,14 @@ class CountingRelay:
                     return buf
                 if i == 0:
                     name = buf[end + 2 : end + 2 + size]
+                elif i == 1 and name.lower() == b"evalsha":
+                    sha = buf[end + 2 : end + 2 + size]
                 pos = end + 2 + size + 2
+            label = name.decode().lower()
+            if sha:
+                label += ":" + SCRIPTS.get(sha.decode(), "unknown")
             with self._lock:
-                self.counts[name.decode().lower()] += 1
+                self.counts[label] += 1
             buf = buf[pos:]
         return buf
 
@@ -158,31 +174,48 @@ def stack(
         yield running
 
 
-def test_one_decision_and_two_redis_commands_per_request(
+def test_one_decision_and_one_call_of_each_redis_script_per_request(
     stack: Stack, relay: tuple[CountingRelay, int]
 ) -> None:
     counting = relay[0]
     engine = stack.sidecar_env()["HEXARCH_DECISION_ENGINE"]
     assert chat(stack.sidecar_url) == 200  # warm: scripts loaded, connections open
-    settled(counting, 2)
+    settled(counting, len(PER_REQUEST))
+    quiet(counting)  # a script loaded on first use (NOSCRIPT, SCRIPT LOAD, EVALSHA) is done too
     opa_before, redis_before = opa_decision_calls(stack.opa_url), counting.snapshot()
 
     for _ in range(REQUESTS):
         assert chat(stack.sidecar_url) == 200
 
-    settled(counting, redis_before["evalsha"] + 2 * REQUESTS)
+    settled(counting, evalsha_count(redis_before) + len(PER_REQUEST) * REQUESTS)
     opa_after, redis_after = opa_decision_calls(stack.opa_url), counting.snapshot()
 
     assert opa_after - opa_before == (REQUESTS if engine == "opa" else 0)
     sent = redis_after - redis_before
     # a pooled connection opened on the way says HELLO (and CLIENT SETINFO) once: not per request
     handshakes = {name: sent.pop(name) for name in HANDSHAKE if name in sent}
-    assert sent == Counter({"evalsha": 2 * REQUESTS})
+    assert sent == Counter({name: REQUESTS for name in PER_REQUEST})
     assert handshakes.get("hello", 0) <= 2, handshakes
+
+
+def quiet(counting: CountingRelay) -> None:
+    """Until nothing went through the relay for 0.3 s, at most 10 s."""
+    deadline = time.monotonic() + 10
+    last = counting.snapshot()
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now = counting.snapshot()
+        if now == last:
+            return
+        last = now
+
+
+def evalsha_count(counts: Counter[str]) -> int:
+    return sum(n for name, n in counts.items() if name.startswith("evalsha"))
 
 
 def settled(counting: CountingRelay, evalsha: int) -> None:
     """Until `evalsha` EVALSHA went through (settlements run after the replies), at most 10 s."""
     deadline = time.monotonic() + 10
-    while counting.snapshot()["evalsha"] < evalsha and time.monotonic() < deadline:
+    while evalsha_count(counting.snapshot()) < evalsha and time.monotonic() < deadline:
         time.sleep(0.05)

@@ -47,11 +47,11 @@ PAIRS: dict[str, tuple[str, str]] = {
     "sidecar.listen": (upstream(""), upstream("") + sidecar("listen: ':9999'")),
     "sidecar.redis_url": (upstream(""), upstream("") + sidecar("redis_url: 'redis://h:1/0'")),
     "sidecar.fail_mode": (upstream(""), upstream("") + sidecar("fail_mode: fail_open")),
-    "sidecar.max_body_bytes": (upstream(""), upstream("") + sidecar("max_body_bytes: 10")),
     "sidecar.decision_engine": (
         upstream("") + sidecar("policy_file: p.yaml"),
         upstream("") + sidecar("policy_file: p.yaml\ndecision_engine: wasm"),
     ),
+    "sidecar.max_body_bytes": (upstream(""), upstream("") + sidecar("max_body_bytes: 10")),
     "sidecar.default_upstream": (upstream(""), upstream("") + sidecar("default_upstream: backup")),
     "sidecar.builtin_routes": (upstream(""), upstream("") + sidecar("builtin_routes: false")),
     "sidecar.api_keys": (upstream(""), key_entry("")),
