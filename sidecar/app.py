@@ -20,8 +20,10 @@ import orjson
 from aiohttp import web
 
 from sidecar.background import BackgroundJobs
+from sidecar.boundary import boundary
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
+from sidecar.decision_log import DecisionLog
 from sidecar.errors import CounterStoreError
 from sidecar.errors_http import JSON, error_response
 from sidecar.ingress import resolve_endpoints
@@ -29,8 +31,9 @@ from sidecar.local_counters import LocalCounters
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.opa_client import OpaClient
 from sidecar.principal import PrincipalResolver
-from sidecar.proxy import Handler, Proxy, Services
+from sidecar.proxy import Handler, Proxy
 from sidecar.redis_client import create_redis, redact
+from sidecar.services import SERVICES_KEY, Services
 from sidecar.settings import Settings
 from sidecar.upstream import UpstreamClient
 
@@ -38,7 +41,6 @@ logger = logging.getLogger("hexarch.sidecar")
 
 SETTINGS_KEY: web.AppKey[Settings] = web.AppKey("settings", Settings)
 METRICS_KEY: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-SERVICES_KEY: web.AppKey[Services] = web.AppKey("services", Services)
 BUNDLE_PATH = "/bundles/hexarch.tar.gz"
 
 
@@ -64,9 +66,9 @@ async def _error_shape(request: web.Request, handler: Handler) -> web.StreamResp
 def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.Application:
     """The sidecar app for `settings`; `env` supplies upstream secrets (default: os.environ)."""
     # client_max_size makes aiohttp stop reading an oversized body: the handler turns it into 413.
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_shape])
+    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_shape, boundary])
     metrics = Metrics()
-    proxy = Proxy(settings)
+    proxy = Proxy()
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics
 
@@ -75,8 +77,9 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.
         bundle = BundleServer(settings.policy_file, metrics, settings.bundle_check_seconds)
         app.router.add_get(BUNDLE_PATH, bundle.handle)
         app.cleanup_ctx.append(_bundle_ctx(bundle))
-    app.cleanup_ctx.append(_decision_log_ctx(proxy))
-    app.cleanup_ctx.append(_services_ctx(settings, metrics, proxy, env))
+    decision_log = DecisionLog(settings)
+    app.cleanup_ctx.append(_decision_log_ctx(decision_log))
+    app.cleanup_ctx.append(_services_ctx(settings, metrics, decision_log, env))
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)
@@ -130,9 +133,8 @@ class ReadinessCache:
         return ok
 
 
-def _decision_log_ctx(proxy: Proxy) -> Callable[[web.Application], AsyncIterator[None]]:
+def _decision_log_ctx(log: DecisionLog) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        log = proxy.decision_log
         log.open()
         loop = asyncio.get_running_loop()
         hooked = False
@@ -161,7 +163,7 @@ def _bundle_ctx(bundle: BundleServer) -> Callable[[web.Application], AsyncIterat
 
 
 def _services_ctx(
-    settings: Settings, metrics: Metrics, proxy: Proxy, env: Mapping[str, str] | None
+    settings: Settings, metrics: Metrics, decision_log: DecisionLog, env: Mapping[str, str] | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         opa = OpaClient(settings.opa_url, settings.opa_timeout_ms, settings.opa_decision_path)
@@ -180,16 +182,22 @@ def _services_ctx(
             logger.warning("Redis at %s is not answering yet: %s", redact(settings.redis_url), exc)
         background = BackgroundJobs()
         services = Services(
-            settings, metrics, PrincipalResolver(settings), opa, counters, fallback, upstream, background
+            settings,
+            metrics,
+            PrincipalResolver(settings),
+            opa,
+            counters,
+            fallback,
+            upstream,
+            background,
+            decision_log,
         )
         app[SERVICES_KEY] = services
-        proxy.attach(services)
         try:
             yield
         finally:
             # the server has stopped taking requests: let pending settlements reach Redis first
             await background.drain()
-            proxy.attach(None)
             await upstream.close()
             await opa.close()
             await counters.close()

@@ -9,7 +9,8 @@ answer is a pure function of the request and the settings:
 * the reply is the first `completion tokens` words of a fixed sentence, one word per stream chunk.
 
 Injected faults: `latency_ms` before the first byte, `token_interval_ms` between stream chunks and
-`failure_rate` (seeded, so a run is reproducible) turning model calls into 500s. A request may force
+`failure_rate` (seeded, so a run is reproducible) turning model calls into `fail_status` errors (500),
+`reset_after_chunks` resetting the connection mid-stream after that many chunks. A request may force
 them with `X-Demo-Status: <code>` and `X-Demo-Latency-Ms: <ms>`. `GET /demo/stats` reports what
 reached the server (counts by path and the last requests' bodies); `POST /demo/reset` clears it.
 """
@@ -55,6 +56,8 @@ class DemoSettings:
     latency_ms: float = 0.0
     token_interval_ms: float = 0.0
     failure_rate: float = 0.0
+    fail_status: int = 500  # the status an injected failure answers with (429, 503...)
+    reset_after_chunks: int = 0  # >0: a stream's connection is reset after this many chunks
     seed: int = 0
     tokens_per_reply: int = 16
     model: str = "tinyllama"
@@ -209,7 +212,7 @@ async def admit(request: web.Request, body: dict[str, Any]) -> tuple[DemoState, 
         raise _Fault(int(forced))
     if state.settings.failure_rate > 0 and state.rng.random() < state.settings.failure_rate:
         state.failures += 1
-        raise _Fault(500)
+        raise _Fault(state.settings.fail_status)
     return state, seq
 
 
@@ -220,9 +223,14 @@ async def stream_lines(
     await resp.prepare(request)
     interval = state.settings.token_interval_ms / 1000
     try:
+        reset_after = state.settings.reset_after_chunks
         for i, line in enumerate(lines):
             if interval and i:
                 await asyncio.sleep(interval)
+            if reset_after and i == reset_after and request.transport is not None:
+                state.streams_interrupted += 1
+                request.transport.abort()  # a connection reset mid-stream
+                return resp
             await resp.write(line)
         await resp.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
@@ -572,6 +580,8 @@ def settings_from_args(args: argparse.Namespace) -> DemoSettings:
         latency_ms=args.latency_ms,
         token_interval_ms=args.token_interval_ms,
         failure_rate=args.failure_rate,
+        fail_status=args.fail_status,
+        reset_after_chunks=args.reset_after_chunks,
         seed=args.seed,
         tokens_per_reply=args.tokens_per_reply,
         model=args.model,
@@ -623,6 +633,10 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--latency-ms", type=float, default=0.0, help="delay before the first byte")
     parser.add_argument("--token-interval-ms", type=float, default=0.0, help="delay between stream chunks")
     parser.add_argument("--failure-rate", type=_rate, default=0.0, help="share of model calls that get a 500")
+    parser.add_argument("--fail-status", type=int, default=500, help="status of injected failures (e.g. 429)")
+    parser.add_argument(
+        "--reset-after-chunks", type=int, default=0, help="reset stream connections after N chunks (0: never)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the failure generator")
     parser.add_argument("--tokens-per-reply", type=int, default=16, help="reply length in tokens (words)")
     parser.add_argument("--model", default="tinyllama", help="model name reported by /health")

@@ -6,13 +6,13 @@ for OpenAI surface `message`. Header values are kept to printable ASCII.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from sidecar.errors import RequestError, UpstreamError
+from sidecar.errors import DependencyError, Refused, RequestError, SidecarError, UpstreamError
 
 JSON = "application/json"
 
@@ -68,18 +68,80 @@ def error_response(
 
 def request_error_response(exc: RequestError, decision_id: str | None = None) -> web.Response:
     return error_response(
-        exc.status, exc.message, code=exc.code, type_=exc.type, param=exc.param, decision_id=decision_id
+        exc.status,
+        exc.message,
+        code=exc.code,
+        type_=exc.type,
+        param=exc.param,
+        decision_id=decision_id,
+        headers=exc.response_headers(),
     )
+
+
+def _refused(exc: Refused, decision_id: str | None) -> web.Response:
+    return error_response(
+        exc.status,
+        exc.message,
+        code=exc.code,
+        type_=exc.type,
+        param=exc.param,
+        policy=exc.policy,
+        details=exc.details,
+        decision_id=decision_id,
+        headers=exc.response_headers(),
+    )
+
+
+def _dependency(exc: DependencyError, decision_id: str | None) -> web.Response:
+    return error_response(
+        exc.status,
+        exc.public_message,
+        code=exc.code,
+        type_=exc.type,
+        decision_id=decision_id,
+        headers=exc.response_headers(),
+    )
+
+
+def _upstream(exc: UpstreamError, decision_id: str | None) -> web.Response:
+    return upstream_error_response(exc, decision_id, exc.response_headers())
+
+
+def _other(exc: SidecarError, decision_id: str | None) -> web.Response:
+    return error_response(500, "internal error", code=exc.code, type_=exc.type, decision_id=decision_id)
+
+
+# One responder per branch of the tree in sidecar/errors.py; the nearest class of an error wins.
+_RESPONDERS: dict[type[SidecarError], Callable[[Any, str | None], web.Response]] = {
+    Refused: _refused,
+    RequestError: request_error_response,
+    DependencyError: _dependency,
+    UpstreamError: _upstream,
+    SidecarError: _other,
+}
+
+
+def respond(exc: SidecarError, decision_id: str | None) -> web.Response:
+    """The one place a refusal or failure becomes a response (the DESIGN.md error shape)."""
+    for cls in type(exc).__mro__:
+        responder = _RESPONDERS.get(cls)
+        if responder is not None:
+            return responder(exc, decision_id)
+    return _other(exc, decision_id)
 
 
 def upstream_error_response(
     exc: UpstreamError, decision_id: str | None, headers: Mapping[str, str] | None = None
 ) -> web.Response:
+    details = (
+        {"tried": [{"upstream": name, "error": what} for name, what in exc.tried]} if exc.tried else None
+    )
     return error_response(
         exc.status,
         str(exc) or "the model upstream failed",
         code=exc.code,
-        type_="upstream_error",
+        type_=exc.type,
+        details=details,
         decision_id=decision_id,
         headers=headers,
     )

@@ -35,6 +35,7 @@ class Endpoint:
     upstream_path: str | None
     model: str | None
     guard: bool
+    pinned: bool = False  # the route names its upstream: the request's model does not choose it
 
     @property
     def has_body(self) -> bool:
@@ -60,6 +61,7 @@ BUILTIN_ROUTES: tuple[tuple[str, str, str, str], ...] = (
     ("/api/chat", "POST", "ollama.chat", "chat"),
     ("/api/generate", "POST", "ollama.generate", "generate"),
     ("/api/tags", "GET", "ollama.tags", "list_models"),
+    ("/v1/messages", "POST", "anthropic.messages", "chat"),
 )
 DEFAULT_OPERATION = {api: op for _, _, api, op in BUILTIN_ROUTES} | {"json": "request", "none": "request"}
 
@@ -137,6 +139,7 @@ def _endpoint(route: RouteSettings, settings: Settings, default: UpstreamSetting
         upstream_path=route.upstream_path,
         model=route.model,
         guard=route.guard,
+        pinned=route.upstream is not None,
     )
 
 

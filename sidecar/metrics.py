@@ -71,6 +71,24 @@ class Metrics:
         self.upstream_errors = Counter(
             "hexarch_upstream_errors_total", "Failed upstream attempts", ["upstream", "reason"], registry=r
         )
+        self.content_filter = Counter(
+            "hexarch_content_filter_total",
+            "Replies a provider stopped for safety (sent as finish_reason content_filter)",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_breaker_state = Gauge(
+            "hexarch_upstream_breaker_state",
+            "Circuit of each upstream: 0 closed, 1 open, 2 half-open",
+            ["upstream"],
+            registry=r,
+        )
+        self.upstream_breaker_transitions = Counter(
+            "hexarch_upstream_breaker_transitions_total",
+            "Circuit transitions of each upstream, by the state entered",
+            ["upstream", "state"],
+            registry=r,
+        )
         self.warnings = Counter(
             "hexarch_warnings_total", "Warnings sent with allowed requests", ["policy"], registry=r
         )

@@ -1,19 +1,22 @@
-"""One guarded request: principal -> input document -> OPA -> admission -> forward -> settle.
+"""One guarded request, read top to bottom in `Pipeline._handle`:
 
-Every outcome leaves through one of three doors: a policy or limit refusal in the DESIGN.md error
-shape, a dependency failure decided by the fail mode (503 in fail_closed), or the upstream's reply
-relayed as it came. Whatever happens after admission, the reservation is settled with the real usage
-or refunded, once.
+    read body -> principal -> normalise (Anthropic ingress, routing by model) -> OPA decision
+    -> refusal? -> admission (Redis) -> limited? -> cap output -> forward (fallback chain) -> settle
+
+A refusal or failure anywhere is raised as a typed exception (sidecar/errors.py) and becomes a
+response once, in sidecar/boundary.py. A failing dependency is judged in one place,
+`Pipeline._dependency_failed`: re-raised (503) in fail_closed, counted and tolerated in fail_open.
+Whatever happens after admission, the reservation is settled with the real usage or refunded, once
+(sidecar/settlement.py). Services come from the app's typed state (`request.app[SERVICES_KEY]`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 from urllib.parse import quote
 
@@ -21,25 +24,20 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
-from sidecar.background import BackgroundJobs
-from sidecar.counters import Admission, CounterStore, Limit, LimitState, Usage, limits_from_decision
-from sidecar.decision_log import DecisionLog, DecisionRecord
+from sidecar.boundary import DECISION_HEADER, RECORD_KEY
+from sidecar.counters import Admission, CounterStore, Limit, LimitState, limits_from_decision
+from sidecar.decision_log import DecisionRecord
 from sidecar.errors import (
     CounterStoreError,
+    DependencyError,
+    LimitExceeded,
     PayloadTooLarge,
+    PolicyDenied,
     PolicyEngineError,
-    RequestError,
-    Unauthenticated,
     UpstreamError,
     UpstreamUnavailable,
 )
-from sidecar.errors_http import (
-    JSON,
-    error_response,
-    header_value,
-    request_error_response,
-    upstream_error_response,
-)
+from sidecar.errors_http import JSON, header_value
 from sidecar.ingress import (
     Endpoint,
     Normalised,
@@ -51,46 +49,42 @@ from sidecar.ingress import (
     request_stream_usage,
     resources_of,
 )
-from sidecar.metrics import Metrics
-from sidecar.opa_client import OpaClient
-from sidecar.principal import Principal, PrincipalResolver
-from sidecar.reply_usage import TokenCounts
-from sidecar.reservation import cost_micros, output_allowance, reserved_output
-from sidecar.settings import PLAIN_PLACEHOLDER, Settings
-from sidecar.upstream import Reply, UpstreamClient
+from sidecar.principal import Principal
+from sidecar.providers.anthropic import chat_of_messages
+from sidecar.providers.base import Adapter, Wire
+from sidecar.providers.replies import WRITERS
+from sidecar.reservation import output_allowance, reserved_output
+from sidecar.routing import declares_models, model_for, route_by_model, served_models
+from sidecar.services import SERVICES_KEY, Services
+from sidecar.settings import PLAIN_PLACEHOLDER, UpstreamSettings
+from sidecar.settlement import Settlement, Ticket
+from sidecar.upstream import Build, Reply
 
 logger = logging.getLogger("hexarch.sidecar")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 WARNING_HEADER = "X-Hexarch-Warning"
-DECISION_HEADER = "X-Hexarch-Decision-Id"
+UPSTREAM_HEADER = "X-Hexarch-Upstream"
 _GENERATING_APIS = frozenset({"openai.chat", "openai.completions", "ollama.chat", "ollama.generate", "json"})
 _UNIT_WORDS = {"requests": "requests", "tokens": "tokens", "usd_micros": "micro-USD"}
 
 
-@dataclass
-class Services:
-    """Everything a request needs, opened by the app's cleanup context."""
-
-    settings: Settings
-    metrics: Metrics
-    principals: PrincipalResolver
-    opa: OpaClient
-    counters: CounterStore
-    fallback_counters: CounterStore | None  # fail_open stand-in when Redis fails
-    upstream: UpstreamClient
-    background: BackgroundJobs  # settlements and refunds, run after the reply is sent
-
-
 @dataclass(frozen=True)
-class _Ticket:
-    """What an admitted request carries to settlement."""
+class _Outbound:
+    """What goes upstream: the client's API, the canonical body (None: no JSON body) and its bytes."""
 
-    admission: Admission
-    store: CounterStore
-    pricing: Mapping[str, Any] | None
-    reservation: int  # output tokens reserved: charged when the upstream reports no usage
-    hide_usage_chunk: bool  # the sidecar asked for the stream's usage event; the client did not
+    client_api: str
+    body: dict[str, Any] | None
+    raw: bytes
+    wants_usage: bool  # the client asked for stream usage itself
+
+
+def _translates(ep: Endpoint, out: _Outbound, adapter: Adapter) -> bool:
+    """A chat request is translated unless the upstream speaks the client's API already; a route
+    with its own upstream_path always relays the body as it came."""
+    if out.client_api not in WRITERS or ep.upstream_path is not None:
+        return False
+    return adapter.translates or out.client_api != "openai.chat"
 
 
 def _window_text(lim: Limit) -> str:
@@ -134,50 +128,31 @@ def _note_decision(decision: Mapping[str, Any], rec: DecisionRecord) -> None:
 
 
 class Proxy:
-    """The request pipeline; its services are attached by the app's cleanup context."""
+    """The route handlers: each request runs its own Pipeline over the app's services."""
 
-    def __init__(self, settings: Settings) -> None:
-        self._services: Services | None = None
-        self._fail_open = settings.fail_mode == "fail_open"
-        self._log = settings.log_decisions
-        self.decision_log = DecisionLog(settings)  # opened and closed by the app's cleanup context
-        trusted = settings.trusted_headers
-        self._owner_header = trusted.resource_owner if trusted.enabled else None
-
-    def attach(self, services: Services | None) -> None:
-        self._services = services
-
-    @property
-    def s(self) -> Services:
-        assert self._services is not None, "the app's services are not started"
-        return self._services
-
-    # ---------------------------------------------------------------------------------------
     def handler(self, endpoint: Endpoint) -> Handler:
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.handle(request, endpoint)
+            record = DecisionRecord(secrets.token_hex(12), request.method, request.path, route=endpoint.path)
+            request[RECORD_KEY] = record  # sidecar/boundary.py answers refusals and records it
+            return await Pipeline(request.app[SERVICES_KEY], request, record).run(endpoint)
 
         return handle
 
-    async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        record = DecisionRecord(secrets.token_hex(12), request.method, request.path, route=endpoint.path)
-        try:
-            response = await self._handle(request, endpoint, record)
-        except RequestError as exc:
-            record.outcome = "unauthenticated" if isinstance(exc, Unauthenticated) else "bad_request"
-            record.code = exc.code
-            response = request_error_response(exc, record.decision_id)
-            if isinstance(exc, Unauthenticated):
-                response.headers["WWW-Authenticate"] = 'Bearer realm="hexarch"'
-        if not response.prepared:
-            response.headers[DECISION_HEADER] = record.decision_id
-        record.status = response.status
-        record.finished = time.perf_counter()
-        metrics = self.s.metrics
-        metrics.child(metrics.requests, record.outcome, record.policy or "").inc()
-        if self._log and not record.settling:
-            self.decision_log.write(record)  # otherwise the settlement job logs it with the usage
-        return response
+
+class Pipeline:
+    """One guarded request (see the module docstring)."""
+
+    def __init__(self, services: Services, request: web.Request, record: DecisionRecord) -> None:
+        self.s = services
+        self.request = request
+        self.rec = record
+        self._fail_open = services.settings.fail_mode == "fail_open"
+        trusted = services.settings.trusted_headers
+        self._owner_header = trusted.resource_owner if trusted.enabled else None
+        self.settlement = Settlement(services)
+
+    async def run(self, endpoint: Endpoint) -> web.StreamResponse:
+        return await self._handle(self.request, endpoint, self.rec)
 
     async def _read(self, request: web.Request) -> bytes:
         if not request.body_exists:
@@ -197,24 +172,30 @@ class Proxy:
 
         principal = self.s.principals.resolve(request.headers)
         rec.principal, rec.team = principal.id, principal.team
+        client_api = ep.api
         body = decode_body(raw) if ep.has_body else None
+        if client_api == "anthropic.messages" and body is not None:
+            # An Anthropic client: its request is read as the canonical OpenAI chat body.
+            body = chat_of_messages(body)
+            ep = replace(ep, api="openai.chat")
+        if body is not None:
+            ep = route_by_model(self.s.settings, ep, body.get("model"))
+        # the routed upstream's default_model/temperature/max_tokens, before the policy judges them
         filled = fill_defaults(ep, body) if body is not None else False
         norm = normalise(ep, body)
         doc = self._input(request, ep, principal, norm, rec.decision_id)
+        doc["request"]["api"] = client_api
         rec.model, rec.resources = norm.model, doc["resources"]
-        if self.decision_log.prompts and body is not None:
+        if self.s.decision_log.prompts and body is not None:
             rec.prompt = prompt_text(body)
+        options = body.get("stream_options") if body is not None else None
+        wants_usage = isinstance(options, dict) and options.get("include_usage") is True
 
         decision = await self._decide(doc, rec)
-        if isinstance(decision, web.StreamResponse):
-            return decision
-        if decision is not None:
-            _note_decision(decision, rec)
         extra: CIMultiDict[str] = CIMultiDict()
         if decision is not None:
-            denied = self._denied(decision, rec, norm.params)
-            if denied is not None:
-                return denied
+            _note_decision(decision, rec)
+            self._refuse_if_denied(decision, rec, norm.params)
             for warning in decision.get("warnings") or ():
                 if isinstance(warning, dict):
                     text = f"{warning.get('policy', '')}: {warning.get('message', '')}"
@@ -227,16 +208,11 @@ class Proxy:
             try:
                 limits = limits_from_decision(decision.get("limits") or ())
             except PolicyEngineError as exc:
-                failed = self._dependency_failed("opa", exc, rec)
-                if failed is not None:
-                    return failed
+                self._dependency_failed(exc, rec)
 
-        admitted = await self._admit(rec.decision_id, limits, rec)
-        if isinstance(admitted, web.StreamResponse):
-            return admitted
-        admission, store = admitted
+        admission, store = await self._admit(rec.decision_id, limits, rec)
         if not admission.admitted:
-            return self._limited(admission, norm, rec)
+            raise self._limited(admission, norm, rec)
         self._admission_headers(admission, extra, norm.max_output_tokens is not None)
 
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
@@ -256,14 +232,15 @@ class Proxy:
                 changed = hide_usage_chunk = True
             if changed:
                 forwarded = orjson.dumps(body)
-        ticket = _Ticket(
+        ticket = Ticket(
             admission=admission,
             store=store,
             pricing=pricing,
             reservation=reserved_output(norm.max_output_tokens, limits, pricing, norm.prompt_tokens),
             hide_usage_chunk=hide_usage_chunk,
         )
-        return await self._forward(request, ep, forwarded, norm, extra, ticket, rec)
+        out = _Outbound(client_api, body, forwarded, wants_usage)
+        return await self._forward(request, ep, out, norm, extra, ticket, rec)
 
     # ---------------------------------------------------------------------------------------
     def _input(
@@ -300,68 +277,47 @@ class Proxy:
             return request.headers.get(self._owner_header) or None
         return None
 
-    async def _decide(
-        self, doc: dict[str, Any], rec: DecisionRecord
-    ) -> dict[str, Any] | web.StreamResponse | None:
+    async def _decide(self, doc: dict[str, Any], rec: DecisionRecord) -> dict[str, Any] | None:
         started = time.perf_counter()
         try:
             decision = await self.s.opa.decide(doc)
         except PolicyEngineError as exc:
             rec.decision_ms = round((time.perf_counter() - started) * 1000, 3)
-            return self._dependency_failed("opa", exc, rec)
+            self._dependency_failed(exc, rec)
+            return None
         seconds = time.perf_counter() - started
         self.s.metrics.decision_seconds.observe(seconds)
         rec.decision_ms = round(seconds * 1000, 3)
         return decision
 
-    def _dependency_failed(self, dependency: str, exc: Exception, rec: DecisionRecord) -> web.Response | None:
-        """503 in fail_closed; None in fail_open (the caller goes on, counted)."""
-        if dependency == "opa":
+    def _dependency_failed(self, exc: DependencyError, rec: DecisionRecord) -> None:
+        """The one fail-open decision: re-raise (503, fail_closed) or count and go on (fail_open)."""
+        if exc.dependency == "opa":
             self.s.metrics.opa_errors.inc()
         else:
             self.s.metrics.redis_errors.inc()
-        logger.warning("%s failed: %s", dependency, exc)
-        if self._fail_open:
-            self.s.metrics.fail_open.labels(dependency).inc()
-            rec.outcome = "fail_open"
-            return None
-        rec.outcome = "unavailable"
-        if dependency == "opa":
-            rec.code = "policy_engine_unavailable"
-            message = "the policy engine is unavailable; the request was refused (fail_closed)"
-        else:
-            rec.code = "counter_store_unavailable"
-            message = "the counter store is unavailable; the request was refused (fail_closed)"
-        return error_response(
-            503,
-            message,
-            code=rec.code,
-            type_="service_unavailable",
-            decision_id=rec.decision_id,
-            headers={"Retry-After": "1"},
-        )
+        logger.warning("%s failed: %s", exc.dependency, exc)
+        if not self._fail_open:
+            raise exc
+        self.s.metrics.fail_open.labels(exc.dependency).inc()
+        rec.outcome = "fail_open"
 
-    def _denied(
+    def _refuse_if_denied(
         self, decision: Mapping[str, Any], rec: DecisionRecord, params: Mapping[str, Any]
-    ) -> web.Response | None:
+    ) -> None:
         if decision.get("allow") is True:
-            return None
+            return
         violations = [v for v in decision.get("violations") or () if isinstance(v, dict)]
         # A confirmation is worth asking for only when nothing else refuses the request.
         violations.sort(key=lambda v: v.get("status") == 428)
-        rec.outcome = "denied"
         if not violations:
-            rec.code = "policy_denied"
-            return error_response(
-                403, "the policy denied this request", code="policy_denied", decision_id=rec.decision_id
-            )
+            raise PolicyDenied(403, "the policy denied this request", code="policy_denied")
         first = violations[0]
         status = first.get("status")
         if not isinstance(status, int) or not 400 <= status < 600:
             status = 403
         code = str(first.get("code") or "policy_violation")
         policy = str(first.get("policy")) if first.get("policy") is not None else None
-        rec.policy, rec.code = policy, code
         param = first.get("param") or first.get("parameter")
         if param is None and code == "invalid_parameter":
             # Parameter messages start with the parameter's name ("temperature 1.5 is above ...").
@@ -378,39 +334,32 @@ class Proxy:
                 }
                 for v in violations
             ]
-        return error_response(
+        raise PolicyDenied(
             status,
             str(first.get("message") or code),
             code=code,
             param=param if isinstance(param, str) else None,
             policy=policy,
             details=details,
-            decision_id=rec.decision_id,
         )
 
     async def _admit(
         self, request_id: str, limits: Sequence[Limit], rec: DecisionRecord
-    ) -> tuple[Admission, CounterStore] | web.StreamResponse:
+    ) -> tuple[Admission, CounterStore]:
         try:
-            return await self.s.counters.admit(request_id, limits), self.s.counters
+            return await self.settlement.admit(self.s.counters, request_id, limits), self.s.counters
         except CounterStoreError as exc:
-            failed = self._dependency_failed("redis", exc, rec)
-            if failed is not None:
-                return failed
+            self._dependency_failed(exc, rec)
         fallback = self.s.fallback_counters
         assert fallback is not None  # created whenever fail_open is on
-        return await fallback.admit(request_id, limits), fallback
+        return await self.settlement.admit(fallback, request_id, limits), fallback
 
-    def _limited(self, admission: Admission, norm: Normalised, rec: DecisionRecord) -> web.Response:
+    def _limited(self, admission: Admission, norm: Normalised, rec: DecisionRecord) -> LimitExceeded:
+        """The refusal of a limit the admission did not pass."""
         state = admission.blocking
-        rec.outcome = "limited"
         if state is None:  # refused without a named limit: treat as the store refusing
-            rec.code = "rate_limit_exceeded"
-            return error_response(
-                429, "a limit refused this request", code="rate_limit_exceeded", decision_id=rec.decision_id
-            )
+            return LimitExceeded(429, "a limit refused this request", code="rate_limit_exceeded")
         lim = state.limit
-        rec.policy = lim.policy
         details: dict[str, Any] = {
             "limit_id": lim.id,
             "unit": lim.unit,
@@ -423,7 +372,6 @@ class Proxy:
             "reset": state.reset_seconds,
         }
         if lim.is_request_cap or (lim.unit == "tokens" and state.retry_after is None):
-            rec.code = "max_tokens_exceeded"
             asked = norm.max_output_tokens if norm.max_output_tokens is not None else lim.cost
             message = (
                 f"max_tokens {asked} is above the limit of {lim.limit} tokens per request ({lim.policy})"
@@ -431,41 +379,32 @@ class Proxy:
                 else f"this request needs {lim.cost} tokens, more than the {lim.limit} tokens "
                 f"{_window_text(lim)} allowed ({lim.policy})"
             )
-            return error_response(
+            return LimitExceeded(
                 400,
                 message,
-                code=rec.code,
+                code="max_tokens_exceeded",
                 type_="invalid_request_error",
                 param="max_tokens",
                 policy=lim.policy,
                 details=details,
-                decision_id=rec.decision_id,
             )
         retry = state.retry_after if state.retry_after is not None else max(1, state.reset_seconds)
         details["retry_after"] = retry
         headers = ratelimit_headers(state)
         headers["Retry-After"] = str(retry)
         if lim.unit == "usd_micros":
-            rec.code = "budget_exceeded"
+            code = "budget_exceeded"
             message = (
                 f"budget of ${lim.limit / 1e6:,.2f} {_window_text(lim)} is spent "
                 f"({lim.policy}); it resets in {state.reset_seconds} s"
             )
         else:
-            rec.code = "rate_limit_exceeded"
+            code = "rate_limit_exceeded"
             message = (
                 f"rate limit of {lim.limit} {_UNIT_WORDS[lim.unit]} {_window_text(lim)} reached "
                 f"({lim.policy}); retry in {retry} s"
             )
-        return error_response(
-            429,
-            message,
-            code=rec.code,
-            policy=lim.policy,
-            details=details,
-            decision_id=rec.decision_id,
-            headers=headers,
-        )
+        return LimitExceeded(429, message, code=code, policy=lim.policy, details=details, headers=headers)
 
     def _admission_headers(self, admission: Admission, extra: CIMultiDict[str], named_max: bool) -> None:
         for state in admission.states:
@@ -495,42 +434,68 @@ class Proxy:
         info = request.match_info
         return PLAIN_PLACEHOLDER.sub(lambda m: quote(info.get(m.group(1), ""), safe=""), ep.upstream_path)
 
+    def _build(self, request: web.Request, ep: Endpoint, out: _Outbound, norm: Normalised) -> Build:
+        """What each upstream of the chain is sent: the client's request as it came (pass-through),
+        or the canonical chat body in the upstream's wire API (sidecar/providers/)."""
+        path = self._upstream_path(request, ep)
+        first = ep.upstream
+        requested = norm.model or ""
+        payload = out.raw if ep.has_body or out.raw else None
+        chat = out.body
+
+        def build(target: UpstreamSettings, adapter: Adapter) -> Wire:
+            model = model_for(target, requested, target is first)
+            if chat is not None and _translates(ep, out, adapter):
+                return adapter.request(chat, model, norm.stream)
+            body = payload
+            if chat is not None and out.client_api in WRITERS and model != requested:
+                body = orjson.dumps({**chat, "model": model})  # a fallback serving another model
+            return Wire(request.method, path, {}, body, request.query_string, passthrough=True)
+
+        return build
+
     async def _forward(
         self,
         request: web.Request,
         ep: Endpoint,
-        body: bytes,
+        out: _Outbound,
         norm: Normalised,
         extra: CIMultiDict[str],
-        ticket: _Ticket,
+        ticket: Ticket,
         rec: DecisionRecord,
     ) -> web.StreamResponse:
         rec.warnings = len(extra.getall(WARNING_HEADER, []))
         extra[DECISION_HEADER] = rec.decision_id
         upstream = ep.upstream
         try:
-            if upstream is None:
-                raise UpstreamUnavailable("no upstream is configured for this route")
-            resp, target, started = await self.s.upstream.open(
-                upstream,
-                request.method,
-                self._upstream_path(request, ep),
-                request.query_string,
-                request.headers,
-                body if ep.has_body or body else None,
-                norm.stream,
-            )
-            rec.upstream = target.name
-            reply = await self.s.upstream.relay(
-                request, resp, target, started, extra, norm.stream, ticket.hide_usage_chunk
-            )
+            if ep.api == "openai.models" and declares_models(self.s.settings):
+                listing = orjson.dumps({"object": "list", "data": served_models(self.s.settings)})
+                reply = Reply(
+                    web.Response(body=listing, content_type=JSON, headers=extra), 200, "", None, True, 0.0
+                )
+            else:
+                if upstream is None:
+                    raise UpstreamUnavailable("no upstream is configured for this route")
+                opened = await self.s.upstream.open(
+                    upstream, self._build(request, ep, out, norm), request.headers, norm.stream
+                )
+                rec.upstream = opened.target.name
+                extra[UPSTREAM_HEADER] = opened.target.name
+                if out.body is not None and _translates(ep, out, opened.adapter):
+                    writer = WRITERS[out.client_api](norm.model or opened.target.model or "", out.wants_usage)
+                    reply = await self.s.upstream.relay_translated(
+                        request, opened, extra, norm.stream, writer
+                    )
+                else:
+                    reply = await self.s.upstream.relay(
+                        request, opened, extra, norm.stream, ticket.hide_usage_chunk
+                    )
         except UpstreamError as exc:
-            rec.outcome, rec.code = "upstream_error", exc.code
-            await self.s.background.run(self._refund(ticket.admission, ticket.store))
-            return upstream_error_response(exc, rec.decision_id, headers=extra)
-        except asyncio.CancelledError:
-            # shutdown cancelled the call: give the reservation back (the app drains it before going)
-            self.s.background.spawn(self._refund(ticket.admission, ticket.store))
+            await self.settlement.refund_now(ticket)
+            raise exc.with_headers(extra) from None
+        except BaseException:
+            # cancelled (shutdown) or anything unforeseen: give the reservation back
+            self.settlement.refund_later(ticket)
             raise
         rec.upstream_ms = round(reply.seconds * 1000, 3)
         try:
@@ -540,52 +505,8 @@ class Proxy:
         except ConnectionError:
             pass  # the client left; the upstream's work was done all the same and is charged
         finally:
-            # Settling is bookkeeping the client need not wait for: it runs after the handler returns.
-            usage = self._usage(reply, norm, ticket, rec)
-            rec.settling = True
-            await self.s.background.run(self._settle(ticket, usage, rec))
+            await self.settlement.close(reply, norm, ticket, rec)
         return reply.response
-
-    def _usage(self, reply: Reply, norm: Normalised, ticket: _Ticket, rec: DecisionRecord) -> Usage:
-        if reply.status >= 400 and reply.counts is None:
-            counts = TokenCounts(0, 0)  # refused by the upstream: nothing was generated
-        elif reply.counts is not None:
-            counts = reply.counts
-        elif not norm.body:
-            counts = TokenCounts(0, 0)
-        else:
-            # No usage reported (or the stream broke before it): the reservation stands.
-            counts = TokenCounts(norm.prompt_tokens, ticket.reservation)
-        cost = cost_micros(ticket.pricing, counts)
-        rec.prompt_tokens, rec.completion_tokens, rec.cost_usd_micros = (
-            counts.prompt_tokens,
-            counts.completion_tokens,
-            cost,
-        )
-        metrics = self.s.metrics
-        metrics.child(metrics.tokens, "prompt").inc(counts.prompt_tokens)
-        metrics.child(metrics.tokens, "completion").inc(counts.completion_tokens)
-        metrics.cost.inc(cost)
-        return Usage(counts.prompt_tokens, counts.completion_tokens, cost)
-
-    async def _settle(self, ticket: _Ticket, usage: Usage, rec: DecisionRecord) -> None:
-        try:
-            await ticket.store.settle(ticket.admission, usage)
-        except CounterStoreError as exc:
-            self.s.metrics.redis_errors.inc()
-            logger.warning("settling %s failed (its reservation expires by TTL): %s", rec.decision_id, exc)
-        finally:
-            rec.settling = False
-            # status 0: the handler has not finished (the job ran inline) or never will (cancelled)
-            if self._log and rec.status:
-                self.decision_log.write(rec)
-
-    async def _refund(self, admission: Admission, store: CounterStore) -> None:
-        try:
-            await store.refund(admission)
-        except CounterStoreError as exc:
-            self.s.metrics.redis_errors.inc()
-            logger.warning("refund failed (the reservation expires by TTL): %s", exc)
 
     # ---------------------------------------------------------------------------------------
     async def _unguarded(
@@ -593,19 +514,12 @@ class Proxy:
     ) -> web.StreamResponse:
         if ep.upstream is None:
             return web.Response(body=b'{"status":"ok"}', content_type=JSON)
-        try:
-            resp, target, started = await self.s.upstream.open(
-                ep.upstream,
-                request.method,
-                self._upstream_path(request, ep),
-                request.query_string,
-                request.headers,
-                raw or None,
-                False,
-            )
-            rec.upstream = target.name
-            reply = await self.s.upstream.relay(request, resp, target, started, {}, False)
-        except UpstreamError as exc:
-            rec.outcome, rec.code = "upstream_error", exc.code
-            return upstream_error_response(exc, rec.decision_id)
+        path = self._upstream_path(request, ep)
+
+        def build(target: UpstreamSettings, adapter: Adapter) -> Wire:
+            return Wire(request.method, path, {}, raw or None, request.query_string, passthrough=True)
+
+        opened = await self.s.upstream.open(ep.upstream, build, request.headers, False)
+        rec.upstream = opened.target.name
+        reply = await self.s.upstream.relay(request, opened, {UPSTREAM_HEADER: opened.target.name}, False)
         return reply.response

@@ -29,7 +29,8 @@ from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS, UPSTREAM_URL_KEY
 from sidecar.errors import SettingsError
 
 FAIL_MODES = ("fail_closed", "fail_open")
-UPSTREAM_APIS = ("ollama", "openai")
+UPSTREAM_APIS = ("openai", "ollama", "gemini", "anthropic", "yandexgpt", "gigachat")
+KEY_TYPES = ("api_key", "iam_token")
 # Which body adapter a route uses; see sidecar/ingress.py.
 ROUTE_APIS = (
     "openai.chat",
@@ -39,6 +40,7 @@ ROUTE_APIS = (
     "ollama.chat",
     "ollama.generate",
     "ollama.tags",
+    "anthropic.messages",
     "json",
     "none",
 )
@@ -71,7 +73,18 @@ class UpstreamSettings:
     public_url: str | None = None
     default_temperature: float | None = None  # filled into requests that set no temperature
     default_max_tokens: int | None = None  # filled into requests that name no output maximum
-    retry_delay_seconds: float = 0.05  # first backoff; doubles per retry
+    models: tuple[str, ...] = ()  # globs of the request models this upstream serves (routing by model)
+    api_key_file: str | None = None  # a file holding the key (read at start-up, like api_key_env)
+    folder_id: str | None = None  # yandexgpt: the folder in modelUri and x-folder-id
+    key_type: str = "api_key"  # yandexgpt: the key is an API key (Api-Key) or an IAM token (Bearer)
+    auth_url: str | None = None  # gigachat: the OAuth token endpoint
+    scope: str | None = None  # gigachat: the OAuth scope (GIGACHAT_API_PERS, _B2B, _CORP)
+    # first retry delay (seed spelling: retry_delay_seconds); doubles per retry, at most 1 s or
+    # the delay itself, plus up to half of it again as jitter
+    backoff_seconds: float = 0.05
+    deadline_seconds: float = 60.0  # the whole chain (retries, fallbacks, backoff) before the first byte
+    ca_file: str | None = None  # PEM bundle the provider's TLS certificate is checked against
+    verify_tls: bool = True  # False: the provider's certificate is not checked (GigaChat's own CA)
 
     @property
     def token_cap_param(self) -> str:
@@ -295,6 +308,16 @@ UPSTREAM_KEYS = (
     "breaker_failures",
     "breaker_seconds",
     "max_tokens_param",
+    "models",
+    "api_key_file",
+    "folder_id",
+    "key_type",
+    "auth_url",
+    "scope",
+    "backoff_seconds",
+    "deadline_seconds",
+    "ca_file",
+    "verify_tls",
     "description",
 )
 MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
@@ -312,6 +335,7 @@ SYNONYMS = (
     ("base_url", "api_url"),
     ("model", "default_model"),
     ("retries", "retry_attempts"),
+    ("backoff_seconds", "retry_delay_seconds"),
     ("timeout_ms", "timeout_seconds"),
 )
 SIDECAR_KEYS = (
@@ -384,6 +408,13 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
     max_tokens_node = node.get("default_max_tokens")
     max_tokens = c.reader.integer(max_tokens_node, minimum=1) if max_tokens_node is not None else None
     retries = node.get("retries") or node.get("retry_attempts")
+    backoff = node.get("backoff_seconds") or node.get("retry_delay_seconds")
+    if api == "yandexgpt" and node.get("folder_id") is None:
+        c.add(
+            node.diag(
+                f"upstream '{name}' (api: yandexgpt) needs folder_id", "modelUri is gpt://<folder_id>/<model>"
+            )
+        )
     return UpstreamSettings(
         name=name,
         base_url=base.rstrip("/"),
@@ -401,8 +432,28 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         public_url=public.rstrip("/") if public is not None else None,
         default_temperature=None if temperature is None else float(temperature),
         default_max_tokens=max_tokens,
-        retry_delay_seconds=c.number(node.get("retry_delay_seconds"), 0.05),
+        models=c.strings(node.get("models")),
+        api_key_file=c.string(node.get("api_key_file")),
+        folder_id=c.string(node.get("folder_id")),
+        key_type=c.string(node.get("key_type"), "api_key", choices=KEY_TYPES) or "api_key",
+        auth_url=_optional_url(node.get("auth_url"), c),
+        scope=c.string(node.get("scope")),
+        backoff_seconds=c.number(backoff, 0.05),
+        deadline_seconds=c.number(node.get("deadline_seconds"), 60.0, minimum=0.001),
+        ca_file=_readable_file(node.get("ca_file"), c),
+        verify_tls=c.boolean(node.get("verify_tls"), True),
     )
+
+
+def _readable_file(node: Node | None, c: _Collector) -> str | None:
+    path = c.string(node)
+    if path is not None and node is not None and not os.access(path, os.R_OK):
+        c.add(node.diag(f"'{path}' is not a readable file"))
+    return path
+
+
+def _optional_url(node: Node | None, c: _Collector) -> str | None:
+    return c.url(node, "", ("http", "https")) or None if node is not None else None
 
 
 def _logging_section(node: Node, changes: dict[str, object], c: _Collector) -> None:
@@ -895,7 +946,8 @@ def _apply_env(settings: Settings, env: Mapping[str, str], c: _Collector) -> Set
     if upstream_api is not None and upstream_api not in UPSTREAM_APIS:
         c.add(
             _env_diag(
-                "HEXARCH_UPSTREAM_API", f"HEXARCH_UPSTREAM_API='{upstream_api}' is not one of ollama, openai"
+                "HEXARCH_UPSTREAM_API",
+                f"HEXARCH_UPSTREAM_API='{upstream_api}' is not one of {', '.join(UPSTREAM_APIS)}",
             )
         )
         upstream_api = None
@@ -962,7 +1014,15 @@ def file_diagnostics(path: str) -> list[Diagnostic]:
 
 def upstream_secret(upstream: UpstreamSettings, env: Mapping[str, str] | None = None) -> str | None:
     """The upstream's API key from its variable, read when the app starts (never stored in settings)."""
-    if upstream.api_key_env is None:
-        return None
-    source: Callable[[str], str | None] = (env or os.environ).get
-    return source(upstream.api_key_env)
+    if upstream.api_key_env is not None:
+        source: Callable[[str], str | None] = (env or os.environ).get
+        found = source(upstream.api_key_env)
+        if found:
+            return found
+    if upstream.api_key_file is not None:
+        try:
+            with open(upstream.api_key_file, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+    return None

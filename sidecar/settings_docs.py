@@ -26,6 +26,9 @@ _HTTP = "tests/sidecar/test_app_http.py"
 _POL = "tests/sidecar/test_app_policies.py"
 _SEED = "tests/sidecar/test_seed_sections.py"
 _LOG = "tests/sidecar/test_decision_log.py"
+_FALL = "tests/sidecar/test_fallback.py"
+_PROV = "tests/sidecar/test_providers.py"
+_PSET = "tests/sidecar/test_provider_settings.py"
 
 SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     # --- sidecar: -------------------------------------------------------------------------------
@@ -426,10 +429,71 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         f"{_SEED}::test_retry_attempts_and_delay",
     ),
     SettingDoc(
+        "<upstream>.backoff_seconds",
+        "0.05",
+        "first backoff, doubling per retry (at most 1 s, or the delay itself when longer), "
+        "plus up to 50 % jitter",
+        f"{_FALL}::test_a_5xx_primary_is_retried_then_the_fallback_answers",
+    ),
+    SettingDoc(
         "<upstream>.retry_delay_seconds",
         "0.05",
-        "first backoff, doubling per retry (at most 1 s, or the delay itself when longer)",
+        "seed spelling of `backoff_seconds`",
         f"{_SEED}::test_retry_attempts_and_delay",
+    ),
+    SettingDoc(
+        "<upstream>.deadline_seconds",
+        "60",
+        "the whole chain (retries, backoff, fallbacks) before the first byte",
+        f"{_FALL}::test_all_timing_out_is_a_504_bounded_by_the_deadline",
+    ),
+    SettingDoc(
+        "<upstream>.models",
+        "none",
+        "globs of the request models this upstream serves (routing by model, `/v1/models`)",
+        f"{_PROV}::test_models_lists_what_the_upstreams_serve",
+    ),
+    SettingDoc(
+        "<upstream>.api_key_file",
+        "none",
+        "a file holding the provider's key (read at start-up)",
+        f"{_PSET}::test_provider_keys_are_read",
+    ),
+    SettingDoc(
+        "<upstream>.folder_id",
+        "none",
+        "yandexgpt: the folder of `modelUri` (`gpt://<folder_id>/<model>`) and `x-folder-id`",
+        f"{_PROV}::test_openai_client_gets_text_usage_and_finish_from_each_provider",
+    ),
+    SettingDoc(
+        "<upstream>.key_type",
+        "`api_key`",
+        "yandexgpt: `api_key` (`Api-Key`) or `iam_token` (`Bearer`)",
+        f"{_PSET}::test_yandex_key_type_picks_the_authorization_scheme",
+    ),
+    SettingDoc(
+        "<upstream>.auth_url",
+        "none",
+        "gigachat: the OAuth token endpoint",
+        f"{_PROV}::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
+    ),
+    SettingDoc(
+        "<upstream>.scope",
+        "none",
+        "gigachat: the OAuth scope",
+        f"{_PROV}::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
+    ),
+    SettingDoc(
+        "<upstream>.ca_file",
+        "system CAs",
+        "PEM bundle the provider's certificate is checked against (token exchange included)",
+        "tests/sidecar/test_provider_tls.py::test_ca_file_and_verify_tls",
+    ),
+    SettingDoc(
+        "<upstream>.verify_tls",
+        "`true`",
+        "`false`: the provider's certificate is not checked",
+        "tests/sidecar/test_provider_tls.py::test_ca_file_and_verify_tls",
     ),
     SettingDoc(
         "<upstream>.fallback",

@@ -1,0 +1,74 @@
+"""OpenAI chat completions, as spoken by OpenAI, Groq, OpenRouter, llama.cpp, vLLM and Gemini's
+OpenAI endpoint. An OpenAI client's body goes through unchanged; replies are read back only when
+the client speaks another API (the Anthropic Messages ingress)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sidecar.providers.base import (
+    Adapter,
+    Completion,
+    Delta,
+    SseDecoder,
+    Wire,
+    as_int,
+    json_body,
+    obj,
+    register,
+)
+
+FINISH = {"stop": "stop", "length": "length", "content_filter": "content_filter", "tool_calls": "tool_calls"}
+
+
+def _usage(doc: Mapping[str, Any]) -> tuple[int | None, int | None]:
+    usage = doc.get("usage")
+    if not isinstance(usage, dict):
+        return None, None
+    return as_int(usage.get("prompt_tokens")), as_int(usage.get("completion_tokens"))
+
+
+@register("openai")
+class OpenAIAdapter(Adapter):
+    translates = False
+
+    def request(self, chat: Mapping[str, Any], model: str, stream: bool) -> Wire:
+        body = {**chat, "model": model, "stream": stream}
+        if stream:
+            body["stream_options"] = {"include_usage": True}
+        return Wire("POST", "/v1/chat/completions", {"Content-Type": "application/json"}, json_body(body))
+
+    def reply(self, doc: Mapping[str, Any]) -> Completion:
+        choices = doc.get("choices")
+        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+        message = obj(first, "message")
+        native = first.get("finish_reason")
+        prompt, completion = _usage(doc)
+        return Completion(
+            str(message.get("content") or ""),
+            FINISH.get(str(native), "stop") if native else None,
+            native if isinstance(native, str) else None,
+            prompt,
+            completion,
+        )
+
+    def stream_decoder(self) -> SseDecoder:
+        return _OpenAIStream()
+
+
+class _OpenAIStream(SseDecoder):
+    def sse(self, name: str, doc: dict[str, Any]) -> list[Delta]:
+        out: list[Delta] = []
+        for choice in doc.get("choices") or ():
+            if not isinstance(choice, dict):
+                continue
+            delta = obj(choice, "delta")
+            native = choice.get("finish_reason")
+            text = str(delta.get("content") or "")
+            if text or native:
+                out.append(Delta(text, FINISH.get(str(native), "stop") if native else None, native))
+        prompt, completion = _usage(doc)
+        if prompt is not None or completion is not None:
+            out.append(Delta(prompt_tokens=prompt, completion_tokens=completion))
+        return out
