@@ -18,12 +18,12 @@ from aiohttp import web
 from sidecar.background import BackgroundJobs
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
+from sidecar.dependency_guard import DependencyBreaker, GuardedCounters, GuardedOpaClient
 from sidecar.errors import CounterStoreError
 from sidecar.errors_http import JSON, error_response
 from sidecar.ingress import resolve_endpoints
 from sidecar.local_counters import LocalCounters
 from sidecar.metrics import CONTENT_TYPE, Metrics
-from sidecar.opa_client import OpaClient
 from sidecar.principal import PrincipalResolver
 from sidecar.proxy import Handler, Proxy, Services
 from sidecar.redis_client import create_redis, redact
@@ -116,9 +116,17 @@ def _services_ctx(
     settings: Settings, metrics: Metrics, proxy: Proxy, env: Mapping[str, str] | None
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        opa = OpaClient(settings.opa_url, settings.opa_timeout_ms, settings.opa_decision_path)
+        opa = GuardedOpaClient(
+            settings.opa_url,
+            settings.opa_timeout_ms,
+            settings.opa_decision_path,
+            DependencyBreaker("opa", settings.hardening, metrics),
+        )
         upstream = UpstreamClient(settings, metrics, env)
-        counters: CounterStore = Counters(create_redis(settings.redis_url), timezone=settings.timezone)
+        counters: CounterStore = GuardedCounters(
+            Counters(create_redis(settings.redis_url), timezone=settings.timezone),
+            DependencyBreaker("redis", settings.hardening, metrics),
+        )
         fallback: CounterStore | None = (
             LocalCounters(timezone=settings.timezone) if settings.fail_mode == "fail_open" else None
         )

@@ -74,6 +74,18 @@ class Metrics:
         self.warnings = Counter(
             "hexarch_warnings_total", "Warnings sent with allowed requests", ["policy"], registry=r
         )
+        self.breaker_open = Gauge(
+            "hexarch_breaker_open",
+            "1 while the circuit breaker of a dependency (opa|redis) is open or half-open",
+            ["dependency"],
+            registry=r,
+        )
+        self.breaker_refused = Counter(
+            "hexarch_breaker_refused_total",
+            "Calls answered without trying the dependency because its breaker was open",
+            ["dependency"],
+            registry=r,
+        )
         self.bundle_reloads = Counter(
             "hexarch_bundle_reloads_total", "Bundle rebuilds by result", ["result"], registry=r
         )

@@ -283,7 +283,8 @@ class Proxy:
             self.s.metrics.opa_errors.inc()
         else:
             self.s.metrics.redis_errors.inc()
-        logger.warning("%s failed: %s", dependency, exc)
+        # one log line per incident comes from the dependency's breaker (sidecar/dependency_guard.py)
+        logger.debug("%s failed: %s", dependency, exc)
         if self._fail_open:
             self.s.metrics.fail_open.labels(dependency).inc()
             rec.outcome = "fail_open"
