@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Callable, Mapping
 import orjson
 from aiohttp import web
 
+from sidecar.admin import admin_middleware
 from sidecar.background import BackgroundJobs
+from sidecar.body import close_after_broken_body
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
 from sidecar.dependency_guard import DependencyBreaker, GuardedCounters, GuardedOpaClient
@@ -60,7 +62,10 @@ async def _error_shape(request: web.Request, handler: Handler) -> web.StreamResp
 def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.Application:
     """The sidecar app for `settings`; `env` supplies upstream secrets (default: os.environ)."""
     # client_max_size makes aiohttp stop reading an oversized body: the handler turns it into 413.
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_shape])
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[close_after_broken_body, _error_shape, admin_middleware(settings, env)],
+    )
     metrics = Metrics()
     proxy = Proxy(settings)
     app[SETTINGS_KEY] = settings

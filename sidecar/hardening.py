@@ -72,7 +72,13 @@ Report = Callable[[Diagnostic], None]
 def _coerce(knob: Knob, value: Any) -> int | float | str | None:
     """The value for `knob`, or None when it has the wrong type or is below the minimum."""
     if knob.kind == "str":
-        return value if isinstance(value, str) else None
+        if not isinstance(value, str):
+            return None
+        if knob.key == "admin_listen" and value:
+            from sidecar.settings import parse_listen  # settings imports this module
+
+            return value if parse_listen(value) is not None else None
+        return value
     if isinstance(value, bool):
         return None
     if knob.kind == "int":
@@ -92,6 +98,8 @@ def _coerce(knob: Knob, value: Any) -> int | float | str | None:
 
 
 def _expected(knob: Knob) -> str:
+    if knob.key == "admin_listen":
+        return "host:port, e.g. 127.0.0.1:9090"
     if knob.kind == "str":
         return "a string"
     return f"{'an integer' if knob.kind == 'int' else 'a number'} >= {knob.minimum:g}"

@@ -8,25 +8,23 @@ or refunded, once.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
 from sidecar.background import BackgroundJobs
+from sidecar.body import decode_json, read_body
 from sidecar.counters import Admission, CounterStore, Limit, LimitState, Usage, limits_from_decision
 from sidecar.decision_log import DecisionRecord, emit
 from sidecar.errors import (
     CounterStoreError,
-    PayloadTooLarge,
     PolicyEngineError,
     RequestError,
     Unauthenticated,
@@ -44,7 +42,6 @@ from sidecar.ingress import (
     Endpoint,
     Normalised,
     apply_token_cap,
-    decode_body,
     normalise,
     request_stream_usage,
     resources_of,
@@ -54,6 +51,7 @@ from sidecar.opa_client import OpaClient
 from sidecar.principal import Principal, PrincipalResolver
 from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros, output_allowance, reserved_output
+from sidecar.route_values import segment
 from sidecar.settings import PLAIN_PLACEHOLDER, Settings
 from sidecar.upstream import Reply, UpstreamClient
 
@@ -163,14 +161,7 @@ class Proxy:
         return response
 
     async def _read(self, request: web.Request) -> bytes:
-        if not request.body_exists:
-            return b""
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise PayloadTooLarge(
-                f"request body is larger than {self.s.settings.max_body_bytes} bytes"
-            ) from exc
+        return await read_body(request, self.s.settings.max_body_bytes)
 
     async def _handle(self, request: web.Request, ep: Endpoint, rec: DecisionRecord) -> web.StreamResponse:
         raw = await self._read(request)
@@ -180,7 +171,7 @@ class Proxy:
 
         principal = self.s.principals.resolve(request.headers)
         rec.principal = principal.id
-        body = decode_body(raw) if ep.has_body else None
+        body = decode_json(raw, self.s.settings.hardening) if ep.has_body else None
         norm = normalise(ep, body)
         doc = self._input(request, ep, principal, norm, rec.decision_id)
 
@@ -214,9 +205,29 @@ class Proxy:
         admission, store = admitted
         if not admission.admitted:
             return self._limited(admission, norm, rec)
-        self._admission_headers(admission, extra, norm.max_output_tokens is not None)
-
+        try:
+            ticket, forwarded = self._prepare(ep, raw, body, norm, limits, decision, admission, store, extra)
+        except BaseException:
+            # nothing was forwarded: whatever broke, the reservation goes back
+            self.s.background.spawn(self._refund(admission, store))
+            raise
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
+        return await self._forward(request, ep, forwarded, norm, extra, ticket, rec)
+
+    def _prepare(
+        self,
+        ep: Endpoint,
+        raw: bytes,
+        body: dict[str, Any] | None,
+        norm: Normalised,
+        limits: Sequence[Limit],
+        decision: Mapping[str, Any] | None,
+        admission: Admission,
+        store: CounterStore,
+        extra: CIMultiDict[str],
+    ) -> tuple[_Ticket, bytes]:
+        """The admitted request's ticket and the body to forward (with the sidecar's token cap)."""
+        self._admission_headers(admission, extra, norm.max_output_tokens is not None)
         forwarded = raw
         hide_usage_chunk = False
         pricing = decision.get("pricing") if decision is not None else None
@@ -240,7 +251,7 @@ class Proxy:
             reservation=reserved_output(norm.max_output_tokens, limits, pricing, norm.prompt_tokens),
             hide_usage_chunk=hide_usage_chunk,
         )
-        return await self._forward(request, ep, forwarded, norm, extra, ticket, rec)
+        return ticket, forwarded
 
     # ---------------------------------------------------------------------------------------
     def _input(
@@ -457,7 +468,9 @@ class Proxy:
             return ep.upstream_path
         # Placeholders were checked against the route path when the settings were loaded.
         info = request.match_info
-        return PLAIN_PLACEHOLDER.sub(lambda m: quote(info.get(m.group(1), ""), safe=""), ep.upstream_path)
+        return PLAIN_PLACEHOLDER.sub(
+            lambda m: segment(m.group(1), info.get(m.group(1), "")), ep.upstream_path
+        )
 
     async def _forward(
         self,
@@ -492,8 +505,9 @@ class Proxy:
             rec.outcome, rec.code = "upstream_error", exc.code
             await self.s.background.run(self._refund(ticket.admission, ticket.store))
             return upstream_error_response(exc, rec.decision_id, headers=extra)
-        except asyncio.CancelledError:
-            # shutdown cancelled the call: give the reservation back (the app drains it before going)
+        except BaseException:
+            # cancelled (shutdown) or anything unforeseen: give the reservation back (the app drains
+            # background jobs before it stops)
             self.s.background.spawn(self._refund(ticket.admission, ticket.store))
             raise
         rec.upstream_ms = round(reply.seconds * 1000, 3)

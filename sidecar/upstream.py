@@ -21,6 +21,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.errors import UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sidecar.forward_headers import dropped, request_drop, strips_identity
 from sidecar.metrics import Metrics
 from sidecar.reply_usage import StreamScanner, TokenCounts, UsageChunkFilter, counts_of_body
 from sidecar.settings import Settings, UpstreamSettings, upstream_secret
@@ -93,6 +94,8 @@ class UpstreamClient:
         self._secrets = {name: s for name, u in settings.upstreams.items() if (s := upstream_secret(u, env))}
         self._session: aiohttp.ClientSession | None = None
         self._breakers = {name: _Breaker() for name in settings.upstreams}
+        self._drop = request_drop(settings)
+        self._strip_identity = strips_identity(settings)
         # built once per upstream and mode instead of once per request
         self._timeouts = {
             (u.name, stream): _timeout(u, stream)
@@ -126,7 +129,9 @@ class UpstreamClient:
 
     def _headers(self, upstream: UpstreamSettings, incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
         headers: CIMultiDict[str] = CIMultiDict(
-            (k, v) for k, v in incoming.items() if k.lower() not in _REQUEST_DROP
+            (k, v)
+            for k, v in incoming.items()
+            if k.lower() not in _REQUEST_DROP and not dropped(k, self._drop, self._strip_identity)
         )
         headers["Accept-Encoding"] = "identity"
         secret = self._secrets.get(upstream.name)
