@@ -25,6 +25,7 @@ class HardeningSettings:
     max_connections: int = 4096
     keepalive_timeout_seconds: float = 15.0
     max_principal_id_bytes: int = 256
+    max_subjects_per_window: int = 100_000
     breaker_failures: int = 3
     breaker_seconds: float = 1.0
     admin_listen: str = ""  # "" : /metrics and the bundle are served on the main listener
@@ -53,6 +54,8 @@ HARDENING: tuple[Knob, ...] = (
          "an idle keep-alive connection is closed after this time"),
     Knob("max_principal_id_bytes", "HEXARCH_MAX_PRINCIPAL_ID_BYTES", "int", 1,
          "longest principal id (API key id or trusted header); longer -> 400 `principal_too_long`"),
+    Knob("max_subjects_per_window", "HEXARCH_MAX_SUBJECTS_PER_WINDOW", "int", 1,
+         "distinct principal ids one sidecar admits per 60 s; a new one past it -> 429 `too_many_subjects`"),
     Knob("breaker_failures", "HEXARCH_BREAKER_FAILURES", "int", 1,
          "consecutive OPA (or Redis) failures/timeouts that open its circuit breaker"),
     Knob("breaker_seconds", "HEXARCH_BREAKER_SECONDS", "float", 0.0,

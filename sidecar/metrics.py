@@ -86,6 +86,11 @@ class Metrics:
             ["dependency"],
             registry=r,
         )
+        self.subjects_refused = Counter(
+            "hexarch_subjects_refused_total",
+            "Requests refused because too many distinct principals arrived in one window",
+            registry=r,
+        )
         self.bundle_reloads = Counter(
             "hexarch_bundle_reloads_total", "Bundle rebuilds by result", ["result"], registry=r
         )

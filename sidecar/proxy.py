@@ -53,6 +53,7 @@ from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros, output_allowance, reserved_output
 from sidecar.route_values import segment
 from sidecar.settings import PLAIN_PLACEHOLDER, Settings
+from sidecar.subject_bound import SubjectWindow, TooManySubjects
 from sidecar.upstream import Reply, UpstreamClient
 
 logger = logging.getLogger("hexarch.sidecar")
@@ -124,6 +125,7 @@ class Proxy:
         self._services: Services | None = None
         self._fail_open = settings.fail_mode == "fail_open"
         self._log = settings.log_decisions
+        self._subjects = SubjectWindow(settings.hardening.max_subjects_per_window)
 
     def attach(self, services: Services | None) -> None:
         self._services = services
@@ -171,6 +173,11 @@ class Proxy:
 
         principal = self.s.principals.resolve(request.headers)
         rec.principal = principal.id
+        try:
+            self._subjects.check(principal.id)
+        except TooManySubjects:
+            self.s.metrics.subjects_refused.inc()
+            raise
         body = decode_json(raw, self.s.settings.hardening) if ep.has_body else None
         norm = normalise(ep, body)
         doc = self._input(request, ep, principal, norm, rec.decision_id)

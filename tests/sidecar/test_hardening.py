@@ -380,3 +380,26 @@ async def test_connection_flood_evicts_waiting_connections_not_clients(
         finally:
             for _, writer in idle:
                 writer.close()
+
+
+async def test_distinct_subjects_per_window_are_bounded(
+    opa: OpaServer, redis_url: str, tmp_path: Path, policy: str
+) -> None:
+    text = policy.replace("  anonymous:\n", "  trusted_headers:\n    enabled: true\n  anonymous:\n").replace(
+        "  hardening:\n", "  hardening:\n    max_subjects_per_window: 3\n"
+    )
+    async with demo_server() as demo, harness(text, tmp_path, opa, redis_url, demo) as h:
+        for user in ("u1", "u2", "u3"):
+            async with h.session.post(
+                h.url("/api/chat"), json=CHAT, headers={"X-Hexarch-User": user}
+            ) as resp:
+                assert resp.status == 200
+        keys_before = redis.Redis.from_url(redis_url).dbsize()
+        async with h.session.post(h.url("/api/chat"), json=CHAT, headers={"X-Hexarch-User": "u4"}) as resp:
+            err = _error_shaped(resp.status, await resp.read())
+        assert resp.status == 429 and err["code"] == "too_many_subjects"
+        assert redis.Redis.from_url(redis_url).dbsize() == keys_before  # no key for the refused id
+        async with h.session.post(h.url("/api/chat"), json=CHAT, headers={"X-Hexarch-User": "u1"}) as resp:
+            assert resp.status == 200
+        async with h.session.get(h.url("/metrics")) as resp:
+            assert "hexarch_subjects_refused_total 1.0" in await resp.text()
