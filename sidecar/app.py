@@ -18,6 +18,7 @@ from aiohttp import web
 from sidecar.admin import admin_middleware
 from sidecar.background import BackgroundJobs
 from sidecar.body import close_after_broken_body
+from sidecar.breaker import BreakerState
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
 from sidecar.dependency_guard import DependencyBreaker, GuardedCounters, GuardedOpaClient
@@ -28,6 +29,7 @@ from sidecar.local_counters import LocalCounters
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.principal import PrincipalResolver
 from sidecar.proxy import Handler, Proxy, Services
+from sidecar.reconcile import JournaledCounters
 from sidecar.redis_client import create_redis, redact
 from sidecar.settings import Settings
 from sidecar.upstream import UpstreamClient
@@ -108,6 +110,28 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.
     return app
 
 
+def _reconciling_fallback(
+    settings: Settings,
+    metrics: Metrics,
+    redis: CounterStore,
+    guard: DependencyBreaker,
+    background: BackgroundJobs,
+) -> JournaledCounters:
+    """The fail_open local limiter, journaled and replayed into Redis when it answers again."""
+    journal = JournaledCounters(LocalCounters(timezone=settings.timezone), metrics)
+
+    async def replay() -> None:
+        await journal.flush(redis)
+
+    def flush() -> None:
+        if len(journal) and guard.breaker.state is BreakerState.CLOSED:
+            background.spawn(replay())
+
+    journal.on_journal = flush
+    guard.on_recovered.append(flush)
+    return journal
+
+
 def _bundle_ctx(bundle: BundleServer) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         # A broken policy at start-up stops the sidecar with the compiler's diagnostics.
@@ -128,13 +152,14 @@ def _services_ctx(
             DependencyBreaker("opa", settings.hardening, metrics),
         )
         upstream = UpstreamClient(settings, metrics, env)
+        redis_guard = DependencyBreaker("redis", settings.hardening, metrics)
         counters: CounterStore = GuardedCounters(
-            Counters(create_redis(settings.redis_url), timezone=settings.timezone),
-            DependencyBreaker("redis", settings.hardening, metrics),
+            Counters(create_redis(settings.redis_url), timezone=settings.timezone), redis_guard
         )
-        fallback: CounterStore | None = (
-            LocalCounters(timezone=settings.timezone) if settings.fail_mode == "fail_open" else None
-        )
+        background = BackgroundJobs()
+        fallback: CounterStore | None = None
+        if settings.fail_mode == "fail_open":
+            fallback = _reconciling_fallback(settings, metrics, counters, redis_guard, background)
         await opa.start()
         await upstream.start()
         try:
@@ -143,7 +168,6 @@ def _services_ctx(
             # Not fatal: EVALSHA reloads scripts on NOSCRIPT once Redis is back; /readyz reports it.
             metrics.redis_errors.inc()
             logger.warning("Redis at %s is not answering yet: %s", redact(settings.redis_url), exc)
-        background = BackgroundJobs()
         services = Services(
             settings, metrics, PrincipalResolver(settings), opa, counters, fallback, upstream, background
         )

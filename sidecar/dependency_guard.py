@@ -50,6 +50,7 @@ class DependencyBreaker:
         )
         self._clock = self.breaker._clock
         self._incident_started: float | None = None
+        self.on_recovered: list[Callable[[], None]] = []
 
     def _changed(self, breaker: CircuitBreaker, old: BreakerState, new: BreakerState) -> None:
         self._metrics.child(self._metrics.breaker_open, self.dependency).set(
@@ -74,6 +75,8 @@ class DependencyBreaker:
                 breaker.refused_in_incident,
                 breaker.failures_in_incident,
             )
+            for callback in self.on_recovered:
+                callback()
 
     async def call(self, make: Callable[[], Awaitable[_T]], error: type[DependencyError]) -> _T:
         """Run `make()` under the breaker; an open breaker raises `error` without calling."""

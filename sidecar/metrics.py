@@ -91,6 +91,12 @@ class Metrics:
             "Requests refused because too many distinct principals arrived in one window",
             registry=r,
         )
+        self.reconciled = Counter(
+            "hexarch_reconciled_total",
+            "fail_open admissions replayed into Redis after an outage (written|dropped)",
+            ["result"],
+            registry=r,
+        )
         self.bundle_reloads = Counter(
             "hexarch_bundle_reloads_total", "Bundle rebuilds by result", ["result"], registry=r
         )
