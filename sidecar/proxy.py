@@ -53,6 +53,7 @@ from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros, output_allowance, reserved_output
 from sidecar.route_values import segment
 from sidecar.settings import PLAIN_PLACEHOLDER, Settings
+from sidecar.stream_guard import StreamGuard
 from sidecar.subject_bound import SubjectWindow, TooManySubjects
 from sidecar.upstream import Reply, UpstreamClient
 
@@ -491,6 +492,7 @@ class Proxy:
     ) -> web.StreamResponse:
         rec.warnings = len(extra.getall(WARNING_HEADER, []))
         extra[DECISION_HEADER] = rec.decision_id
+        guard = StreamGuard(True, ticket.reservation, norm.model) if norm.stream and norm.body else None
         upstream = ep.upstream
         try:
             if upstream is None:
@@ -506,7 +508,7 @@ class Proxy:
             )
             rec.upstream = target.name
             reply = await self.s.upstream.relay(
-                request, resp, target, started, extra, norm.stream, ticket.hide_usage_chunk
+                request, resp, target, started, extra, norm.stream, ticket.hide_usage_chunk, guard
             )
         except UpstreamError as exc:
             rec.outcome, rec.code = "upstream_error", exc.code
@@ -526,18 +528,24 @@ class Proxy:
             pass  # the client left; the upstream's work was done all the same and is charged
         finally:
             # Settling is bookkeeping the client need not wait for: it runs after the handler returns.
-            usage = self._usage(reply, norm, ticket, rec)
+            usage = self._usage(reply, norm, ticket, rec, guard)
             rec.settling = True
             await self.s.background.run(self._settle(ticket, usage, rec))
         return reply.response
 
-    def _usage(self, reply: Reply, norm: Normalised, ticket: _Ticket, rec: DecisionRecord) -> Usage:
+    def _usage(
+        self, reply: Reply, norm: Normalised, ticket: _Ticket, rec: DecisionRecord, guard: StreamGuard | None
+    ) -> Usage:
         if reply.status >= 400 and reply.counts is None:
             counts = TokenCounts(0, 0)  # refused by the upstream: nothing was generated
         elif reply.counts is not None:
             counts = reply.counts
         elif not norm.body:
             counts = TokenCounts(0, 0)
+        elif guard is not None and (guard.capped or not reply.complete):
+            # a stream cut at its reservation, broken off, or left by the client: charge what was
+            # relayed (counted by the guard), not the whole reservation
+            counts = TokenCounts(norm.prompt_tokens, guard.produced)
         else:
             # No usage reported (or the stream broke before it): the reservation stands.
             counts = TokenCounts(norm.prompt_tokens, ticket.reservation)

@@ -12,6 +12,7 @@ they arrive.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from sidecar.forward_headers import dropped, request_drop, strips_identity
 from sidecar.metrics import Metrics
 from sidecar.reply_usage import StreamScanner, TokenCounts, UsageChunkFilter, counts_of_body
 from sidecar.settings import Settings, UpstreamSettings, upstream_secret
+from sidecar.stream_guard import StreamGuard
 
 _HOP_BY_HOP = frozenset(
     h.lower()
@@ -222,6 +224,7 @@ class UpstreamClient:
         extra_headers: Mapping[str, str] | CIMultiDict[str],
         stream_requested: bool,
         hide_usage_chunk: bool = False,
+        guard: StreamGuard | None = None,
     ) -> Reply:
         """Pass the reply to the client (streamed or whole) and read its token counts on the way.
 
@@ -250,7 +253,9 @@ class UpstreamClient:
                 out = web.Response(status=resp.status, body=raw, headers=headers)
                 return Reply(out, resp.status, upstream.name, counts, True, seconds)
             hide = hide_usage_chunk and content_type.startswith("text/event-stream")
-            return await self._stream(request, resp, upstream, started, headers, hide)
+            if guard is not None:
+                guard.sse = content_type.startswith("text/event-stream")
+            return await self._stream(request, resp, upstream, started, headers, hide, guard)
         finally:
             resp.release()
 
@@ -262,6 +267,7 @@ class UpstreamClient:
         started: float,
         headers: CIMultiDict[str],
         hide_usage_chunk: bool,
+        guard: StreamGuard | None = None,
     ) -> Reply:
         out = web.StreamResponse(status=resp.status, headers=headers)
         scanner = StreamScanner()
@@ -275,9 +281,18 @@ class UpstreamClient:
                     chunk = usage_filter.feed(chunk)
                     if not chunk:
                         continue
+                if guard is not None:  # counts and caps the output (sidecar/stream_guard.py)
+                    chunk = guard.feed(chunk)
+                    if chunk:
+                        await out.write(chunk)
+                    if guard.capped:
+                        break
+                    continue
                 await out.write(chunk)
             scanner.finish()
             if usage_filter is not None and (rest := usage_filter.finish()):
+                await out.write(guard.feed(rest) if guard is not None else rest)
+            if guard is not None and (rest := guard.finish()):
                 await out.write(rest)
             await out.write_eof()
             complete = True
@@ -285,6 +300,11 @@ class UpstreamClient:
             pass  # the client went away: settle with what we saw
         except (TimeoutError, aiohttp.ClientError):
             self._metrics.upstream_errors.labels(upstream.name, "stream").inc()
+            if guard is not None and out.prepared:
+                # tell the client the reply is cut short, instead of ending the stream cleanly
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await out.write(guard.error_bytes(f"upstream '{upstream.name}' broke off the stream"))
+                    await out.write_eof()
         seconds = time.perf_counter() - started
         self._metrics.child(self._metrics.upstream_seconds, upstream.name).observe(seconds)
         return Reply(out, resp.status, upstream.name, scanner.counts, complete, seconds)

@@ -1,0 +1,193 @@
+"""Streams end honestly: a runaway upstream is cut at the reserved output with a `length` ending, an
+upstream dying mid-stream reaches the client as an error event, and a broken stream is charged what
+was relayed, not the whole reservation. The upstream is a stand-in model provider (SSE and NDJSON)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from sidecar.stream_guard import StreamGuard
+from tests.sidecar.app_support import Harness, flushed_redis_url, harness, policy_opa
+from tests.support.servers import OpaServer, RedisServer
+
+DB = 15
+TOKENS_PER_HOUR = 1000
+POLICY = f"""
+version: 1
+tinyllama:
+  base_url: http://127.0.0.1:1
+  api: openai
+  model: tinyllama
+policies:
+  - id: token_limit
+    rules:
+      - resource: tinyllama
+        max_tokens_per_hour: {TOKENS_PER_HOUR}
+sidecar:
+  anonymous:
+    enabled: true
+    id: guest
+"""
+
+
+async def _fake_stream(request: web.Request) -> web.StreamResponse:
+    """SSE for /v1/..., NDJSON for /api/...; X-Fake-Mode: runaway (500 tokens, ignores max_tokens,
+    reports usage at the end) | die (5 tokens, then the connection drops)."""
+    mode = request.headers.get("X-Fake-Mode", "runaway")
+    sse = request.path.startswith("/v1/")
+    resp = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream" if sse else "application/x-ndjson"}
+    )
+    await resp.prepare(request)
+    count = 500 if mode == "runaway" else 5
+    for i in range(count):
+        if sse:
+            chunk = {
+                "id": "c1",
+                "object": "chat.completion.chunk",
+                "choices": [{"index": 0, "delta": {"content": f"t{i}"}}],
+            }
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        else:
+            line = {"model": "tinyllama", "message": {"role": "assistant", "content": f"t{i}"}, "done": False}
+            await resp.write(orjson.dumps(line) + b"\n")
+    if mode == "die":
+        assert request.transport is not None
+        request.transport.abort()
+        return resp
+    if sse:
+        usage = {"id": "c1", "choices": [], "usage": {"prompt_tokens": 3, "completion_tokens": count}}
+        await resp.write(b"data: " + orjson.dumps(usage) + b"\n\ndata: [DONE]\n\n")
+    else:
+        await resp.write(
+            orjson.dumps({"model": "tinyllama", "done": True, "prompt_eval_count": 3, "eval_count": count})
+            + b"\n"
+        )
+    await resp.write_eof()
+    return resp
+
+
+@pytest.fixture(scope="module")
+def opa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpaServer]:
+    yield from policy_opa(POLICY, tmp_path_factory)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return flushed_redis_url(redis_server, DB)
+
+
+@pytest.fixture
+async def h(opa: OpaServer, redis_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", _fake_stream)
+    app.router.add_post("/api/chat", _fake_stream)
+    fake = TestServer(app, host="127.0.0.1")
+    await fake.start_server()
+    try:
+        async with harness(POLICY, tmp_path, opa, redis_url, fake) as h:
+            yield h
+    finally:
+        await fake.close()
+
+
+def _body(path: str, max_tokens: int) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "model": "tinyllama",
+        "messages": [{"role": "user", "content": "hi"}],
+        "stream": True,
+    }
+    if path.startswith("/v1/"):
+        body["max_tokens"] = max_tokens
+    else:
+        body["options"] = {"num_predict": max_tokens}
+    return body
+
+
+async def _stream(h: Harness, path: str, mode: str, max_tokens: int) -> list[bytes]:
+    async with h.session.post(
+        h.url(path), json=_body(path, max_tokens), headers={"X-Fake-Mode": mode}
+    ) as resp:
+        assert resp.status == 200
+        lines = []
+        try:
+            async for line in resp.content:
+                lines.append(line.strip())
+        except Exception:  # noqa: BLE001 - a broken stream ends the loop; what arrived is checked
+            pass
+    return [line for line in lines if line]
+
+
+def _settled(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [orjson.loads(r.getMessage()) for r in caplog.records if r.name == "hexarch.decision"]
+
+
+async def _wait_settled(caplog: pytest.LogCaptureFixture, n: int) -> list[dict[str, Any]]:
+    for _ in range(200):
+        found = [d for d in _settled(caplog) if d.get("completion_tokens") is not None]
+        if len(found) >= n:
+            return found
+        await asyncio.sleep(0.02)
+    return _settled(caplog)
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+async def test_runaway_stream_is_cut_at_the_reservation(
+    h: Harness, path: str, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hexarch.decision")
+    lines = await _stream(h, path, "runaway", 20)
+    if path.startswith("/v1/"):
+        events = [orjson.loads(line[5:]) for line in lines if line.startswith(b"data: {")]
+        content = [e for e in events if e["choices"] and e["choices"][0].get("delta", {}).get("content")]
+        assert len(content) == 20
+        assert events[-1]["choices"][0]["finish_reason"] == "length"
+        assert lines[-1] == b"data: [DONE]"
+    else:
+        docs = [orjson.loads(line) for line in lines]
+        assert len([d for d in docs if not d.get("done")]) == 20
+        assert docs[-1]["done"] is True and docs[-1]["done_reason"] == "length"
+    [record] = await _wait_settled(caplog, 1)
+    assert record["completion_tokens"] == 20
+    # the token window holds at most what was reserved: the runaway's 500 tokens never settled
+    client = redis.Redis.from_url(redis_url)
+    counted = sum(int(client.hget(k, "sum") or 0) for k in client.keys("hexarch:*token_limit*"))
+    assert counted <= TOKENS_PER_HOUR
+    assert counted == record["prompt_tokens"] + 20
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
+async def test_upstream_dying_mid_stream_is_an_error_event_and_charges_what_was_relayed(
+    h: Harness, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hexarch.decision")
+    lines = await _stream(h, path, "die", 200)
+    if path.startswith("/v1/"):
+        assert b"event: error" in lines
+        error = orjson.loads(lines[-1][5:])
+        assert error["error"]["code"] == "upstream_error"
+    else:
+        assert "error" in orjson.loads(lines[-1])
+    [record] = await _wait_settled(caplog, 1)
+    assert record["completion_tokens"] == 5  # not the 200 reserved
+
+
+def test_guard_keeps_partial_lines_until_they_complete() -> None:
+    guard = StreamGuard(sse=False, cap=2)
+    assert guard.feed(b'{"message":{"content":"a"}') == b""
+    assert guard.feed(b"}\n{") == b'{"message":{"content":"a"}}\n'
+    out = guard.feed(
+        b'"message":{"content":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}}\n{"message":{"content":"c"}}\n'
+    )
+    assert guard.capped and guard.produced == 10
+    assert out.endswith(b'"done_reason":"length"}\n') and b'"c"' not in out
