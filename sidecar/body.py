@@ -55,6 +55,9 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         raise PayloadTooLarge(f"request body is larger than {max_body_bytes} bytes") from exc
+    except ConnectionError as exc:
+        # the client left before its body was complete: nobody will read the answer
+        raise BadRequest("the connection closed before the body was complete", code="invalid_body") from exc
     except RequestPayloadError as exc:
         request[BROKEN_BODY] = True  # the connection's stream is unusable now: close it after replying
         if encoding not in ("", "identity"):
