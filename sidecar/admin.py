@@ -9,12 +9,16 @@ protected in two ways, set in `sidecar.hardening` (docs/hardening.md):
 - `admin_key_env: NAME` - the variable NAME holds a key; the operator endpoints then need
   `Authorization: Bearer <key>` (compared in constant time) or answer 401 in the error shape.
 
-`admin_middleware` enforces both; `admin_listens` gives `hexarch serve` the extra address.
+With neither set (the default), the operator endpoints answer **loopback clients only** (the OPA
+next to the sidecar polling the bundle, a local Prometheus agent); any other client gets 403 in the
+error shape. `admin_middleware` enforces all three; `admin_listens` gives `hexarch serve` the extra
+address.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 from collections.abc import Mapping
 
@@ -43,6 +47,15 @@ def admin_key(settings: Settings, env: Mapping[str, str] | None) -> str | None:
     return value or None
 
 
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
 def _local_port(request: web.Request) -> int | None:
     transport = request.transport
     sockname = transport.get_extra_info("sockname") if transport is not None else None
@@ -56,6 +69,7 @@ def admin_middleware(settings: Settings, env: Mapping[str, str] | None) -> Middl
     admin_port = listens[0][1] if listens else None
     key = admin_key(settings, env)
     key_required = bool(settings.hardening.admin_key_env)
+    loopback_only = admin_port is None and not key_required
     # a named variable that is unset locks the endpoints (401) rather than leaving them open
     key_bytes = key.encode() if key is not None else None
 
@@ -77,6 +91,14 @@ def admin_middleware(settings: Settings, env: Mapping[str, str] | None) -> Middl
                 f"no route for {request.method} {request.path}",
                 code="not_found",
                 type_="not_found_error",
+            )
+        if loopback_only and not _is_loopback(request.remote):
+            return error_response(
+                403,
+                "operator endpoints answer loopback clients only; set sidecar.hardening.admin_listen "
+                "or admin_key_env to serve them to others",
+                code="admin_only",
+                type_="permission_error",
             )
         if key_required:
             auth = request.headers.get("Authorization", "")

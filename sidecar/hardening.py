@@ -49,11 +49,11 @@ HARDENING: tuple[Knob, ...] = (
     Knob("header_read_timeout_seconds", "HEXARCH_HEADER_READ_TIMEOUT_SECONDS", "float", 0.1,
          "a connection must send its request line and headers within this time, or it is closed"),
     Knob("max_connections", "HEXARCH_MAX_CONNECTIONS", "int", 1,
-         "open client connections; past it the longest-idle ones are closed first"),
+         "open client connections; past it the oldest ones still waiting for their headers are closed"),
     Knob("keepalive_timeout_seconds", "HEXARCH_KEEPALIVE_TIMEOUT_SECONDS", "float", 0.1,
          "an idle keep-alive connection is closed after this time"),
     Knob("max_principal_id_bytes", "HEXARCH_MAX_PRINCIPAL_ID_BYTES", "int", 1,
-         "longest principal id (API key id or trusted header); longer -> 400 `principal_too_long`"),
+         "longest trusted-header user/team id; longer -> 400 `principal_too_long`"),
     Knob("max_subjects_per_window", "HEXARCH_MAX_SUBJECTS_PER_WINDOW", "int", 1,
          "distinct principal ids one sidecar admits per 60 s; a new one past it -> 429 `too_many_subjects`"),
     Knob("breaker_failures", "HEXARCH_BREAKER_FAILURES", "int", 1,
@@ -61,7 +61,8 @@ HARDENING: tuple[Knob, ...] = (
     Knob("breaker_seconds", "HEXARCH_BREAKER_SECONDS", "float", 0.0,
          "an open breaker lets one probe through after this cool-down"),
     Knob("admin_listen", "HEXARCH_ADMIN_LISTEN", "str", 0,
-         "host:port of a second listener for /metrics and the bundle (then not on the main one)"),
+         "host:port of a second listener for /metrics and the bundle (then not on the main one); "
+         "with neither this nor admin_key_env they answer loopback clients only"),
     Knob("admin_key_env", "HEXARCH_ADMIN_KEY_ENV", "str", 0,
          "name of a variable holding a key; /metrics and the bundle then need `Authorization: Bearer <key>`"),
 )  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import logging
+import socket
 import zlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -403,3 +404,31 @@ async def test_distinct_subjects_per_window_are_bounded(
             assert resp.status == 200
         async with h.session.get(h.url("/metrics")) as resp:
             assert "hexarch_subjects_refused_total 1.0" in await resp.text()
+
+
+def _non_loopback_address() -> str:
+    """This machine's address on its default route (a UDP connect sends nothing)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        address = str(probe.getsockname()[0])
+    assert not address.startswith("127."), address
+    return address
+
+
+async def test_metrics_answer_loopback_only_by_default(h: Harness) -> None:
+    from sidecar.http_server import HardenedRunner
+
+    runner = h.sidecar.runner
+    assert isinstance(runner, HardenedRunner)
+    port = free_port()
+    address = _non_loopback_address()
+    site = web.TCPSite(runner, address, port)
+    await site.start()
+    for path in ("/metrics", "/bundles/hexarch.tar.gz"):
+        async with h.session.get(f"http://{address}:{port}{path}") as resp:
+            err = _error_shaped(resp.status, await resp.read())
+            assert resp.status == 403 and err["code"] == "admin_only"
+        async with h.session.get(h.url(path)) as resp:  # loopback
+            assert resp.status == 200
+    async with h.session.post(f"http://{address}:{port}/api/chat", json=CHAT) as resp:
+        assert resp.status == 200  # the API itself is for everyone

@@ -45,6 +45,18 @@ async def _fake_stream(request: web.Request) -> web.StreamResponse:
     reports usage at the end) | die (5 tokens, then the connection drops)."""
     mode = request.headers.get("X-Fake-Mode", "runaway")
     sse = request.path.startswith("/v1/")
+    if mode == "whole":  # not streamed, ignores max_tokens: 500 tokens and an honest usage report
+        text = " ".join(f"t{i}" for i in range(500))
+        return web.json_response(
+            {
+                "id": "c1",
+                "object": "chat.completion",
+                "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                ],
+                "usage": {"prompt_tokens": 3, "completion_tokens": 500, "total_tokens": 503},
+            }
+        )
     resp = web.StreamResponse(
         headers={"Content-Type": "text/event-stream" if sse else "application/x-ndjson"}
     )
@@ -191,3 +203,23 @@ def test_guard_keeps_partial_lines_until_they_complete() -> None:
     )
     assert guard.capped and guard.produced == 10
     assert out.endswith(b'"done_reason":"length"}\n') and b'"c"' not in out
+
+
+async def test_non_streamed_runaway_is_the_remaining_worst_case(
+    h: Harness, redis_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Measured for docs/hardening.md: a whole (non-streamed) reply cannot be cut once the upstream
+    sent it, so it settles what the upstream reports: 500 tokens against 20 reserved (25x one
+    request's reservation). The overshoot is bounded by one reply per admitted request, and the
+    window then refuses until it has room again."""
+    caplog.set_level(logging.INFO, logger="hexarch.decision")
+    body = {**_body("/v1/chat/completions", 20), "stream": False}
+    async with h.session.post(
+        h.url("/v1/chat/completions"), json=body, headers={"X-Fake-Mode": "whole"}
+    ) as resp:
+        assert resp.status == 200
+    [record] = await _wait_settled(caplog, 1)
+    assert record["completion_tokens"] == 500
+    client = redis.Redis.from_url(redis_url)
+    counted = sum(int(client.hget(k, "sum") or 0) for k in client.keys("hexarch:*token_limit*"))
+    assert counted == 503  # the upstream's own report, 483 over the reservation
