@@ -97,3 +97,13 @@ def test_release_frees_the_probe_slot() -> None:
 def test_rejects_nonsense_parameters(kw: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         CircuitBreaker("x", **kw)  # type: ignore[arg-type]
+
+
+def test_docs_carry_the_hardening_table() -> None:
+    from sidecar.hardening import docs_table
+    from tests.support.servers import ROOT
+
+    text = (ROOT / "docs" / "hardening.md").read_text()
+    start = text.index("<!-- hardening-table:start -->\n") + len("<!-- hardening-table:start -->\n")
+    end = text.index("<!-- hardening-table:end -->")
+    assert text[start:end].strip() == docs_table()
