@@ -24,6 +24,7 @@ from sidecar.counters import Counters, CounterStore
 from sidecar.dependency_guard import DependencyBreaker, GuardedCounters, GuardedOpaClient
 from sidecar.errors import CounterStoreError
 from sidecar.errors_http import JSON, error_response
+from sidecar.inflight import inflight_middleware
 from sidecar.ingress import resolve_endpoints
 from sidecar.local_counters import LocalCounters
 from sidecar.metrics import CONTENT_TYPE, Metrics
@@ -64,11 +65,16 @@ async def _error_shape(request: web.Request, handler: Handler) -> web.StreamResp
 def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.Application:
     """The sidecar app for `settings`; `env` supplies upstream secrets (default: os.environ)."""
     # client_max_size makes aiohttp stop reading an oversized body: the handler turns it into 413.
+    metrics = Metrics()
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[close_after_broken_body, _error_shape, admin_middleware(settings, env)],
+        middlewares=[
+            inflight_middleware(settings.hardening.max_inflight_requests, metrics),
+            close_after_broken_body,
+            _error_shape,
+            admin_middleware(settings, env),
+        ],
     )
-    metrics = Metrics()
     proxy = Proxy(settings)
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics

@@ -24,6 +24,7 @@ class HardeningSettings:
     header_read_timeout_seconds: float = 10.0
     max_connections: int = 4096
     keepalive_timeout_seconds: float = 15.0
+    max_inflight_requests: int = 10_000
     max_principal_id_bytes: int = 256
     max_subjects_per_window: int = 100_000
     breaker_failures: int = 3
@@ -52,6 +53,8 @@ HARDENING: tuple[Knob, ...] = (
          "open client connections; past it the oldest ones still waiting for their headers are closed"),
     Knob("keepalive_timeout_seconds", "HEXARCH_KEEPALIVE_TIMEOUT_SECONDS", "float", 0.1,
          "an idle keep-alive connection is closed after this time"),
+    Knob("max_inflight_requests", "HEXARCH_MAX_INFLIGHT_REQUESTS", "int", 1,
+         "requests being handled at once; past it -> 503 `overloaded` with Retry-After (probes exempt)"),
     Knob("max_principal_id_bytes", "HEXARCH_MAX_PRINCIPAL_ID_BYTES", "int", 1,
          "longest trusted-header user/team id; longer -> 400 `principal_too_long`"),
     Knob("max_subjects_per_window", "HEXARCH_MAX_SUBJECTS_PER_WINDOW", "int", 1,

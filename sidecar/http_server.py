@@ -77,9 +77,16 @@ class HardenedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        reading_headers = self._payload_parser is None and not self._upgraded
+        # between requests (nothing queued, nothing being handled) a byte starts a new request's
+        # headers; bytes of a body being read, or of a request being handled, are not headers
+        between = (
+            self._payload_parser is None
+            and not self._upgraded
+            and not self._messages
+            and self._current_request is None
+        )
         before = self._request_count
-        if reading_headers:
+        if between:
             self._hx_arm()
         super().data_received(data)
         if self._request_count != before:

@@ -97,6 +97,11 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        self.overloaded = Counter(
+            "hexarch_overloaded_total",
+            "Requests refused because max_inflight_requests were in flight",
+            registry=r,
+        )
         self.bundle_reloads = Counter(
             "hexarch_bundle_reloads_total", "Bundle rebuilds by result", ["result"], registry=r
         )
