@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 
 MULTI_TOKEN_CHARS = 16
+# A "line" longer than this is not an SSE/NDJSON event: it is passed on uncounted, not buffered
+MAX_LINE_BYTES = 1 << 20
 
 
 def _content_of(doc: Any) -> str:
@@ -71,6 +73,9 @@ class StreamGuard:
         data = self._buffer + chunk
         cut = data.rfind(b"\n")
         if cut < 0:
+            if len(data) > MAX_LINE_BYTES:
+                self._buffer = b""
+                return data
             self._buffer = data
             return b""
         self._buffer = data[cut + 1 :]

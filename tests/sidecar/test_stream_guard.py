@@ -223,3 +223,10 @@ async def test_non_streamed_runaway_is_the_remaining_worst_case(
     client = redis.Redis.from_url(redis_url)
     counted = sum(int(client.hget(k, "sum") or 0) for k in client.keys("hexarch:*token_limit*"))
     assert counted == 503  # the upstream's own report, 483 over the reservation
+
+
+def test_guard_does_not_buffer_an_endless_line() -> None:
+    guard = StreamGuard(sse=True, cap=5)
+    blob = b"x" * (2 << 20)
+    assert guard.feed(blob) == blob
+    assert guard.produced == 0 and not guard.capped
