@@ -6,8 +6,9 @@
   ceil(chars / 4) for an event with more than 16 characters (an upstream that packs many tokens in
   one event). `produced` is what a stream that broke off without a usage report is charged (instead
   of the whole reservation);
-- **caps it**: once `produced` reaches `cap` (the output the request reserved) it stops relaying and
-  ends the stream the way the wire API ends a length-limited reply: a final chunk with
+- **caps it**: when an event would take `produced` past `cap` (the output the request reserved:
+  the upstream runs past what it was granted) it stops relaying before that event and ends the
+  stream the way the wire API ends a length-limited reply: a final chunk with
   `finish_reason: "length"` and `data: [DONE]` (SSE), or a `{"done": true, "done_reason": "length"}`
   line (Ollama). An upstream that ignores `max_tokens` can then not settle past the reservation;
 - **reports failures**: `error_bytes(message)` is the error event a client reads when the upstream
@@ -65,6 +66,7 @@ class StreamGuard:
         self.capped = False
         self._buffer = b""
         self._last_id: str | None = None
+        self._ollama_field = "message"  # or "response" (generate): the ending line carries it
 
     def feed(self, chunk: bytes) -> bytes:
         """The part of `chunk` to pass on (whole lines); after the cap is reached, nothing more."""
@@ -81,42 +83,54 @@ class StreamGuard:
         self._buffer = data[cut + 1 :]
         out: list[bytes] = []
         for line in data[: cut + 1].splitlines(keepends=True):
-            out.append(line)
-            self._count(line)
-            if self.cap is not None and self.produced >= self.cap:
+            tokens = self._count(line)
+            if self.cap is not None and tokens and self.produced + tokens > self.cap:
+                # the upstream runs past the output it was granted: end the reply here
                 self.capped = True
-                if self.sse:
-                    out.append(b"\n")  # close the event the line belongs to
+                if self.sse and out and out[-1].strip():
+                    out.append(b"\n")  # close an event left open
                 out.append(self._final_length())
                 self._buffer = b""
                 break
+            self.produced += tokens
+            out.append(line)
         return b"".join(out)
 
     def finish(self) -> bytes:
         """What is left in the buffer when the upstream ended normally."""
         rest, self._buffer = self._buffer, b""
-        if rest and not self.capped:
-            self._count(rest)
-            return rest
-        return b""
+        if not rest or self.capped:
+            return b""
+        tokens = self._count(rest)
+        if self.cap is not None and tokens and self.produced + tokens > self.cap:
+            self.capped = True
+            return self._final_length()
+        self.produced += tokens
+        return rest
 
-    def _count(self, line: bytes) -> None:
+    def _count(self, line: bytes) -> int:
+        """Tokens of generated text in one line (0 for anything else)."""
         text = line.strip()
         if self.sse:
             if not text.startswith(b"data:"):
-                return
+                return 0
             text = text[5:].strip()
             if not text or text == b"[DONE]":
-                return
+                return 0
         elif not text:
-            return
+            return 0
         try:
             doc = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return
-        if isinstance(doc, dict) and isinstance(doc.get("id"), str):
-            self._last_id = doc["id"]
-        self.produced += tokens_of(_content_of(doc))
+            return 0
+        if isinstance(doc, dict):
+            if isinstance(doc.get("id"), str):
+                self._last_id = doc["id"]
+            if "message" in doc:
+                self._ollama_field = "message"
+            elif "response" in doc:
+                self._ollama_field = "response"
+        return tokens_of(_content_of(doc))
 
     def _final_length(self) -> bytes:
         if self.sse:
@@ -132,6 +146,10 @@ class StreamGuard:
         line: dict[str, Any] = {"done": True, "done_reason": "length"}
         if self.model is not None:
             line["model"] = self.model
+        if self._ollama_field == "message":
+            line["message"] = {"role": "assistant", "content": ""}
+        else:
+            line["response"] = ""
         return orjson.dumps(line) + b"\n"
 
     def error_bytes(self, message: str, code: str = "upstream_error") -> bytes:

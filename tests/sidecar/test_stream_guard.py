@@ -201,8 +201,8 @@ def test_guard_keeps_partial_lines_until_they_complete() -> None:
     out = guard.feed(
         b'"message":{"content":"bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"}}\n{"message":{"content":"c"}}\n'
     )
-    assert guard.capped and guard.produced == 10
-    assert out.endswith(b'"done_reason":"length"}\n') and b'"c"' not in out
+    assert guard.capped and guard.produced == 1  # the 9-token event would pass the cap of 2: cut
+    assert b'"done_reason":"length"' in out and b'"c"' not in out
 
 
 async def test_non_streamed_runaway_is_the_remaining_worst_case(
@@ -230,3 +230,34 @@ def test_guard_does_not_buffer_an_endless_line() -> None:
     blob = b"x" * (2 << 20)
     assert guard.feed(blob) == blob
     assert guard.produced == 0 and not guard.capped
+
+
+async def test_official_clients_read_the_length_ending(h: Harness) -> None:
+    """The cut stream ends the way each SDK expects: they parse it to the end without an error."""
+    import ollama
+    import openai
+
+    client = openai.AsyncOpenAI(base_url=h.url("/v1"), api_key="unused", max_retries=0)
+    stream = await client.chat.completions.create(
+        model="tinyllama",
+        messages=[{"role": "user", "content": "hi"}],
+        max_tokens=7,
+        stream=True,
+        extra_headers={"X-Fake-Mode": "runaway"},
+    )
+    chunks = [c async for c in stream]
+    assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) == 7
+    assert chunks[-1].choices[0].finish_reason == "length"
+    await client.close()
+
+    parts = [
+        p
+        async for p in await ollama.AsyncClient(host=h.url(""), headers={"X-Fake-Mode": "runaway"}).chat(
+            model="tinyllama",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            options={"num_predict": 7},
+        )
+    ]
+    assert sum(1 for p in parts if p.message.content) == 7
+    assert parts[-1].done and parts[-1].done_reason == "length"
