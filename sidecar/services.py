@@ -14,6 +14,7 @@ from sidecar.metrics import Metrics
 from sidecar.opa_client import OpaClient
 from sidecar.principal import PrincipalResolver
 from sidecar.settings import Settings
+from sidecar.subject_bound import SubjectWindow
 from sidecar.upstream import UpstreamClient
 
 
@@ -30,6 +31,7 @@ class Services:
     upstream: UpstreamClient
     background: BackgroundJobs  # settlements and refunds, run after the reply is sent
     decision_log: DecisionLog  # opened and closed by the app's cleanup context
+    subjects: SubjectWindow  # distinct principals per window (sidecar/subject_bound.py)
 
 
 SERVICES_KEY: web.AppKey[Services] = web.AppKey("services", Services)

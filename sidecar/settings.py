@@ -27,6 +27,10 @@ from compiler.parse import Node, parse_file
 from compiler.reader import Reader
 from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS, UPSTREAM_URL_KEYS
 from sidecar.errors import SettingsError
+from sidecar.hardening import KEYS as HARDENING_KEYS
+from sidecar.hardening import HardeningSettings
+from sidecar.hardening import apply_env as _hardening_env
+from sidecar.hardening import read_section as _hardening_section
 
 FAIL_MODES = ("fail_closed", "fail_open")
 UPSTREAM_APIS = ("openai", "ollama", "gemini", "anthropic", "yandexgpt", "gigachat")
@@ -174,6 +178,7 @@ class Settings:
     log_prompts: bool = False
     opa_health_check_seconds: float = 0.0  # 0: /readyz asks OPA on every probe
     opa_bundle_polling_seconds: int | None = None  # None: each launcher's own default
+    hardening: HardeningSettings = field(default_factory=HardeningSettings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,6 +357,7 @@ SIDECAR_KEYS = (
     "policy_file",
     "serve_bundle",
     "log_decisions",
+    "hardening",
 )
 ANONYMOUS_KEYS = ("enabled", "id", "team", "roles", "tier")
 TRUSTED_KEYS = ("enabled", "user", "team", "roles", "tier", "resource_owner")
@@ -714,6 +720,11 @@ def _sidecar_section(
     changes["builtin_routes"] = c.boolean(side.get("builtin_routes"), True)
     if not c.boolean(side.get("log_decisions"), True):
         changes["log_decisions"] = False
+    hardening_node = side.get("hardening")
+    if hardening_node is not None:
+        changes["hardening"] = _hardening_section(
+            hardening_node, c.add, lambda n: c.mapping(n, HARDENING_KEYS, "sidecar.hardening")
+        )
 
     default_node = side.get("default_upstream")
     default = c.string(default_node)
@@ -926,6 +937,9 @@ def _apply_env(settings: Settings, env: Mapping[str, str], c: _Collector) -> Set
         changes["anonymous"] = anonymous_settings
     if (trusted := flag("HEXARCH_TRUSTED_HEADERS")) is not None:
         changes["trusted_headers"] = replace(settings.trusted_headers, enabled=trusted)
+    hardening = _hardening_env(settings.hardening, env, lambda name, msg: c.add(_env_diag(name, msg)))
+    if hardening is not settings.hardening:
+        changes["hardening"] = hardening
 
     upstreams = dict(settings.upstreams)
     default = settings.default_upstream

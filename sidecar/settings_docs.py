@@ -120,6 +120,14 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         f"{_LOG}::test_decision_logging_can_be_switched_off",
         "HEXARCH_LOG_DECISIONS",
     ),
+    SettingDoc(
+        "sidecar.hardening",
+        "see docs/hardening.md",
+        "bounds (JSON depth/keys, header read time, connections, in-flight requests, principal ids, "
+        "subjects per minute), the OPA/Redis breakers and the admin listener/key; each key has its "
+        "own `HEXARCH_*` variable, and its row in docs/hardening.md (sidecar/hardening.py's table)",
+        "tests/sidecar/test_hardening.py::test_deep_or_huge_json_is_400_before_admission",
+    ),
     # --- sidecar.anonymous / trusted_headers / api_keys[] / routes[] ----------------------------
     SettingDoc(
         "sidecar.anonymous.enabled",

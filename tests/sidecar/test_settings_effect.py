@@ -60,6 +60,7 @@ PAIRS: dict[str, tuple[str, str]] = {
         upstream("") + sidecar("policy_file: p.yaml\nserve_bundle: false"),
     ),
     "sidecar.log_decisions": (upstream(""), upstream("") + sidecar("log_decisions: false")),
+    "sidecar.hardening": (upstream(""), upstream("") + sidecar("hardening: {max_json_depth: 8}")),
     "sidecar.anonymous.enabled": (nested("anonymous", ""), nested("anonymous", "").replace("true", "false")),
     "sidecar.anonymous.id": (nested("anonymous", ""), nested("anonymous", ", id: guest")),
     "sidecar.anonymous.team": (nested("anonymous", ""), nested("anonymous", ", team: t")),
