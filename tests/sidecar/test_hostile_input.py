@@ -65,6 +65,7 @@ ROUTES = [
     ("POST", "/v1/embeddings"),
     ("POST", "/api/chat"),
     ("POST", "/api/generate"),
+    ("POST", "/v1/messages"),
     ("POST", "/conv/chat"),
     ("GET", "/v1/models"),
     ("GET", "/healthz"),
@@ -233,7 +234,7 @@ chat_bodies = st.fixed_dictionaries(
 
 
 @SETTINGS
-@given(route=st.sampled_from(ROUTES[:6]), body=chat_bodies)
+@given(route=st.sampled_from(ROUTES[:7]), body=chat_bodies)
 def test_generated_json_bodies(stack: Stack, route: tuple[str, str], body: dict[str, Any]) -> None:
     deep = body.pop("deep", None)
     raw = json.dumps(body).encode()  # json: integers past 64 bits too
