@@ -378,8 +378,8 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "<upstream>.api",
         "`openai`",
-        "`ollama` or `openai`: field of an added output cap on generic routes",
-        "tests/sidecar/test_output_allowance.py::test_the_cap_is_written_in_the_field_each_upstream_reads",
+        "wire API: `openai`, `ollama`, `gemini`, `anthropic`, `yandexgpt`, `gigachat` (docs/providers.md)",
+        "tests/sidecar/test_providers.py::test_openai_client_gets_text_usage_and_finish_from_each_provider",
         "HEXARCH_UPSTREAM_API",
     ),
     SettingDoc(
@@ -421,7 +421,7 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     SettingDoc(
         "<upstream>.api_key_env",
         "none",
-        "variable whose value is sent as `Authorization: Bearer`",
+        "variable holding the provider's key, sent in the provider's own header",
         "tests/sidecar/test_secrets.py::test_secrets_never_leak",
     ),
     SettingDoc(
