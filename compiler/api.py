@@ -9,13 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from compiler.bundle import CUSTOM_DIR, DATA_PATH, Bundle, build_bundle, library_files
 from compiler.diagnostics import Diagnostic
 from compiler.emit import emit_tests
 from compiler.errors import OpaToolError, PolicyError
-from compiler.lower import config_json, lower
+from compiler.lower import Config, config_json, lower
 from compiler.model import PolicyFile
 from compiler.opa_tool import opa_check_modules
 from compiler.parse import parse_file
@@ -26,7 +25,7 @@ from compiler.validate import validate
 class CompiledBundle:
     data: bytes  # the bundle, tar.gz
     revision: str
-    config: dict[str, Any]  # the compiled data (data.hexarch.config)
+    config: Config  # the compiled data (data.hexarch.config)
     model: PolicyFile
     bundle: Bundle
 

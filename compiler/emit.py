@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 from compiler.errors import EmitError
@@ -28,22 +28,21 @@ from compiler.lower import RULE_LISTS, Config, limit_id, usd_to_micros
 from compiler.model import (
     WEEKDAYS,
     AccessRule,
-    BudgetRule,
     ConfirmationRule,
     FeatureRule,
+    LimitRule,
     ModelRule,
     ParamRule,
     Policy,
     PolicyFile,
-    RateRule,
     Rule,
     Scalar,
     TimeRule,
-    TokenRule,
     glob_class,
     glob_is_valid,
     glob_match,
 )
+from compiler.registry import kind_of
 
 GENERATED_DIR = "hexarch/generated"
 TEST_USER = "hexarch-test-user"
@@ -376,7 +375,8 @@ def _same_value(a: Scalar, b: Scalar) -> bool:
 class _Emitter:
     def __init__(self, model: PolicyFile, config: Config) -> None:
         self.model = model
-        self.config = config
+        # Read as a plain mapping: settings() and pin_entries() walk its lists by name.
+        self.config: dict[str, Any] = cast(dict[str, Any], config)
         self.clock = _Clock(model.timezone)
         self.now = self.clock.ns(2, NOON)  # Wednesday noon, local time
         # Every name the policy file uses, so the emitter's "someone/something else" is really else.
@@ -457,27 +457,16 @@ class _Emitter:
 
     # --- per kind ------------------------------------------------------------------------------------
     def rule(self, f: _File, policy: Policy, rule: Rule) -> None:
-        if isinstance(rule, (RateRule, TokenRule, BudgetRule)):
-            self.limit_rule(f, policy, rule)
-        elif isinstance(rule, ParamRule):
-            self.param_rule(f, policy, rule)
-        elif isinstance(rule, TimeRule):
-            self.time_rule(f, policy, rule)
-        elif isinstance(rule, AccessRule):
-            self.access_rule(f, policy, rule)
-        elif isinstance(rule, ConfirmationRule):
-            self.confirmation_rule(f, policy, rule)
-        elif isinstance(rule, FeatureRule):
-            self.feature_rule(f, policy, rule)
-        elif isinstance(rule, ModelRule):
-            pass  # model rules are pinned per policy (allow-lists combine within a policy)
-        else:  # pragma: no cover - the model only holds the kinds above
-            raise EmitError(f"no generated tests for rule {type(rule).__name__}")
+        """The generated tests of one rule: its kind's emitter method (compiler/registry.py)."""
+        method = getattr(self, kind_of(rule).emit, None)
+        if method is None:  # pragma: no cover - tests/compiler/test_registry.py checks every kind
+            raise EmitError(f"no generated tests for rule kind {rule.kind}")
+        method(f, policy, rule)
 
-    def limit_action(self, rule: RateRule | TokenRule | BudgetRule) -> str:
+    def limit_action(self, rule: LimitRule) -> str:
         return rule.action if self.model.enforcement == "strict" else "warn"
 
-    def subject(self, rule: RateRule | TokenRule | BudgetRule) -> str:
+    def subject(self, rule: LimitRule) -> str:
         return {"global": rule.resource, "principal": TEST_USER, "team": TEST_TEAM}[rule.scope]
 
     def per_request_reservation(self, resources: list[str]) -> int:
@@ -497,7 +486,7 @@ class _Emitter:
         default = self.config["default_pricing"]
         return Decimal(str(default["input_per_million_usd"])), Decimal(str(default["output_per_million_usd"]))
 
-    def limit_rule(self, f: _File, policy: Policy, rule: RateRule | TokenRule | BudgetRule) -> None:
+    def limit_rule(self, f: _File, policy: Policy, rule: LimitRule) -> None:
         resources = _resources(rule.resource)
         model_name = self.priced_model()
         for spec in rule.limits:
@@ -511,7 +500,7 @@ class _Emitter:
                 f"l.warn_at == {rego_value(rule.warn_at)}",
                 f'l.action == "{self.limit_action(rule)}"',
             ]
-            if isinstance(rule, RateRule):
+            if rule.kind == "rate":
                 amount = int(spec.amount)
                 doc = base_input(resources=resources, model=model_name)
                 checks = [*common, 'l.unit == "requests"', f"l.window_seconds == {spec.window_seconds}"]
@@ -524,7 +513,7 @@ class _Emitter:
                     self.now,
                     checks,
                 )
-            elif isinstance(rule, TokenRule):
+            elif rule.kind == "tokens":
                 amount = int(spec.amount)
                 head = [*common, 'l.unit == "tokens"', f"l.window_seconds == {spec.window_seconds}"]
                 head.append(f"l.limit == {amount}")
@@ -881,6 +870,15 @@ class _Emitter:
         self.expect(
             f, policy, rule, code, f"r{rule.index}_anonymous", "an anonymous principal", anonymous, True
         )
+        if rule.self_owned:
+            owner = {**doc, "resource_owner": outsider}
+            self.expect(
+                f, policy, rule, code, f"r{rule.index}_self", f"@self: {outsider} owns it", owner, False
+            )
+            stranger = {**doc, "resource_owner": self.other("owner")}
+            self.expect(
+                f, policy, rule, code, f"r{rule.index}_not_self", "@self: another owns it", stranger, True
+            )
         self.confirm_variant(f, policy, rule, code, doc)
         if rule.resource != "*":
             self.expect(
@@ -1059,16 +1057,6 @@ class _Emitter:
         name = f"r{rule.index}_feature_unstated"
         self.expect(f, policy, rule, code, name, "a request that does not state its feature", unstated, True)
 
-    def allow_rule(self, f: _File, policy: Policy, rule: Rule) -> None:
-        """`action: allow` rules add nothing: no limit entry and no report under any code."""
-        if isinstance(rule, (RateRule, TokenRule, BudgetRule)):
-            doc = base_input(resources=_resources(rule.resource))
-            checks = [f'not has_limit(d, "{limit_id(policy.id, rule.index, s.suffix)}")' for s in rule.limits]
-        else:
-            doc = base_input()
-            checks = [f'passes(d, "{policy.id}", {rule.index}, "{c}")' for c in sorted(STATUS)]
-        f.add(f"r{rule.index}_allow_adds_nothing", "an `allow` rule adds nothing", doc, self.now, checks)
-
     def pin_entries(self, f: _File, policy: Policy) -> None:
         """The policy's compiled entries, exactly: behaviour cannot notice an added user or model."""
         checks = []
@@ -1184,16 +1172,16 @@ def emit_tests(model: PolicyFile, config: Config) -> dict[str, str]:
     for policy in model.enabled_policies:
         package = _package_name(policy.id, used)
         f = _File(f"hexarch.generated.{package}")
-        model_rules: list[ModelRule] = []
+        # Kinds pinned per policy (allow-lists combine within a policy) get all their rules at once.
+        grouped: dict[str, list[Rule]] = {}
         for rule in policy.rules:
-            if rule.action == "allow":
-                emitter.allow_rule(f, policy, rule)
-            elif isinstance(rule, ModelRule):
-                model_rules.append(rule)
+            kind = kind_of(rule)
+            if kind.emit_per_policy:
+                grouped.setdefault(kind.emit, []).append(rule)
             else:
                 emitter.rule(f, policy, rule)
-        if model_rules:
-            emitter.model_policy(f, policy, model_rules)
+        for method, rules in grouped.items():
+            getattr(emitter, method)(f, policy, rules)
         if not f.tests:
             raise EmitError(f"policy '{policy.id}' produced no generated test")
         emitter.pin_entries(f, policy)

@@ -3,7 +3,7 @@
     CompilerError                  base; never raised itself
     ├── PolicyError                the policy file is wrong; carries every Diagnostic found
     ├── BundleError                writing or signing the bundle failed (I/O, `opa sign`)
-    ├── EmitError                  the emitter met a construct it does not know (a compiler bug)
+    ├── EmitError                  lower/emit met a construct it does not know (a compiler bug)
     └── OpaToolError               the `opa` binary is missing or `opa test` could not run
 
 `hexarch compile|check|test` print PolicyError diagnostics one per line and exit 1.

@@ -1,59 +1,61 @@
 """Stage 3: validated model -> the compiled data document `data.hexarch.config`.
 
 The output is plain JSON-able data with exactly the layout of docs/architecture.md ("Compiled
-data"); the Rego library reads nothing else. Disabled policies and rules whose action is `allow`
-(they add nothing) are dropped here, so the Rego never has to know about them.
+data"); the Rego library reads nothing else. Disabled policies are dropped here. Each rule goes
+through its kind's entry of compiler/registry.py (its config list and its lowering).
 """
 
 from __future__ import annotations
 
 import json
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Any
+from typing import TypedDict, cast
 
-from compiler.model import (
-    DEFAULT_INPUT_PRICE,
-    DEFAULT_OUTPUT_PRICE,
-    AccessRule,
-    BudgetRule,
-    ConfirmationRule,
-    FeatureRule,
-    LimitRule,
-    ModelRule,
-    ParamRule,
-    PolicyFile,
-    RateRule,
-    TimeRule,
-    TokenRule,
-)
+from compiler.model import DEFAULT_INPUT_PRICE, DEFAULT_OUTPUT_PRICE, PolicyFile
+from compiler.registry import RULE_LISTS, kind_of
+from compiler.rule_lower import Entry, EntryHead, limit_id, usd_to_micros
 
-Config = dict[str, Any]
-
-# The lists of data.hexarch.config that hold one entry per rule (each entry names its policy).
-RULE_LISTS = (
-    "rate_limits",
-    "token_limits",
-    "budgets",
-    "param_bounds",
-    "model_rules",
-    "time_windows",
-    "access_rules",
-    "confirmations",
-    "features",
-)
+__all__ = ["RULE_LISTS", "Config", "config_json", "limit_id", "lower", "usd_to_micros"]
 
 
-def usd_to_micros(usd: int | float) -> int:
-    """Dollars as written in YAML -> integer micro-USD, rounded half up (no binary-float drift)."""
-    return int((Decimal(str(usd)) * 1_000_000).to_integral_value(rounding=ROUND_HALF_UP))
+class PriceEntry(TypedDict):
+    model: str
+    input_per_million_usd: float
+    output_per_million_usd: float
 
 
-def limit_id(policy: str, rule: int, suffix: str) -> str:
-    return f"{policy}/{rule}/{suffix}"
+class DefaultPrice(TypedDict):
+    input_per_million_usd: float
+    output_per_million_usd: float
+
+
+class Config(TypedDict):
+    """data.hexarch.config (docs/architecture.md, "Compiled data"). Later passes may add keys."""
+
+    enforcement: str
+    timezone: str
+    default_max_output_tokens: int
+    pricing: list[PriceEntry]
+    default_pricing: DefaultPrice
+    # One list per rule kind's config_list (compiler/registry.py), each entry naming its policy.
+    rate_limits: list[Entry]
+    token_limits: list[Entry]
+    budgets: list[Entry]
+    param_bounds: list[Entry]
+    model_rules: list[Entry]
+    time_windows: list[Entry]
+    access_rules: list[Entry]
+    confirmations: list[Entry]
+    features: list[Entry]
 
 
 def lower(model: PolicyFile) -> Config:
-    config: Config = {
+    lists: dict[str, list[Entry]] = {name: [] for name in RULE_LISTS}
+    for policy in model.enabled_policies:
+        for rule in policy.rules:
+            kind = kind_of(rule)
+            head: EntryHead = {"policy": policy.id, "rule": rule.index}
+            lists[kind.config_list].extend(kind.lower(rule, head))
+    config = {
         "enforcement": model.enforcement,
         "timezone": model.timezone,
         "default_max_output_tokens": model.default_max_output_tokens,
@@ -69,105 +71,11 @@ def lower(model: PolicyFile) -> Config:
             "input_per_million_usd": DEFAULT_INPUT_PRICE,
             "output_per_million_usd": DEFAULT_OUTPUT_PRICE,
         },
-        **{name: [] for name in RULE_LISTS},
+        **lists,
     }
-    for policy in model.enabled_policies:
-        for rule in policy.rules:
-            if rule.action == "allow":
-                continue
-            head: dict[str, Any] = {"policy": policy.id, "rule": rule.index}
-            if isinstance(rule, (RateRule, TokenRule, BudgetRule)):
-                _lower_limits(config, head, rule)
-            elif isinstance(rule, ParamRule):
-                config["param_bounds"].append(
-                    {
-                        **head,
-                        "parameter": rule.parameter,
-                        "min": rule.min,
-                        "max": rule.max,
-                        "max_length": rule.max_length,
-                        "allowed_values": None if rule.allowed_values is None else list(rule.allowed_values),
-                        "resource": rule.resource,
-                        "operation": rule.operation,
-                        "action": rule.action,
-                    }
-                )
-            elif isinstance(rule, ModelRule):
-                config["model_rules"].append(
-                    {
-                        **head,
-                        "patterns": list(rule.patterns),
-                        "allowed": rule.allowed,
-                        "resource": rule.resource,
-                        "action": rule.action,
-                    }
-                )
-            elif isinstance(rule, TimeRule):
-                config["time_windows"].append(
-                    {
-                        **head,
-                        "operation": rule.operation,
-                        "resource": rule.resource,
-                        "allowed_hours": [list(w) for w in rule.allowed_hours],
-                        "forbidden_hours": [list(w) for w in rule.forbidden_hours],
-                        "allowed_days": list(rule.allowed_days),
-                        "forbidden_days": list(rule.forbidden_days),
-                        "action": rule.action,
-                    }
-                )
-            elif isinstance(rule, AccessRule):
-                config["access_rules"].append(
-                    {
-                        **head,
-                        "resource": rule.resource,
-                        "operation": rule.operation,
-                        "users": list(rule.users),
-                        "roles": list(rule.roles),
-                        "action": rule.action,
-                    }
-                )
-            elif isinstance(rule, ConfirmationRule):
-                config["confirmations"].append(
-                    {
-                        **head,
-                        "operation": rule.operation,
-                        "resource": rule.resource,
-                        "resource_types": list(rule.resource_types),
-                        "action": rule.action,
-                    }
-                )
-            elif isinstance(rule, FeatureRule):
-                config["features"].append(
-                    {
-                        **head,
-                        "feature": rule.feature,
-                        "enabled": rule.enabled,
-                        "requires_approval": rule.requires_approval,
-                        "approver_users": list(rule.approver_users),
-                        "approver_roles": list(rule.approver_roles),
-                        "action": rule.action,
-                    }
-                )
-    return config
+    return cast(Config, config)
 
 
-def _lower_limits(config: Config, head: dict[str, Any], rule: LimitRule) -> None:
-    for spec in rule.limits:
-        entry: dict[str, Any] = {"id": limit_id(head["policy"], rule.index, spec.suffix), **head}
-        entry["resource"] = rule.resource
-        if isinstance(rule, BudgetRule):
-            entry["period"] = spec.period
-            entry["limit"] = usd_to_micros(spec.amount)
-        else:
-            entry["window_seconds"] = spec.window_seconds
-            entry["limit"] = int(spec.amount)
-        entry.update({"action": rule.action, "warn_at": rule.warn_at, "scope": rule.scope})
-        section = "budgets" if isinstance(rule, BudgetRule) else "rate_limits"
-        if isinstance(rule, TokenRule):
-            section = "token_limits"
-        config[section].append(entry)
-
-
-def config_json(config: Config) -> bytes:
+def config_json(config: Config | dict[str, object]) -> bytes:
     """The canonical bytes of data.json: sorted keys, so equal configs give equal bundles."""
     return (json.dumps(config, sort_keys=True, indent=2, ensure_ascii=False) + "\n").encode("utf-8")

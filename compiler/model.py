@@ -10,13 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
+
+from compiler.diagnostics import Diagnostic
 
 Scalar = str | int | float | bool | None
 
 Action = Literal["block", "warn", "allow", "require_confirmation"]
 Scope = Literal["global", "principal", "team"]
 Enforcement = Literal["strict", "warn", "monitor"]
+LimitKind = Literal["rate", "tokens", "budget"]
 
 WEEKDAYS: tuple[str, ...] = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 
@@ -32,29 +35,10 @@ class LimitSpec:
 
 
 @dataclass(frozen=True)
-class RateRule:
-    index: int
-    resource: str
-    limits: tuple[LimitSpec, ...]
-    scope: Scope
-    action: Action
-    warn_at: float | None
-    description: str | None = None
+class LimitRule:
+    """A rate, token or budget rule: the three kinds share one shape, told apart by `kind`."""
 
-
-@dataclass(frozen=True)
-class TokenRule:
-    index: int
-    resource: str
-    limits: tuple[LimitSpec, ...]
-    scope: Scope
-    action: Action
-    warn_at: float | None
-    description: str | None = None
-
-
-@dataclass(frozen=True)
-class BudgetRule:
+    kind: LimitKind
     index: int
     resource: str
     limits: tuple[LimitSpec, ...]
@@ -66,6 +50,7 @@ class BudgetRule:
 
 @dataclass(frozen=True)
 class ParamRule:
+    kind: ClassVar[str] = "param"
     index: int
     parameter: str
     min: int | float | None
@@ -80,6 +65,7 @@ class ParamRule:
 
 @dataclass(frozen=True)
 class TimeRule:
+    kind: ClassVar[str] = "time"
     index: int
     operation: str
     resource: str
@@ -93,6 +79,7 @@ class TimeRule:
 
 @dataclass(frozen=True)
 class ModelRule:
+    kind: ClassVar[str] = "model"
     index: int
     patterns: tuple[str, ...]
     allowed: bool
@@ -103,6 +90,7 @@ class ModelRule:
 
 @dataclass(frozen=True)
 class AccessRule:
+    kind: ClassVar[str] = "access"
     index: int
     resource: str
     operation: str
@@ -110,10 +98,13 @@ class AccessRule:
     roles: tuple[str, ...]
     action: Action
     description: str | None = None
+    # `@self`: the principal owns the resource named in the request (input.resource_owner == its id).
+    self_owned: bool = False
 
 
 @dataclass(frozen=True)
 class ConfirmationRule:
+    kind: ClassVar[str] = "confirmation"
     index: int
     operation: str
     resource: str
@@ -124,6 +115,7 @@ class ConfirmationRule:
 
 @dataclass(frozen=True)
 class FeatureRule:
+    kind: ClassVar[str] = "feature"
     index: int
     feature: str
     enabled: bool
@@ -134,18 +126,7 @@ class FeatureRule:
     description: str | None = None
 
 
-Rule = (
-    RateRule
-    | TokenRule
-    | BudgetRule
-    | ParamRule
-    | TimeRule
-    | ModelRule
-    | AccessRule
-    | ConfirmationRule
-    | FeatureRule
-)
-LimitRule = RateRule | TokenRule | BudgetRule
+Rule = LimitRule | ParamRule | TimeRule | ModelRule | AccessRule | ConfirmationRule | FeatureRule
 
 
 @dataclass(frozen=True)
@@ -164,22 +145,6 @@ class Price:
 
 
 @dataclass(frozen=True)
-class LoggingConfig:
-    level: str = "info"
-    file: str | None = None
-    log_prompts: bool = False
-    format: str = "json"
-
-
-@dataclass(frozen=True)
-class OpaConfig:
-    url: str = "http://127.0.0.1:8181"
-    timeout_ms: int = 250
-    decision_path: str = "hexarch/decision"
-    bundle_polling_seconds: int = 10
-
-
-@dataclass(frozen=True)
 class CustomPolicy:
     id: str
     file: Path  # resolved against the policy file's directory
@@ -188,8 +153,9 @@ class CustomPolicy:
 
 @dataclass(frozen=True)
 class Upstream:
+    """An upstream section's name; its contents belong to sidecar/settings.py."""
+
     name: str
-    base_url: str
 
 
 @dataclass(frozen=True)
@@ -198,13 +164,13 @@ class PolicyFile:
     version: int
     enforcement: Enforcement
     timezone: str
-    logging: LoggingConfig
-    opa: OpaConfig
     pricing: tuple[Price, ...]
     default_max_output_tokens: int
     custom: tuple[CustomPolicy, ...]
     policies: tuple[Policy, ...]
     upstreams: tuple[Upstream, ...]
+    # Located warnings (valid but suspicious forms); `--strict` makes them fail.
+    warnings: tuple[Diagnostic, ...] = ()
 
     @property
     def enabled_policies(self) -> tuple[Policy, ...]:

@@ -11,6 +11,7 @@ returns the value, or None when the key is absent or the problem has been record
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Mapping
 
@@ -58,6 +59,8 @@ class Reader:
     def __init__(self, source: str) -> None:
         self.source = source
         self.diags: list[Diagnostic] = []
+        # Valid but probably not what the author meant: reported, fatal only under --strict.
+        self.warnings: list[Diagnostic] = []
 
     # --- reporting -----------------------------------------------------------------------------
     def add(self, diag: Diagnostic) -> None:
@@ -65,6 +68,9 @@ class Reader:
 
     def error(self, node: Node, message: str, hint: str | None = None) -> None:
         self.diags.append(node.diag(message, hint))
+
+    def warn(self, node: Node, message: str, hint: str | None = None) -> None:
+        self.warnings.append(dataclasses.replace(node.diag(message, hint), severity="warning"))
 
     def check_keys(
         self, node: Node, allowed: Iterable[str], what: str, *, misplaced: Mapping[str, str] | None = None

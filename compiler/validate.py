@@ -9,41 +9,30 @@ from __future__ import annotations
 
 import re
 import zoneinfo
+from dataclasses import replace
 from decimal import Decimal
 from pathlib import Path
 from typing import cast
 
 from compiler.diagnostics import did_you_mean
 from compiler.errors import PolicyError
+from compiler.lint import lint
 from compiler.model import (
     DEFAULT_MAX_OUTPUT_TOKENS,
-    WEEKDAYS,
-    AccessRule,
     Action,
-    BudgetRule,
-    ConfirmationRule,
     CustomPolicy,
     Enforcement,
-    FeatureRule,
-    LimitSpec,
-    LoggingConfig,
-    ModelRule,
-    OpaConfig,
-    ParamRule,
     Policy,
     PolicyFile,
     Price,
-    RateRule,
     Rule,
-    Scalar,
-    Scope,
-    TimeRule,
-    TokenRule,
     Upstream,
     glob_is_valid,
 )
 from compiler.parse import Node, describe
-from compiler.reader import MAX_AMOUNT, Reader
+from compiler.reader import Reader
+from compiler.registry import ACTIONS, KIND_KEY_NAMES, LIMIT_KINDS, REGISTRY
+from compiler.rule_read import RuleHead
 
 TOP_LEVEL_KEYS = (
     "version",
@@ -60,70 +49,23 @@ TOP_LEVEL_KEYS = (
 # Top-level keys starting with "x-" are the user's own (a place for YAML anchors, as in
 # docker-compose files); nothing reads them.
 EXTENSION_PREFIX = "x-"
+# A top-level mapping with one of these keys is an upstream section (`tinyllama: {api_url: ...}`).
+# The compiler only recognises the sections it does not own: `logging`, `opa`, `sidecar` and upstream
+# sections are read and checked by their one owner, sidecar/settings.py (`hexarch check` runs both).
+UPSTREAM_URL_KEYS = ("base_url", "api_url")
 ENFORCEMENTS = ("strict", "warn", "monitor")
-ACTIONS = ("block", "warn", "allow", "require_confirmation")
-SCOPES = ("global", "principal", "team")
-LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
-LOG_FORMATS = ("json", "text")
 
-# Which keys give a rule its kind, and which other keys each kind accepts (docs/architecture.md).
-KIND_KEYS: dict[str, tuple[str, ...]] = {
-    "rate": ("requests_per_minute", "requests_per_hour", "requests_per_day"),
-    "budget": ("monthly_budget_usd", "daily_budget_usd"),
-    "tokens": (
-        "max_tokens_per_request",
-        "max_tokens_per_minute",
-        "max_tokens_per_hour",
-        "max_tokens_per_day",
-    ),
-    "param": ("parameter",),
-    "time": ("forbidden_hours", "allowed_hours", "forbidden_days", "allowed_days"),
-    "model": ("model",),
-    "access": ("allowed_users",),
-    "confirmation": ("requires",),
-    "feature": ("feature",),
-}
-OTHER_KEYS: dict[str, tuple[str, ...]] = {
-    # The seeds write alert_at_percentage on budgets and warn_at_percentage on tokens; both mean the
-    # same warn threshold, so every limit kind takes either spelling.
-    "rate": ("resource", "alert_at_percentage", "warn_at_percentage", "scope", "action"),
-    "budget": ("resource", "alert_at_percentage", "warn_at_percentage", "scope", "action"),
-    "tokens": ("resource", "alert_at_percentage", "warn_at_percentage", "scope", "action"),
-    "param": ("min", "max", "max_length", "allowed_values", "resource", "operation", "action"),
-    "time": ("operation", "resource", "action"),
-    "model": ("allowed", "resource", "action"),
-    "access": ("resource", "operation", "action"),
-    "confirmation": ("operation", "resource_types", "resource", "action"),
-    "feature": ("enabled", "requires_approval", "approvers", "action"),
-}
 # Keys that are right in another place of the file: say where, rather than guess a spelling.
 MISPLACED_KEYS = {
     "timezone": "the timezone is set once, at the top level of the file",
     "enforcement": "enforcement is set once, at the top level of the file",
     "pricing": "pricing is a top-level section: pricing: {MODEL_GLOB: {input_per_million_usd, ...}}",
-    "enabled": "a rule is switched off with 'action: allow'; 'enabled: false' belongs to a policy",
+    "enabled": "'enabled: false' belongs to a policy (it switches the policy off); delete the rule instead",
 }
-KIND_KEY_NAMES = tuple(k for ids in KIND_KEYS.values() for k in ids)
-LIMIT_KINDS = ("rate", "budget", "tokens")
-
-# key -> (limit id suffix, window seconds, budget period)
-LIMIT_KEYS: dict[str, tuple[str, int, str | None]] = {
-    "requests_per_minute": ("rpm", 60, None),
-    "requests_per_hour": ("rph", 3600, None),
-    "requests_per_day": ("rpd", 86400, None),
-    "max_tokens_per_request": ("request", 0, None),
-    "max_tokens_per_minute": ("tpm", 60, None),
-    "max_tokens_per_hour": ("tph", 3600, None),
-    "max_tokens_per_day": ("tpd", 86400, None),
-    "daily_budget_usd": ("day", 0, "day"),
-    "monthly_budget_usd": ("month", 0, "month"),
-}
-
 PRICE_DECIMALS = 9
 POLICY_ID = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 CUSTOM_ID = re.compile(r"^[a-z_][a-z0-9_]*$")
 WARN_AT_ACTION = re.compile(r"^warn_at_(\d+(?:\.\d+)?)%$")
-WINDOW = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 
 
 def validate(tree: Node, base_dir: Path | None = None) -> PolicyFile:
@@ -134,7 +76,8 @@ def validate(tree: Node, base_dir: Path | None = None) -> PolicyFile:
         if not v.diags:  # pragma: no cover - _validate_file only returns None after reporting
             v.error(tree, "invalid policy file")
         raise PolicyError(v.diags)
-    return model
+    found = (*v.warnings, *lint(model, tree))
+    return replace(model, warnings=tuple(sorted(found, key=lambda d: (d.line, d.col, d.message))))
 
 
 def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
@@ -145,14 +88,13 @@ def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
         name = str(key.value)
         if name in TOP_LEVEL_KEYS or name.startswith(EXTENSION_PREFIX):
             continue
-        if value.kind == "mapping" and value.get("base_url") is not None:
-            base_url = v.string(value.get("base_url"), f"'{name}.base_url'")
-            if base_url is not None:
-                upstreams.append(Upstream(name, base_url))
+        if value.kind == "mapping" and any(value.get(k) is not None for k in UPSTREAM_URL_KEYS):
+            upstreams.append(Upstream(name))
             continue
         hint = (
             did_you_mean(name, TOP_LEVEL_KEYS)
-            or "an upstream section is a mapping with a base_url; keys starting with 'x-' are ignored"
+            or "an upstream section is a mapping with a base_url (or api_url); keys starting with 'x-' "
+            "are ignored"
         )
         v.unknown_key(tree, key, f"unknown top-level key '{name}'", hint)
 
@@ -165,14 +107,9 @@ def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
 
     enforcement = v.choice(tree.get("enforcement"), ENFORCEMENTS, "enforcement") or "strict"
     timezone = _timezone(v, tree.get("timezone")) or "UTC"
-    logging = _logging(v, tree.get("logging"))
-    opa = _opa(v, tree.get("opa"))
     pricing = _pricing(v, tree.get("pricing"))
     default_max_output = _defaults(v, tree.get("defaults"))
     custom = _custom(v, tree.get("custom"), base_dir)
-    sidecar = tree.get("sidecar")
-    if sidecar is not None:
-        v.mapping(sidecar, "'sidecar'")
 
     policies_node = tree.get("policies")
     policies: list[Policy] = []
@@ -194,8 +131,6 @@ def _validate_file(v: Reader, tree: Node, base_dir: Path) -> PolicyFile | None:
         version=version,
         enforcement=cast(Enforcement, enforcement),
         timezone=timezone,
-        logging=logging,
-        opa=opa,
         pricing=pricing,
         default_max_output_tokens=default_max_output,
         custom=custom,
@@ -218,43 +153,6 @@ def _timezone(v: Reader, node: Node | None) -> str | None:
         v.error(node, f"unknown timezone '{name}'", hint)
         return None
     return name
-
-
-def _logging(v: Reader, node: Node | None) -> LoggingConfig:
-    if node is None or not v.mapping(node, "'logging'"):
-        return LoggingConfig()
-    v.check_keys(node, ("level", "file", "log_prompts", "format"), "'logging'")
-    default = LoggingConfig()
-    level = v.choice(node.get("level"), LOG_LEVELS, "log level")
-    log_file = v.string(node.get("file"), "'logging.file'")
-    prompts = v.boolean(node.get("log_prompts"), "'logging.log_prompts'")
-    fmt = v.choice(node.get("format"), LOG_FORMATS, "log format")
-    return LoggingConfig(
-        level=level or default.level,
-        file=log_file,
-        log_prompts=default.log_prompts if prompts is None else prompts,
-        format=fmt or default.format,
-    )
-
-
-def _opa(v: Reader, node: Node | None) -> OpaConfig:
-    if node is None or not v.mapping(node, "'opa'"):
-        return OpaConfig()
-    v.check_keys(node, ("url", "timeout_ms", "decision_path", "bundle_polling_seconds"), "'opa'")
-    default = OpaConfig()
-    url_node = node.get("url")
-    url = v.string(url_node, "'opa.url'")
-    if url is not None and url_node is not None and not url.startswith(("http://", "https://")):
-        v.error(url_node, f"'opa.url' must start with http:// or https://, got '{url}'")
-    return OpaConfig(
-        url=url or default.url,
-        timeout_ms=v.positive_int(node.get("timeout_ms"), "'opa.timeout_ms'") or default.timeout_ms,
-        decision_path=v.string(node.get("decision_path"), "'opa.decision_path'") or default.decision_path,
-        bundle_polling_seconds=v.positive_int(
-            node.get("bundle_polling_seconds"), "'opa.bundle_polling_seconds'"
-        )
-        or default.bundle_polling_seconds,
-    )
 
 
 def _pricing(v: Reader, node: Node | None) -> tuple[Price, ...]:
@@ -389,16 +287,19 @@ def _rule(v: Reader, node: Node, index: int) -> Rule | None:
     if not v.mapping(node, "each rule"):
         return None
     keys = node.keys()
-    kinds = [kind for kind, ids in KIND_KEYS.items() if any(k in keys for k in ids)]
+    kinds = [kind.name for kind in REGISTRY.values() if any(k in keys for k in kind.kind_keys)]
+    if not kinds and _confirmation_by_action(node):
+        # The seed's form: `operation: delete, action: require_confirmation`, with no `requires`.
+        kinds = ["confirmation"]
     if len(kinds) != 1:
-        known = {k for ids in (*KIND_KEYS.values(), *OTHER_KEYS.values()) for k in ids} | {"description"}
+        known = {k for kind in REGISTRY.values() for k in kind.keys}
         unknown = [(key, str(key.value)) for key, _ in node.items() if str(key.value) not in known]
         for key, name in unknown:
             hint = MISPLACED_KEYS.get(name) or did_you_mean(name, known)
             v.unknown_key(node, key, f"unknown key '{name}' in a rule", hint)
         if len(kinds) > 1:
             named = "; ".join(
-                f"{kind} ({', '.join(k for k in KIND_KEYS[kind] if k in keys)})" for kind in kinds
+                f"{kind} ({', '.join(k for k in REGISTRY[kind].kind_keys if k in keys)})" for kind in kinds
             )
             v.error(
                 node,
@@ -410,48 +311,28 @@ def _rule(v: Reader, node: Node, index: int) -> Rule | None:
             v.error(
                 node,
                 "rule has no key that gives its kind",
-                "add one of " + ", ".join(KIND_KEY_NAMES),
+                "add one of "
+                + ", ".join(KIND_KEY_NAMES)
+                + ", or 'operation' with 'action: require_confirmation'",
             )
         return None
-    kind = kinds[0]
-    label = "token" if kind == "tokens" else kind
-    v.check_keys(
-        node,
-        (*KIND_KEYS[kind], *OTHER_KEYS[kind], "description"),
-        f"a {label} rule",
-        misplaced=MISPLACED_KEYS,
-    )
+    kind = REGISTRY[kinds[0]]
+    v.check_keys(node, kind.keys, f"a {kind.label} rule", misplaced=MISPLACED_KEYS)
     description = v.string(node.get("description"), "'description'")
-    action, warn_at = _action(v, node, kind)
+    action, warn_at = _action(v, node, kind.name)
     resource = v.string(node.get("resource"), "'resource'") or "*"
     operation = v.string(node.get("operation"), "'operation'") or "*"
-    if kind in LIMIT_KINDS:
-        return _limit_rule(v, node, index, kind, resource, action, warn_at, description)
-    if kind == "param":
-        return _param_rule(v, node, index, resource, operation, action, description)
-    if kind == "time":
-        return _time_rule(v, node, index, resource, operation, action, description)
-    if kind == "model":
-        patterns = v.strings(node.get("model"), "'model'")
-        model_node = node.get("model")
-        if patterns is not None and model_node is not None:
-            for pattern in patterns:
-                if not glob_is_valid(pattern):
-                    v.error(
-                        model_node, f"invalid model pattern '{pattern}'", "check its [ ] and { } brackets"
-                    )
-        allowed = v.boolean(node.get("allowed"), "'allowed'")
-        if patterns is None:
-            return None
-        return ModelRule(index, patterns, True if allowed is None else allowed, resource, action, description)
-    if kind == "access":
-        principals = _principals(v, node.get("allowed_users"), "'allowed_users'")
-        if principals is None:
-            return None
-        return AccessRule(index, resource, operation, principals[0], principals[1], action, description)
-    if kind == "confirmation":
-        return _confirmation_rule(v, node, index, resource, operation, action, description)
-    return _feature_rule(v, node, index, action, description)
+    return kind.read(v, node, RuleHead(kind.name, index, action, warn_at, resource, operation, description))
+
+
+def _confirmation_by_action(node: Node) -> bool:
+    action = node.get("action")
+    return (
+        node.get("operation") is not None
+        and action is not None
+        and action.kind == "scalar"
+        and action.value == "require_confirmation"
+    )
 
 
 def _action(v: Reader, node: Node, kind: str) -> tuple[Action, float | None]:
@@ -475,6 +356,17 @@ def _action(v: Reader, node: Node, kind: str) -> tuple[Action, float | None]:
                 v.error(action_node, f"'{text}': the warning threshold must be between 1% and 99%")
             else:
                 warn_at = _ratio(percent)
+        elif text == "allow":
+            # `allow` never weakens a rule (docs/policy-format.md, "action: allow"): an allow-list
+            # entry lists a permitted model and the list refuses every other; on every other kind the
+            # rule keeps its default action, with a warning saying so.
+            action = default
+            if kind != "model" or _allowed_flag(node) is False:
+                v.warn(
+                    action_node,
+                    f"'action: allow' does not switch off a {kind} rule: it is enforced as '{default}'",
+                    "to switch a rule off, set 'enabled: false' on its policy, or delete the rule",
+                )
         elif text in ACTIONS:
             action = cast(Action, text)
             if kind in LIMIT_KINDS and action == "require_confirmation":
@@ -505,6 +397,14 @@ def _action(v: Reader, node: Node, kind: str) -> tuple[Action, float | None]:
     return action, warn_at
 
 
+def _allowed_flag(node: Node) -> bool | None:
+    """The `allowed` flag of a model rule as written (None when absent or not a boolean)."""
+    allowed = node.get("allowed")
+    if allowed is None or not isinstance(allowed.value, bool):
+        return None
+    return allowed.value
+
+
 _WARN_AT_LOOSE = re.compile(r"^\s*warn[\s_-]*at[\s_-]*(\d+(?:\.\d+)?)\s*%?\s*$", re.IGNORECASE)
 
 
@@ -522,248 +422,3 @@ def _decimals(number: float) -> int:
 
 def _ratio(percent: float) -> float:
     return float(Decimal(str(percent)) / 100)
-
-
-def _limit_rule(
-    v: Reader,
-    node: Node,
-    index: int,
-    kind: str,
-    resource: str,
-    action: Action,
-    warn_at: float | None,
-    description: str | None,
-) -> Rule | None:
-    scope = cast(Scope, v.choice(node.get("scope"), SCOPES, "scope") or "global")
-    limits: list[LimitSpec] = []
-    ok = True
-    for key in KIND_KEYS[kind]:
-        amount_node = node.get(key)
-        if amount_node is None:
-            continue
-        suffix, window, period = LIMIT_KEYS[key]
-        if kind == "budget":
-            usd = v.number(amount_node, f"'{key}'")
-            if usd is not None and usd <= 0:
-                v.error(amount_node, f"'{key}' must be greater than zero, got {usd}")
-                usd = None
-            elif usd is not None and round(Decimal(str(usd)) * 1_000_000) < 1:
-                v.error(amount_node, f"'{key}' is below one micro-dollar: {usd}")
-                usd = None
-            elif usd is not None and Decimal(str(usd)) * 1_000_000 > MAX_AMOUNT:
-                v.error(
-                    amount_node,
-                    f"'{key}' is too large: {usd}",
-                    f"the largest is {Decimal(MAX_AMOUNT) / 1_000_000} USD",
-                )
-                usd = None
-            amount: int | float | None = usd
-        else:
-            amount = v.positive_int(amount_node, f"'{key}'")
-        if amount is None:
-            ok = False
-            continue
-        limits.append(LimitSpec(suffix, amount, window, period))
-    if not ok:
-        return None
-    limit_tuple = tuple(sorted(limits, key=lambda spec: KIND_KEYS[kind].index(_key_of(spec.suffix))))
-    if kind == "rate":
-        return RateRule(index, resource, limit_tuple, scope, action, warn_at, description)
-    if kind == "tokens":
-        return TokenRule(index, resource, limit_tuple, scope, action, warn_at, description)
-    # Budgets list the day before the month, whatever order the YAML uses.
-    by_period = tuple(sorted(limit_tuple, key=lambda spec: 0 if spec.period == "day" else 1))
-    return BudgetRule(index, resource, by_period, scope, action, warn_at, description)
-
-
-def _key_of(suffix: str) -> str:
-    return next(key for key, (s, _, _) in LIMIT_KEYS.items() if s == suffix)
-
-
-def _param_rule(
-    v: Reader,
-    node: Node,
-    index: int,
-    resource: str,
-    operation: str,
-    action: Action,
-    description: str | None,
-) -> ParamRule | None:
-    parameter = v.string(node.get("parameter"), "'parameter'")
-    low = v.number(node.get("min"), "'min'")
-    high = v.number(node.get("max"), "'max'")
-    max_length = v.positive_int(node.get("max_length"), "'max_length'")
-    values_node = node.get("allowed_values")
-    values: tuple[Scalar, ...] | None = None
-    if values_node is not None:
-        if values_node.kind != "sequence" or not values_node.elements():
-            v.error(values_node, f"'allowed_values' must be a non-empty list, got {describe(values_node)}")
-        else:
-            scalars = [e for e in values_node.elements() if e.kind == "scalar" and e.value is not None]
-            for element in values_node.elements():
-                if element not in scalars:
-                    v.error(
-                        element,
-                        f"each allowed value must be a string, number or boolean, got {describe(element)}",
-                    )
-            if len(scalars) == len(values_node.elements()):
-                values = tuple(cast(Scalar, e.value) for e in scalars)
-    if low is not None and high is not None and low > high:
-        min_node = node.get("min")
-        assert min_node is not None
-        v.error(min_node, f"'min' {low} is above 'max' {high}", "swap them, or fix the typo")
-    if all(node.get(k) is None for k in ("min", "max", "max_length", "allowed_values")):
-        v.error(
-            node,
-            f"parameter rule for '{parameter}' sets no bound",
-            "add min, max, max_length or allowed_values",
-        )
-        return None
-    if parameter is None:
-        return None
-    return ParamRule(
-        index, parameter, low, high, max_length, values, resource, operation, action, description
-    )
-
-
-def _time_rule(
-    v: Reader,
-    node: Node,
-    index: int,
-    resource: str,
-    operation: str,
-    action: Action,
-    description: str | None,
-) -> TimeRule:
-    return TimeRule(
-        index=index,
-        operation=operation,
-        resource=resource,
-        allowed_hours=_windows(v, node.get("allowed_hours"), "'allowed_hours'"),
-        forbidden_hours=_windows(v, node.get("forbidden_hours"), "'forbidden_hours'"),
-        allowed_days=_days(v, node.get("allowed_days"), "'allowed_days'"),
-        forbidden_days=_days(v, node.get("forbidden_days"), "'forbidden_days'"),
-        action=action,
-        description=description,
-    )
-
-
-def _windows(v: Reader, node: Node | None, what: str) -> tuple[tuple[int, int], ...]:
-    if node is None:
-        return ()
-    elements = node.elements() if node.kind == "sequence" else (node,)
-    if not elements:
-        v.error(node, f"{what} lists no window", 'write e.g. "22:00-06:00"')
-    out: list[tuple[int, int]] = []
-    for element in elements:
-        window = _window(v, element, what)
-        if window is not None:
-            out.append(window)
-    return tuple(out)
-
-
-def _window(v: Reader, node: Node, what: str) -> tuple[int, int] | None:
-    if node.kind != "scalar" or not isinstance(node.value, str):
-        v.error(node, f'{what} must be a quoted window like "22:00-06:00", got {describe(node)}')
-        return None
-    text = node.value
-    match = WINDOW.match(text)
-    if not match:
-        v.error(node, f"malformed time window '{text}'", 'write HH:MM-HH:MM, e.g. "22:00-06:00"')
-        return None
-    sh, sm, eh, em = (int(g) for g in match.groups())
-    problems: list[str] = []
-    if sh > 23:
-        problems.append(f"start hour {sh:02d} is past 23")
-    if eh > 24 or (eh == 24 and em != 0):
-        problems.append(f"end {eh:02d}:{em:02d} is past 24:00")
-    if sm > 59 or em > 59:
-        problems.append("minutes run from 00 to 59")
-    if problems:
-        v.error(node, f"impossible time window '{text}': " + "; ".join(problems), "hours run 00:00-24:00")
-        return None
-    start, end = sh * 60 + sm, eh * 60 + em
-    if start == end or (start == 0 and end == 0):
-        v.error(
-            node, f"empty time window '{text}': start equals end", 'write "00:00-24:00" for the whole day'
-        )
-        return None
-    return start, end
-
-
-def _days(v: Reader, node: Node | None, what: str) -> tuple[str, ...]:
-    names = v.strings(node, what)
-    if names is None or node is None:
-        return ()
-    elements = node.elements() if node.kind == "sequence" else (node,)
-    out: list[str] = []
-    for name, element in zip(names, elements, strict=True):
-        day = name.strip().lower()
-        day = next((full for full in WEEKDAYS if full[:3] == day), day)  # "sat" is Saturday
-        if day not in WEEKDAYS:
-            v.error(element, f"unknown weekday '{name}' in {what}", did_you_mean(day, WEEKDAYS))
-        elif day not in out:
-            out.append(day)
-    return tuple(out)
-
-
-def _principals(v: Reader, node: Node | None, what: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(user ids, role names) from a list mixing `@role` and user ids."""
-    names = v.strings(node, what)
-    if names is None or node is None:
-        return None
-    users: list[str] = []
-    roles: list[str] = []
-    for name in names:
-        if name.startswith("@"):
-            role = name[1:].strip()
-            if not role:
-                v.error(node, f"'{name}' in {what} names no role", "write '@admin' for the admin role")
-                return None
-            roles.append(role)
-        else:
-            users.append(name.strip())
-    return tuple(users), tuple(roles)
-
-
-def _confirmation_rule(
-    v: Reader,
-    node: Node,
-    index: int,
-    resource: str,
-    operation: str,
-    action: Action,
-    description: str | None,
-) -> ConfirmationRule | None:
-    requires_node = node.get("requires")
-    requires = v.string(requires_node, "'requires'")
-    if requires is not None and requires_node is not None and requires != "confirmation":
-        v.error(requires_node, f"unknown requirement '{requires}'", "the only requirement is 'confirmation'")
-    if node.get("operation") is None:
-        v.error(node, "a confirmation rule needs an 'operation'", "e.g. operation: delete")
-        return None
-    types = (
-        v.strings(node.get("resource_types"), "'resource_types'") if node.get("resource_types") else ("*",)
-    )
-    if types is None or requires != "confirmation":
-        return None
-    return ConfirmationRule(index, operation, resource, types, action, description)
-
-
-def _feature_rule(
-    v: Reader, node: Node, index: int, action: Action, description: str | None
-) -> FeatureRule | None:
-    feature = v.string(node.get("feature"), "'feature'")
-    enabled_node = node.get("enabled")
-    enabled = v.boolean(enabled_node, "'enabled'")
-    if enabled_node is None:
-        v.error(node, f"feature rule '{feature}' needs 'enabled: true' or 'enabled: false'")
-    approval = v.boolean(node.get("requires_approval"), "'requires_approval'")
-    approvers: tuple[tuple[str, ...], tuple[str, ...]] | None = ((), ("admin",))
-    if node.get("approvers") is not None:
-        approvers = _principals(v, node.get("approvers"), "'approvers'")
-    if feature is None or enabled is None or approvers is None:
-        return None
-    return FeatureRule(
-        index, feature, enabled, bool(approval), approvers[0], approvers[1], action, description
-    )

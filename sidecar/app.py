@@ -9,8 +9,12 @@ process.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import orjson
 from aiohttp import web
@@ -84,14 +88,17 @@ def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.
         bundle = BundleServer(settings.policy_file, metrics, settings.bundle_check_seconds)
         app.router.add_get(BUNDLE_PATH, bundle.handle)
         app.cleanup_ctx.append(_bundle_ctx(bundle))
+    app.cleanup_ctx.append(_decision_log_ctx(proxy))
     app.cleanup_ctx.append(_services_ctx(settings, metrics, proxy, env))
 
     async def healthz(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'{"status":"ok"}', content_type=JSON)
 
+    opa_ready = ReadinessCache(settings.opa_health_check_seconds)
+
     async def readyz(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES_KEY]
-        opa_ok = await services.opa.ready()
+        opa_ok = await opa_ready.check(services.opa.ready)
         redis_ok = await services.counters.ping()
         checks = {"opa": opa_ok, "redis": redis_ok}
         if bundle is not None:
@@ -136,6 +143,47 @@ def _reconciling_fallback(
     journal.on_journal = flush
     guard.on_recovered.append(flush)
     return journal
+
+
+class ReadinessCache:
+    """`opa.health_check_interval`: a healthy OPA is re-checked at most once per interval.
+
+    A failed check is never cached: /readyz asks again on the next probe, so start-up and recovery
+    are seen at once. With interval 0 every probe asks OPA.
+    """
+
+    def __init__(self, interval_seconds: float) -> None:
+        self.interval = interval_seconds
+        self._ok_until = 0.0
+
+    async def check(self, probe: Callable[[], Awaitable[bool]]) -> bool:
+        now = time.monotonic()
+        if self.interval > 0 and now < self._ok_until:
+            return True
+        ok = await probe()
+        self._ok_until = now + self.interval if ok else 0.0
+        return ok
+
+
+def _decision_log_ctx(proxy: Proxy) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        log = proxy.decision_log
+        log.open()
+        loop = asyncio.get_running_loop()
+        hooked = False
+        if log.path is not None:
+            # SIGHUP reopens the file (logrotate); only the main thread's loop can take signals.
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(signal.SIGHUP, log.reopen)
+                hooked = True
+        try:
+            yield
+        finally:
+            if hooked:
+                loop.remove_signal_handler(signal.SIGHUP)
+            log.close()
+
+    return ctx
 
 
 def _bundle_ctx(bundle: BundleServer) -> Callable[[web.Application], AsyncIterator[None]]:

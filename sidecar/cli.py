@@ -15,10 +15,14 @@ from collections.abc import Sequence
 def build_parser() -> argparse.ArgumentParser:
     from compiler import cli as compiler_cli
     from sidecar import commands as sidecar_commands
+    from sidecar.settings import file_diagnostics
 
     parser = argparse.ArgumentParser(prog="hexarch", description="Policy sidecar for LLM traffic.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     compiler_cli.register(sub)
+    # One owner per section: the compiler's commands also report the settings' sections.
+    for name in compiler_cli.WHOLE_FILE_COMMANDS:
+        sub.choices[name].set_defaults(file_checks=(file_diagnostics,))
     sidecar_commands.register(sub)
     return parser
 

@@ -48,21 +48,10 @@ def _overrides(args: argparse.Namespace) -> dict[str, str]:
     return {k: v for k, v in pairs.items() if v is not None}
 
 
-def _log_level(config: str | None, flag: str | None) -> int:
-    if flag:
-        return logging.getLevelNamesMapping().get(flag.upper(), logging.INFO)
-    if config:
-        from compiler.errors import PolicyError
-        from compiler.parse import parse_file
-
-        try:
-            node = parse_file(config).get("logging")
-        except PolicyError:
-            return logging.INFO
-        level = node.get("level") if node is not None else None
-        if level is not None and isinstance(level.value, str):
-            return logging.getLevelNamesMapping().get(level.value.upper(), logging.INFO)
-    return logging.INFO
+def _log_level(settings_level: str, flag: str | None) -> int:
+    """The flag's level, else `logging.level` of the file (default info)."""
+    name = flag or settings_level
+    return logging.getLevelNamesMapping().get(name.upper(), logging.INFO)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -80,7 +69,7 @@ def _serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(exc, file=sys.stderr)
         return 1
-    logging.basicConfig(level=_log_level(settings.source, args.log_level), format="%(message)s")
+    logging.basicConfig(level=_log_level(settings.log_level, args.log_level), format="%(message)s")
     if args.check:
         print(settings)
         return 0

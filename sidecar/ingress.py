@@ -289,6 +289,10 @@ def _normalise(endpoint: Endpoint, body: dict[str, Any] | None) -> Normalised:
         chars = _text_chars(body.get("messages")) + (
             len(body["system"]) if isinstance(body.get("system"), str) else 0
         )
+        # The TinyLlama app's flat body: {"message": "...", "system": "...", "num_predict": ...}
+        chars += _text_chars(body.get("message"))
+        if isinstance(body.get("message"), str):
+            params["message"] = body["message"]  # so `parameter: message` bounds can see it
     elif api in ("openai.completions", "ollama.generate"):
         chars = _text_chars(body.get("prompt")) + _text_chars(body.get("suffix"))
         chars += len(body["system"]) if isinstance(body.get("system"), str) else 0
@@ -297,7 +301,7 @@ def _normalise(endpoint: Endpoint, body: dict[str, Any] | None) -> Normalised:
     else:
         chars = _all_string_chars(body)
 
-    stream_default = api in ("ollama.chat", "ollama.generate")
+    stream_default = api in ("ollama.chat", "ollama.generate") and not is_flat(body)
     stream_value = body.get("stream", stream_default)
     if not isinstance(stream_value, bool):
         raise BadRequest("'stream' must be true or false", param="stream", code="invalid_parameter")
@@ -334,9 +338,73 @@ def resources_of(endpoint: Endpoint, model: str | None) -> list[str]:
     return out
 
 
+def is_flat(body: Mapping[str, Any]) -> bool:
+    """The TinyLlama app's flat chat body: a `message` string, parameters at the top, no stream."""
+    return isinstance(body.get("message"), str) and "messages" not in body
+
+
+FILLABLE_APIS = ("openai.chat", "openai.completions", "ollama.chat", "ollama.generate")
+
+
+def _names_any(body: Mapping[str, Any], names: tuple[str, ...]) -> bool:
+    options = body.get("options")
+    return any(n in body for n in names) or (isinstance(options, dict) and any(n in options for n in names))
+
+
+def fill_defaults(endpoint: Endpoint, body: dict[str, Any]) -> bool:
+    """The upstream section's `default_model`, `default_temperature` and `default_max_tokens`, written
+    into a request that sets none of them (before the decision, so the policy judges what is sent).
+    True when the body changed."""
+    upstream = endpoint.upstream
+    if upstream is None or endpoint.api not in FILLABLE_APIS:
+        return False
+    changed = False
+    if upstream.model is not None and "model" not in body:
+        body["model"] = upstream.model
+        changed = True
+    if upstream.default_temperature is not None and not _names_any(body, ("temperature",)):
+        options = body.get("options")
+        if endpoint.api.startswith("ollama.") and not is_flat(body):
+            if not isinstance(options, dict):
+                options = {}
+                body["options"] = options
+            options["temperature"] = upstream.default_temperature
+        else:
+            body["temperature"] = upstream.default_temperature
+        changed = True
+    if upstream.default_max_tokens is not None and not _names_any(body, MAX_TOKENS_NAMES):
+        apply_token_cap(endpoint, body, upstream.default_max_tokens)
+        changed = True
+    return changed
+
+
+def prompt_text(body: Mapping[str, Any]) -> str:
+    """The text the model reads (system, messages, prompt, message, input), for the decision log."""
+    parts: list[str] = []
+
+    def collect(value: Any) -> None:
+        if isinstance(value, str):
+            parts.append(value)
+        elif isinstance(value, list):
+            for item in value:
+                collect(item)
+        elif isinstance(value, dict):
+            if isinstance(value.get("text"), str):
+                parts.append(value["text"])
+            elif "content" in value:
+                collect(value["content"])
+
+    for name in ("system", "messages", "prompt", "suffix", "message", "input"):
+        collect(body.get(name))
+    return "\n".join(parts)
+
+
 def apply_token_cap(endpoint: Endpoint, body: dict[str, Any], cap: int) -> None:
     """Write an output cap into a body that named no maximum, in the spelling its upstream reads."""
     api = endpoint.api
+    if is_flat(body) and api in ("ollama.chat", "ollama.generate"):
+        body["num_predict"] = cap  # the TinyLlama app reads its parameters at the top
+        return
     options = body.get("options")
     if api in ("ollama.chat", "ollama.generate") or (api == "json" and isinstance(options, dict)):
         if not isinstance(options, dict):

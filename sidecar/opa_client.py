@@ -58,6 +58,10 @@ class OpaClient:
         result = doc.get("result") if isinstance(doc, dict) else None
         if not isinstance(result, dict):
             raise PolicyEngineError("OPA has no decision (undefined result): is the bundle loaded?")
+        opa_id = doc.get("decision_id")
+        if isinstance(opa_id, str):
+            # OPA names each decision when its decision logging is on: the decision log links it.
+            result["opa_decision_id"] = opa_id
         return result
 
     async def ready(self) -> bool:

@@ -22,7 +22,7 @@ from multidict import CIMultiDict
 from sidecar.background import BackgroundJobs
 from sidecar.body import decode_json, read_body
 from sidecar.counters import Admission, CounterStore, Limit, LimitState, Usage, limits_from_decision
-from sidecar.decision_log import DecisionRecord, emit
+from sidecar.decision_log import DecisionLog, DecisionRecord
 from sidecar.errors import (
     CounterStoreError,
     PolicyEngineError,
@@ -42,7 +42,9 @@ from sidecar.ingress import (
     Endpoint,
     Normalised,
     apply_token_cap,
+    fill_defaults,
     normalise,
+    prompt_text,
     request_stream_usage,
     resources_of,
 )
@@ -119,6 +121,18 @@ def _tightest(states: Sequence[LimitState]) -> LimitState | None:
     return min(pool, key=lambda s: s.remaining / s.limit.limit if s.limit.limit else 0.0)
 
 
+def _note_decision(decision: Mapping[str, Any], rec: DecisionRecord) -> None:
+    """The decision's policies and OPA's own decision id, for the decision log."""
+    opa_id = decision.get("opa_decision_id")
+    rec.opa_decision_id = opa_id if isinstance(opa_id, str) else None
+    policies: dict[str, None] = {}
+    for key in ("violations", "warnings", "limits"):
+        for item in decision.get(key) or ():
+            if isinstance(item, dict) and isinstance(item.get("policy"), str):
+                policies[item["policy"]] = None
+    rec.policies = list(policies)
+
+
 class Proxy:
     """The request pipeline; its services are attached by the app's cleanup context."""
 
@@ -127,6 +141,9 @@ class Proxy:
         self._fail_open = settings.fail_mode == "fail_open"
         self._log = settings.log_decisions
         self._subjects = SubjectWindow(settings.hardening.max_subjects_per_window)
+        self.decision_log = DecisionLog(settings)  # opened and closed by the app's cleanup context
+        trusted = settings.trusted_headers
+        self._owner_header = trusted.resource_owner if trusted.enabled else None
 
     def attach(self, services: Services | None) -> None:
         self._services = services
@@ -144,7 +161,7 @@ class Proxy:
         return handle
 
     async def handle(self, request: web.Request, endpoint: Endpoint) -> web.StreamResponse:
-        record = DecisionRecord(secrets.token_hex(12), request.method, request.path)
+        record = DecisionRecord(secrets.token_hex(12), request.method, request.path, route=endpoint.path)
         try:
             response = await self._handle(request, endpoint, record)
         except RequestError as exc:
@@ -160,7 +177,7 @@ class Proxy:
         metrics = self.s.metrics
         metrics.child(metrics.requests, record.outcome, record.policy or "").inc()
         if self._log and not record.settling:
-            emit(record)  # otherwise the settlement job logs the record once it has the usage
+            self.decision_log.write(record)  # otherwise the settlement job logs it with the usage
         return response
 
     async def _read(self, request: web.Request) -> bytes:
@@ -173,19 +190,25 @@ class Proxy:
             return await self._unguarded(request, ep, raw, rec)
 
         principal = self.s.principals.resolve(request.headers)
-        rec.principal = principal.id
+        rec.principal, rec.team = principal.id, principal.team
         try:
             self._subjects.check(principal.id)
         except TooManySubjects:
             self.s.metrics.subjects_refused.inc()
             raise
         body = decode_json(raw, self.s.settings.hardening) if ep.has_body else None
+        filled = fill_defaults(ep, body) if body is not None else False
         norm = normalise(ep, body)
         doc = self._input(request, ep, principal, norm, rec.decision_id)
+        rec.model, rec.resources = norm.model, doc["resources"]
+        if self.decision_log.prompts and body is not None:
+            rec.prompt = prompt_text(body)
 
         decision = await self._decide(doc, rec)
         if isinstance(decision, web.StreamResponse):
             return decision
+        if decision is not None:
+            _note_decision(decision, rec)
         extra: CIMultiDict[str] = CIMultiDict()
         if decision is not None:
             denied = self._denied(decision, rec, norm.params)
@@ -214,7 +237,9 @@ class Proxy:
         if not admission.admitted:
             return self._limited(admission, norm, rec)
         try:
-            ticket, forwarded = self._prepare(ep, raw, body, norm, limits, decision, admission, store, extra)
+            # fill_defaults changed the body: forward the filled one
+            base = orjson.dumps(body) if filled else raw
+            ticket, forwarded = self._prepare(ep, base, body, norm, limits, decision, admission, store, extra)
         except BaseException:
             # nothing was forwarded: whatever broke, the reservation goes back
             self.s.background.spawn(self._refund(admission, store))
@@ -270,6 +295,7 @@ class Proxy:
             estimate["max_output_tokens"] = norm.max_output_tokens
         confirm = request.headers.get("X-Hexarch-Confirm", "")
         return {
+            "resource_owner": self._resource_owner(request),
             "request": {"id": request_id, "method": request.method, "path": request.path, "api": ep.api},
             "principal": principal.document(),
             "resources": resources_of(ep, norm.model),
@@ -281,6 +307,19 @@ class Proxy:
             "params": norm.params,
             "estimate": estimate,
         }
+
+    def _resource_owner(self, request: web.Request) -> str | None:
+        """Who owns the resource the request names (`@self` / `@owner` in allowed_users).
+
+        The route's `{owner}` path placeholder, else the trusted resource-owner header (only when
+        trusted headers are on: the app next door vouches for it); never the body (docs/sidecar.md).
+        """
+        owner = request.match_info.get("owner")
+        if owner:
+            return owner
+        if self._owner_header is not None:
+            return request.headers.get(self._owner_header) or None
+        return None
 
     async def _decide(
         self, doc: dict[str, Any], rec: DecisionRecord
@@ -571,7 +610,7 @@ class Proxy:
             rec.settling = False
             # status 0: the handler has not finished (the job ran inline) or never will (cancelled)
             if self._log and rec.status:
-                emit(rec)
+                self.decision_log.write(rec)
 
     async def _refund(self, admission: Admission, store: CounterStore) -> None:
         try:

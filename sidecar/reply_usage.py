@@ -40,6 +40,11 @@ def counts_of(doc: Any) -> TokenCounts | None:
             completion = max(0, total - prompt) if total is not None else 0
         if prompt is not None and completion is not None:
             return TokenCounts(prompt, completion)
+    # The TinyLlama app's flat reply may carry its counts at the top: {"response", "prompt_tokens", ...}
+    prompt = _int(doc.get("prompt_tokens"))
+    completion = _int(doc.get("completion_tokens"))
+    if prompt is not None and completion is not None:
+        return TokenCounts(prompt, completion)
     prompt = _int(doc.get("prompt_eval_count"))
     completion = _int(doc.get("eval_count"))
     if prompt is not None or completion is not None:

@@ -1,9 +1,13 @@
-"""Sidecar settings: the `sidecar:` section, upstream sections and `opa:` of hexarch.yaml, plus env.
+"""Sidecar settings: `sidecar:`, upstream sections, `logging:` and `opa:` of hexarch.yaml, plus env.
 
-The sidecar reads the same file as the compiler. The compiler ignores the contents of `sidecar:`
-and of upstream sections (any top-level mapping with a `base_url`); this module validates them
-with the compiler's reader (compiler/reader.py: the same messages and hints) and returns frozen
-dataclasses. Precedence, lowest first: built-in defaults, the file, `HEXARCH_*` environment
+The sidecar reads the same file as the compiler. Each top-level section has one owner: the compiler
+reads `policies`, `enforcement`, `timezone`, `pricing`, `defaults` and `custom`; this module is the
+only reader of `sidecar:`, `logging:`, `opa:` and the upstream sections (any top-level mapping with a
+`base_url` or a seed-style `api_url`). It validates them with the compiler's reader
+(compiler/reader.py: the same located messages and hints) and returns frozen dataclasses;
+`file_diagnostics` is what `hexarch check | test | compile` run beside the compiler. SETTINGS_DOCS
+lists every accepted key, its variable and default; docs/sidecar.md's table is generated from it.
+Precedence, lowest first: built-in defaults, the file, `HEXARCH_*` environment
 variables, command-line flags (passed in as the same `HEXARCH_*` names). Every problem is
 collected before `SettingsError` is raised.
 """
@@ -21,7 +25,7 @@ from compiler.diagnostics import Diagnostic, did_you_mean
 from compiler.errors import PolicyError
 from compiler.parse import Node, parse_file
 from compiler.reader import Reader
-from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS
+from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS, UPSTREAM_URL_KEYS
 from sidecar.errors import SettingsError
 from sidecar.hardening import KEYS as HARDENING_KEYS
 from sidecar.hardening import HardeningSettings
@@ -47,6 +51,8 @@ HTTP_METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS")
 COMPILER_KEYS = frozenset(TOP_LEVEL_KEYS)
 ENV_FILE = "<environment>"
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+LOG_FORMATS = ("json", "text")
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,12 @@ class UpstreamSettings:
     breaker_failures: int = 5  # consecutive failed attempts that open the circuit (0: never)
     breaker_seconds: float = 10.0  # how long an open circuit skips this upstream
     max_tokens_param: str | None = None  # None: chosen by host (see `token_cap_param`)
+    # Seed-style sections (`api_url`, `internal_url`, `default_*`, `retry_*`): base_url is the
+    # internal_url when given (where the sidecar forwards), public_url the api_url clients know.
+    public_url: str | None = None
+    default_temperature: float | None = None  # filled into requests that set no temperature
+    default_max_tokens: int | None = None  # filled into requests that name no output maximum
+    retry_delay_seconds: float = 0.05  # first backoff; doubles per retry
 
     @property
     def token_cap_param(self) -> str:
@@ -106,6 +118,7 @@ class TrustedHeaders:
     team: str = "X-Hexarch-Team"
     roles: str = "X-Hexarch-Roles"
     tier: str = "X-Hexarch-Tier"
+    resource_owner: str = "X-Hexarch-Resource-Owner"  # fills input.resource_owner (`@self`)
 
 
 @dataclass(frozen=True)
@@ -145,7 +158,13 @@ class Settings:
     policy_file: str | None = None
     serve_bundle: bool = False
     bundle_check_seconds: float = 1.0
-    log_decisions: bool = True
+    log_decisions: bool = True  # sidecar.log_decisions and logging.enabled
+    log_level: str = "info"
+    log_file: str | None = None  # decision log file (absolute); None: stdout
+    log_format: str = "json"
+    log_prompts: bool = False
+    opa_health_check_seconds: float = 0.0  # 0: /readyz asks OPA on every probe
+    opa_bundle_polling_seconds: int | None = None  # None: each launcher's own default
     hardening: HardeningSettings = field(default_factory=HardeningSettings)
 
 
@@ -161,8 +180,11 @@ class _Collector:
     one pass collects every problem and still builds a complete Settings.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, static: bool = False) -> None:
         self.reader = Reader(ENV_FILE)
+        # static: checking the file alone (`hexarch check`), where the variables that will hold the
+        # secrets at run time need not be set
+        self.static = static
 
     @property
     def errors(self) -> list[Diagnostic]:
@@ -260,6 +282,13 @@ def _truthy(text: str) -> bool | None:
 
 UPSTREAM_KEYS = (
     "base_url",
+    "api_url",
+    "internal_url",
+    "default_model",
+    "default_temperature",
+    "default_max_tokens",
+    "retry_attempts",
+    "retry_delay_seconds",
     "api",
     "model",
     "timeout_seconds",
@@ -274,6 +303,22 @@ UPSTREAM_KEYS = (
     "description",
 )
 MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
+LOGGING_KEYS = ("enabled", "level", "file", "format", "log_prompts")
+OPA_KEYS = (
+    "url",
+    "timeout_ms",
+    "timeout_seconds",
+    "decision_path",
+    "health_check_interval",
+    "bundle_polling_seconds",
+)
+# Two spellings of one setting: give one (the seed files use the second).
+SYNONYMS = (
+    ("base_url", "api_url"),
+    ("model", "default_model"),
+    ("retries", "retry_attempts"),
+    ("timeout_ms", "timeout_seconds"),
+)
 SIDECAR_KEYS = (
     "listen",
     "redis_url",
@@ -291,7 +336,7 @@ SIDECAR_KEYS = (
     "hardening",
 )
 ANONYMOUS_KEYS = ("enabled", "id", "team", "roles", "tier")
-TRUSTED_KEYS = ("enabled", "user", "team", "roles", "tier")
+TRUSTED_KEYS = ("enabled", "user", "team", "roles", "tier", "resource_owner")
 API_KEY_KEYS = ("id", "sha256", "key_env", "team", "roles", "tier", "description")
 ROUTE_KEYS = (
     "path",
@@ -311,10 +356,28 @@ _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+def _one_of(node: Node, c: _Collector) -> None:
+    """Report a section that gives both spellings of one setting."""
+    for first, second in SYNONYMS:
+        if node.get(first) is not None and node.get(second) is not None:
+            second_node = node.get(second)
+            assert second_node is not None
+            c.add(second_node.diag(f"'{second}' and '{first}' are the same setting", "give one of them"))
+
+
 def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
     if not c.mapping(node, UPSTREAM_KEYS, f"upstream '{name}'"):
         return None
-    base = c.url(node.get("base_url"), "http://127.0.0.1", ("http", "https"))
+    _one_of(node, c)
+    schemes = ("http", "https")
+    public_node = node.get("api_url")
+    public = c.url(public_node, "http://127.0.0.1", schemes) if public_node is not None else None
+    base_node = node.get("base_url")
+    base = c.url(base_node, "http://127.0.0.1", schemes) if base_node is not None else public
+    internal_node = node.get("internal_url")
+    if internal_node is not None:
+        base = c.url(internal_node, "http://127.0.0.1", schemes)
+    assert base is not None  # the section has base_url or api_url, or it is no upstream section
     api = c.string(node.get("api"), "openai", choices=UPSTREAM_APIS) or "openai"
     env_node = node.get("api_key_env")
     key_env = c.string(env_node)
@@ -322,21 +385,74 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         c.add(env_node.diag(f"'{key_env}' is not an environment variable name"))
     fallback_node = node.get("fallback")
     fallback = c.strings(fallback_node)
+    temperature_node = node.get("default_temperature")
+    temperature = c.reader.number(temperature_node, minimum=0) if temperature_node is not None else None
+    max_tokens_node = node.get("default_max_tokens")
+    max_tokens = c.reader.integer(max_tokens_node, minimum=1) if max_tokens_node is not None else None
+    retries = node.get("retries") or node.get("retry_attempts")
     return UpstreamSettings(
         name=name,
         base_url=base.rstrip("/"),
         api=api,
-        model=c.string(node.get("model")),
+        model=c.string(node.get("model") or node.get("default_model")),
         timeout_seconds=c.number(node.get("timeout_seconds"), 30.0, minimum=0.001),
         connect_timeout_seconds=c.number(node.get("connect_timeout_seconds"), 5.0, minimum=0.001),
         api_key_env=key_env,
-        retries=int(c.number(node.get("retries"), 0, integer=True)),
+        retries=int(c.number(retries, 0, integer=True)),
         fallback=fallback,
         supports_stream_usage=c.boolean(node.get("supports_stream_usage"), True),
         breaker_failures=int(c.number(node.get("breaker_failures"), 5, integer=True)),
         breaker_seconds=c.number(node.get("breaker_seconds"), 10.0),
         max_tokens_param=c.string(node.get("max_tokens_param"), None, choices=MAX_TOKENS_PARAMS),
+        public_url=public.rstrip("/") if public is not None else None,
+        default_temperature=None if temperature is None else float(temperature),
+        default_max_tokens=max_tokens,
+        retry_delay_seconds=c.number(node.get("retry_delay_seconds"), 0.05),
     )
+
+
+def _logging_section(node: Node, changes: dict[str, object], c: _Collector) -> None:
+    if not c.mapping(node, LOGGING_KEYS, "logging"):
+        return
+    if not c.boolean(node.get("enabled"), True):
+        changes["log_decisions"] = False
+    changes["log_level"] = c.string(node.get("level"), Settings.log_level, choices=LOG_LEVELS)
+    changes["log_format"] = c.string(node.get("format"), Settings.log_format, choices=LOG_FORMATS)
+    changes["log_prompts"] = c.boolean(node.get("log_prompts"), False)
+    file_node = node.get("file")
+    log_file = c.string(file_node)
+    if log_file is not None and file_node is not None:
+        if not log_file.strip():
+            c.add(file_node.diag("logging.file is empty", "remove it to log decisions to stdout"))
+        else:
+            # Relative to the file that names it, like policy_file and custom policies.
+            changes["log_file"] = os.path.normpath(
+                os.path.join(os.path.dirname(os.path.abspath(node.file)), os.path.expanduser(log_file))
+            )
+
+
+def _opa_section(opa: Node, changes: dict[str, object], c: _Collector) -> None:
+    if not c.mapping(opa, OPA_KEYS, "opa"):
+        return
+    _one_of(opa, c)
+    changes["opa_url"] = c.url(opa.get("url"), Settings.opa_url, ("http", "https")).rstrip("/")
+    seconds_node = opa.get("timeout_seconds")
+    if seconds_node is not None:
+        seconds = c.reader.number(seconds_node, minimum=0.001)
+        if seconds is not None:
+            changes["opa_timeout_ms"] = max(1, round(float(seconds) * 1000))
+    else:
+        changes["opa_timeout_ms"] = int(
+            c.number(opa.get("timeout_ms"), Settings.opa_timeout_ms, minimum=1, integer=True)
+        )
+    path = c.string(opa.get("decision_path"), Settings.opa_decision_path)
+    changes["opa_decision_path"] = (path or Settings.opa_decision_path).strip("/").replace(".", "/")
+    changes["opa_health_check_seconds"] = c.number(opa.get("health_check_interval"), 0.0)
+    polling_node = opa.get("bundle_polling_seconds")
+    if polling_node is not None:
+        polling = c.reader.integer(polling_node, minimum=1)
+        if polling is not None:
+            changes["opa_bundle_polling_seconds"] = polling
 
 
 def _api_key(node: Node, env: Mapping[str, str], c: _Collector) -> ApiKey | None:
@@ -364,7 +480,9 @@ def _api_key(node: Node, env: Mapping[str, str], c: _Collector) -> ApiKey | None
         name = c.string(env_node)
         if name is not None:
             secret = env.get(name)
-            if not secret:
+            if not secret and c.static:
+                digest = hashlib.sha256(name.encode()).digest()
+            elif not secret:
                 c.add(env_node.diag(f"environment variable {name} is not set (or empty)"))
             else:
                 digest = hashlib.sha256(secret.encode()).digest()
@@ -480,14 +598,11 @@ def _from_tree(root: Node, env: Mapping[str, str], c: _Collector) -> Settings:
     if tz is not None and isinstance(tz.value, str):
         changes["timezone"] = tz.value
     opa = root.get("opa")
-    if opa is not None and opa.kind == "mapping":
-        # The compiler owns `opa:` key checking; only the values the sidecar uses are read here.
-        changes["opa_url"] = c.url(opa.get("url"), Settings.opa_url, ("http", "https")).rstrip("/")
-        changes["opa_timeout_ms"] = int(
-            c.number(opa.get("timeout_ms"), Settings.opa_timeout_ms, minimum=1, integer=True)
-        )
-        path = c.string(opa.get("decision_path"), Settings.opa_decision_path)
-        changes["opa_decision_path"] = (path or Settings.opa_decision_path).strip("/").replace(".", "/")
+    if opa is not None:
+        _opa_section(opa, changes, c)
+    logging_node = root.get("logging")
+    if logging_node is not None:
+        _logging_section(logging_node, changes, c)
 
     upstreams: dict[str, UpstreamSettings] = {}
     upstream_nodes: dict[str, Node] = {}
@@ -495,8 +610,8 @@ def _from_tree(root: Node, env: Mapping[str, str], c: _Collector) -> Settings:
         name = str(key.value)
         if name in COMPILER_KEYS or name.startswith(EXTENSION_PREFIX):
             continue
-        if value.kind != "mapping" or value.get("base_url") is None:
-            continue
+        if value.kind != "mapping" or all(value.get(k) is None for k in UPSTREAM_URL_KEYS):
+            continue  # not an upstream section: the compiler reports the unknown key
         upstream = _upstream(name, value, c)
         if upstream is not None:
             upstreams[name] = upstream
@@ -552,7 +667,8 @@ def _sidecar_section(
         c.number(side.get("max_body_bytes"), Settings.max_body_bytes, minimum=1, integer=True)
     )
     changes["builtin_routes"] = c.boolean(side.get("builtin_routes"), True)
-    changes["log_decisions"] = c.boolean(side.get("log_decisions"), True)
+    if not c.boolean(side.get("log_decisions"), True):
+        changes["log_decisions"] = False
     hardening_node = side.get("hardening")
     if hardening_node is not None:
         changes["hardening"] = _hardening_section(
@@ -592,6 +708,8 @@ def _sidecar_section(
             team=c.string(trusted.get("team"), base.team) or base.team,
             roles=c.string(trusted.get("roles"), base.roles) or base.roles,
             tier=c.string(trusted.get("tier"), base.tier) or base.tier,
+            resource_owner=c.string(trusted.get("resource_owner"), base.resource_owner)
+            or base.resource_owner,
         )
 
     keys_node = side.get("api_keys")
@@ -839,6 +957,21 @@ def load_settings(
     if c.errors:
         raise SettingsError(c.errors)
     return settings
+
+
+def file_diagnostics(path: str) -> list[Diagnostic]:
+    """Every problem in the sections this module owns, without reading the environment.
+
+    `hexarch check | test | compile` report these beside the compiler's own diagnostics. A file
+    that does not parse gives [] here: the compiler reports the syntax error once.
+    """
+    try:
+        root = parse_file(path)
+    except PolicyError:
+        return []
+    c = _Collector(static=True)
+    _from_tree(root, {}, c)
+    return list(c.errors)
 
 
 def upstream_secret(upstream: UpstreamSettings, env: Mapping[str, str] | None = None) -> str | None:

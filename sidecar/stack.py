@@ -80,6 +80,7 @@ class StackOptions:
     polling_max_seconds: int = 2
     # False: the sidecar writes to this terminal (its decision log is what a developer watches).
     sidecar_log_file: bool = False
+    decision_log: str | None = None  # `logging.file` of the policy; None: the sidecar's stdout
     extra_env: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -171,6 +172,49 @@ def upstream_configured(policy: Path) -> bool:
     from sidecar.settings import load_settings
 
     return bool(load_settings(str(policy), env=dict(os.environ)).upstreams)
+
+
+def validate_file(policy: Path) -> str | None:
+    """The whole file checked as `hexarch check` does (policies, then the sidecar's sections).
+
+    None when it is valid, else the located diagnostics to print.
+    """
+    from compiler.api import check_custom, load_policy
+    from compiler.diagnostics import Diagnostic, format_all
+    from compiler.errors import CompilerError, PolicyError
+    from sidecar.settings import file_diagnostics
+
+    diagnostics: list[Diagnostic] = []
+    try:
+        check_custom(load_policy(policy))
+    except PolicyError as exc:
+        diagnostics.extend(exc.diagnostics)
+    except CompilerError as exc:
+        return f"hexarch up: {exc}"
+    seen = set(diagnostics)
+    diagnostics.extend(d for d in file_diagnostics(str(policy)) if d not in seen)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if not errors:
+        return None
+    plural = "s" if len(errors) != 1 else ""
+    return f"{format_all(errors)}\nhexarch up: {len(errors)} error{plural} in {policy}; nothing started"
+
+
+def bundle_polling(policy: Path) -> tuple[int, int]:
+    """OPA's bundle polling delays (min, max): `opa.bundle_polling_seconds` of the file, else 1-2 s."""
+    from sidecar.settings import load_settings
+
+    seconds = load_settings(str(policy), env=dict(os.environ)).opa_bundle_polling_seconds
+    if seconds is None:
+        return StackOptions.polling_min_seconds, StackOptions.polling_max_seconds
+    return seconds, seconds
+
+
+def _decision_log(policy: Path) -> str | None:
+    from sidecar.settings import load_settings
+
+    settings = load_settings(str(policy), env=dict(os.environ))
+    return settings.log_file if settings.log_decisions else "off (logging.enabled: false)"
 
 
 def _anonymous_needed(policy: Path, env: Mapping[str, str]) -> bool:
@@ -444,6 +488,7 @@ def banner(stack: Stack) -> str:
     lines += [
         f"  policy    {stack.options.policy}   (edits are live within seconds)",
         f"  logs      {stack.work_dir}",
+        f"  decisions {stack.options.decision_log or 'this terminal'}   (one line per request)",
         "",
         "Try:",
         f"  curl -s {url}/v1/chat/completions -H 'Content-Type: application/json' \\",
@@ -459,8 +504,14 @@ def run(args: argparse.Namespace) -> int:
     if not policy.is_file():
         print(f"hexarch up: policy file {policy} not found", file=sys.stderr)
         return 2
+    problems = validate_file(policy)
+    if problems is not None:  # nothing is started for a file `hexarch check` would refuse
+        print(problems, file=sys.stderr)
+        return 1
     try:
         demo = args.demo or not upstream_configured(policy)
+        polling = bundle_polling(policy)
+        decision_log = _decision_log(policy)
     except SidecarError as exc:  # the settings in the file are invalid: the diagnostics say where
         print(f"hexarch up: {exc}", file=sys.stderr)
         return 1
@@ -480,6 +531,9 @@ def run(args: argparse.Namespace) -> int:
         work_dir=Path(args.work_dir),
         demo_latency_ms=args.demo_latency_ms,
         demo_failure_rate=args.demo_failure_rate,
+        polling_min_seconds=polling[0],
+        polling_max_seconds=polling[1],
+        decision_log=decision_log,
     )
     stop = threading.Event()
 

@@ -168,7 +168,9 @@ class UpstreamClient:
             timeout = self._timeouts.get((target.name, stream)) or _timeout(target, stream)
             for attempt in range(target.retries + 1):
                 if attempt:
-                    await asyncio.sleep(min(1.0, 0.05 * 2 ** (attempt - 1)))
+                    # retry_delay_seconds, doubling per retry (capped at 1 s or the delay itself)
+                    delay = target.retry_delay_seconds
+                    await asyncio.sleep(min(max(1.0, delay), delay * 2 ** (attempt - 1)))
                 started = time.perf_counter()
                 outcome = await self._attempt(
                     target, method, self._url(target, path, query), body, headers, timeout

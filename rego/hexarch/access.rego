@@ -1,8 +1,10 @@
 # METADATA
 # title: Access control
 # description: >-
-#   An applying access rule is violated unless input.principal.id is one of its users or one of
-#   input.principal.roles is one of its roles. A missing principal is never permitted.
+#   An applying access rule is violated unless input.principal.id is one of its users, one of
+#   input.principal.roles is one of its roles, or the rule lists @self ("self": true) and the
+#   principal owns the resource the request names (input.resource_owner == input.principal.id).
+#   A missing principal is never permitted.
 package hexarch.lib.access
 
 import data.hexarch.lib.applies
@@ -21,12 +23,19 @@ findings contains applies.finding(rule, "access_denied", 403, _message(rule)) if
 
 # METADATA
 # title: Permitted
-# description: True when the principal is listed by id, or holds one of the listed roles.
+# description: >-
+#   True when the principal is listed by id, holds one of the listed roles, or (@self) owns the
+#   resource named in the request.
 permitted(rule) if request.principal_id in rule.users
 
 permitted(rule) if {
 	some role in request.principal_roles
 	role in rule.roles
+}
+
+permitted(rule) if {
+	rule.self == true
+	request.principal_id == request.resource_owner
 }
 
 _target(rule) := sprintf("resource %v", [object.get(rule, "resource", "*")]) if {

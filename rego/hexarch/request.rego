@@ -57,6 +57,16 @@ principal_id := input.principal.id if {
 }
 
 # METADATA
+# title: Resource owner
+# description: >-
+#   The id of the principal owning the resource the request names (input.resource_owner), when it
+#   is a non-empty string; @self access rules compare it with the principal id.
+resource_owner := input.resource_owner if {
+	is_string(input.resource_owner)
+	input.resource_owner != ""
+}
+
+# METADATA
 # title: Principal roles
 # description: The principal's roles (strings only) as a set.
 principal_roles := {role | some role in input.principal.roles; is_string(role)}

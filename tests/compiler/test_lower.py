@@ -132,6 +132,7 @@ EXPECTED_EXAMPLE: dict[str, Any] = {
             "operation": "*",
             "users": ["ops-bot"],
             "roles": ["admin"],
+            "self": False,
             "action": "block",
         },
     ],
@@ -185,8 +186,10 @@ def test_every_kind_and_option(all_kinds_policy: Path) -> None:
     assert config["timezone"] == "Europe/Paris" and config["default_max_output_tokens"] == 512
     assert [p["model"] for p in config["pricing"]] == ["gpt-4o*", "llama?-{8b,70b}"]
     rates = {r["id"]: r for r in config["rate_limits"]}
-    # The `allow` rule (team-rates/2) and the disabled policy (retired) add nothing.
-    assert set(rates) == {"team-rates/0/rpm", "team-rates/0/rpd", "team-rates/1/rph"}
+    # `action: allow` never switches a limit off: team-rates/2 is enforced as block (with a warning);
+    # the disabled policy (retired) adds nothing.
+    assert set(rates) == {"team-rates/0/rpm", "team-rates/0/rpd", "team-rates/1/rph", "team-rates/2/rpm"}
+    assert rates["team-rates/2/rpm"]["action"] == "block"
     assert (rates["team-rates/0/rpm"]["warn_at"], rates["team-rates/0/rpm"]["action"]) == (0.9, "block")
     assert (rates["team-rates/0/rpm"]["scope"], rates["team-rates/1/rph"]["scope"]) == ("team", "principal")
     assert (rates["team-rates/1/rph"]["action"], rates["team-rates/1/rph"]["resource"]) == ("warn", "*")
