@@ -120,14 +120,6 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         f"{_LOG}::test_decision_logging_can_be_switched_off",
         "HEXARCH_LOG_DECISIONS",
     ),
-    SettingDoc(
-        "sidecar.hardening",
-        "see docs/hardening.md",
-        "bounds (JSON depth/keys, header read time, connections, in-flight requests, principal ids, "
-        "subjects per minute), the OPA/Redis breakers and the admin listener/key; each key has its "
-        "own `HEXARCH_*` variable, and its row in docs/hardening.md (sidecar/hardening.py's table)",
-        "tests/sidecar/test_hardening.py::test_deep_or_huge_json_is_400_before_admission",
-    ),
     # --- sidecar.anonymous / trusted_headers / api_keys[] / routes[] ----------------------------
     SettingDoc(
         "sidecar.anonymous.enabled",
@@ -535,6 +527,53 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     ),
     SettingDoc("<upstream>.description", "none", "a note for people; never read", ""),
 )
+
+# `sidecar.hardening.*`: the rows come from sidecar/hardening.py's own table (one source of truth);
+# each key names the test that shows it at work.
+_HARD = "tests/sidecar/test_hardening.py"
+_HARDENING_PROOFS = {
+    "max_json_depth": f"{_HARD}::test_deep_or_huge_json_is_400_before_admission",
+    "max_json_keys": f"{_HARD}::test_deep_or_huge_json_is_400_before_admission",
+    "header_read_timeout_seconds": f"{_HARD}::test_slowloris_is_cut_and_other_clients_are_answered",
+    "max_connections": f"{_HARD}::test_connection_flood_evicts_waiting_connections_not_clients",
+    "keepalive_timeout_seconds": f"{_HARD}::test_idle_keepalive_connections_are_closed",
+    "max_inflight_requests": f"{_HARD}::test_requests_in_flight_are_bounded",
+    "max_principal_id_bytes": f"{_HARD}::test_long_trusted_principal_id_is_refused",
+    "max_subjects_per_window": f"{_HARD}::test_distinct_subjects_per_window_are_bounded",
+    "breaker_failures": "tests/sidecar/test_outages.py::test_outage_is_cut_by_the_breaker_and_recovers",
+    "breaker_seconds": "tests/sidecar/test_outages.py::test_outage_is_cut_by_the_breaker_and_recovers",
+    "admin_listen": f"{_HARD}::test_admin_listener_serves_metrics_and_the_main_one_does_not",
+    "admin_key_env": f"{_HARD}::test_metrics_and_bundle_need_the_admin_key",
+}
+
+
+def _hardening_rows() -> tuple[SettingDoc, ...]:
+    from sidecar.hardening import HARDENING, HardeningSettings
+
+    defaults = HardeningSettings()
+    rows = [
+        SettingDoc(
+            "sidecar.hardening",
+            "defaults below",
+            "bounds, the OPA/Redis circuit breakers and the operator endpoints (docs/hardening.md)",
+            _HARDENING_PROOFS["max_json_depth"],
+        )
+    ]
+    for knob in HARDENING:
+        value = getattr(defaults, knob.key)
+        rows.append(
+            SettingDoc(
+                f"sidecar.hardening.{knob.key}",
+                f"`{value}`" if value != "" else "none",
+                knob.doc,
+                _HARDENING_PROOFS[knob.key],
+                knob.env,
+            )
+        )
+    return tuple(rows)
+
+
+SETTINGS_DOCS = SETTINGS_DOCS + _hardening_rows()
 
 
 def render_markdown() -> str:

@@ -478,3 +478,21 @@ async def test_requests_in_flight_are_bounded(
         assert await asyncio.gather(*running) == [200, 200]
         async with h.session.post(h.url("/api/chat"), json=CHAT) as resp:
             assert resp.status in (200, 429)  # room again (the rate limit may speak)
+
+
+async def test_idle_keepalive_connections_are_closed(
+    opa: OpaServer, redis_url: str, tmp_path: Path, policy: str
+) -> None:
+    text = policy.replace("  hardening:\n", "  hardening:\n    keepalive_timeout_seconds: 1\n")
+    async with demo_server() as demo, harness(text, tmp_path, opa, redis_url, demo) as h:
+        assert h.sidecar.port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", h.sidecar.port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            await reader.readexactly(int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0]))
+            # idle now: the server closes it after the 1 s keep-alive timeout (default 15 s)
+            assert await asyncio.wait_for(_read_to_close(reader), timeout=8) == b""
+        finally:
+            writer.close()

@@ -60,7 +60,6 @@ PAIRS: dict[str, tuple[str, str]] = {
         upstream("") + sidecar("policy_file: p.yaml\nserve_bundle: false"),
     ),
     "sidecar.log_decisions": (upstream(""), upstream("") + sidecar("log_decisions: false")),
-    "sidecar.hardening": (upstream(""), upstream("") + sidecar("hardening: {max_json_depth: 8}")),
     "sidecar.anonymous.enabled": (nested("anonymous", ""), nested("anonymous", "").replace("true", "false")),
     "sidecar.anonymous.id": (nested("anonymous", ""), nested("anonymous", ", id: guest")),
     "sidecar.anonymous.team": (nested("anonymous", ""), nested("anonymous", ", team: t")),
@@ -142,6 +141,29 @@ PAIRS: dict[str, tuple[str, str]] = {
     "<upstream>.breaker_seconds": (upstream(""), upstream(", breaker_seconds: 1")),
     "<upstream>.max_tokens_param": (upstream(""), upstream(", max_tokens_param: max_completion_tokens")),
 }
+
+
+# sidecar.hardening: one pair per key of sidecar/hardening.py's table, each set off its default
+_HARDENING_VALUES = {
+    "max_json_depth": "5",
+    "max_json_keys": "50",
+    "header_read_timeout_seconds": "2.5",
+    "max_connections": "10",
+    "keepalive_timeout_seconds": "3",
+    "max_inflight_requests": "7",
+    "max_principal_id_bytes": "32",
+    "max_subjects_per_window": "9",
+    "breaker_failures": "1",
+    "breaker_seconds": "4",
+    "admin_listen": "'127.0.0.1:9999'",
+    "admin_key_env": "ADMIN_KEY",
+}
+PAIRS["sidecar.hardening"] = (upstream(""), upstream("") + sidecar("hardening: {max_json_depth: 5}"))
+for _key, _value in _HARDENING_VALUES.items():
+    PAIRS[f"sidecar.hardening.{_key}"] = (
+        upstream(""),
+        upstream("") + sidecar(f"hardening: {{{_key}: {_value}}}"),
+    )
 
 
 def test_every_key_but_notes_has_a_pair() -> None:

@@ -106,7 +106,9 @@ async def h(opa: OpaServer, redis_url: str, tmp_path: Path) -> AsyncIterator[Har
     fake = TestServer(app, host="127.0.0.1")
     await fake.start_server()
     try:
-        async with harness(POLICY, tmp_path, opa, redis_url, fake) as h:
+        decisions = tmp_path / "decisions.log"  # the decision log: what each request settled
+        text = POLICY + f"logging:\n  file: {decisions}\n"
+        async with harness(text, tmp_path, opa, redis_url, fake) as h:
             yield h
     finally:
         await fake.close()
@@ -139,29 +141,24 @@ async def _stream(h: Harness, path: str, mode: str, max_tokens: int) -> list[byt
     return [line for line in lines if line]
 
 
-def _settled(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
-    """The decision log lines written so far (the decision log goes to stdout by default)."""
-    seen: list[dict[str, Any]] = getattr(capsys, "_hexarch_decisions", [])
-    for line in capsys.readouterr().out.splitlines():
-        if line.startswith("{"):
-            seen.append(orjson.loads(line))
-    capsys._hexarch_decisions = seen  # type: ignore[attr-defined]
-    return seen
+def _settled(h: Harness) -> list[dict[str, Any]]:
+    path = h.settings.log_file
+    assert path is not None
+    text = Path(path).read_text() if Path(path).exists() else ""
+    return [orjson.loads(line) for line in text.splitlines() if line.strip()]
 
 
-async def _wait_settled(capsys: pytest.CaptureFixture[str], n: int) -> list[dict[str, Any]]:
+async def _wait_settled(h: Harness, n: int) -> list[dict[str, Any]]:
     for _ in range(200):
-        found = [d for d in _settled(capsys) if d.get("completion_tokens") is not None]
+        found = [d for d in _settled(h) if d.get("completion_tokens") is not None]
         if len(found) >= n:
             return found
         await asyncio.sleep(0.02)
-    return _settled(capsys)
+    return _settled(h)
 
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
-async def test_runaway_stream_is_cut_at_the_reservation(
-    h: Harness, path: str, redis_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_runaway_stream_is_cut_at_the_reservation(h: Harness, path: str, redis_url: str) -> None:
     lines = await _stream(h, path, "runaway", 20)
     if path.startswith("/v1/"):
         events = [orjson.loads(line[5:]) for line in lines if line.startswith(b"data: {")]
@@ -173,7 +170,7 @@ async def test_runaway_stream_is_cut_at_the_reservation(
         docs = [orjson.loads(line) for line in lines]
         assert len([d for d in docs if not d.get("done")]) == 20
         assert docs[-1]["done"] is True and docs[-1]["done_reason"] == "length"
-    [record] = await _wait_settled(capsys, 1)
+    [record] = await _wait_settled(h, 1)
     assert record["completion_tokens"] == 20
     # the token window holds at most what was reserved: the runaway's 500 tokens never settled
     client = redis.Redis.from_url(redis_url)
@@ -184,7 +181,7 @@ async def test_runaway_stream_is_cut_at_the_reservation(
 
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/api/chat"])
 async def test_upstream_dying_mid_stream_is_an_error_event_and_charges_what_was_relayed(
-    h: Harness, path: str, capsys: pytest.CaptureFixture[str]
+    h: Harness, path: str
 ) -> None:
     lines = await _stream(h, path, "die", 200)
     if path.startswith("/v1/"):
@@ -193,7 +190,7 @@ async def test_upstream_dying_mid_stream_is_an_error_event_and_charges_what_was_
         assert error["error"]["code"] == "upstream_error"
     else:
         assert "error" in orjson.loads(lines[-1])
-    [record] = await _wait_settled(capsys, 1)
+    [record] = await _wait_settled(h, 1)
     assert record["completion_tokens"] == 5  # not the 200 reserved
 
 
@@ -208,9 +205,7 @@ def test_guard_keeps_partial_lines_until_they_complete() -> None:
     assert b'"done_reason":"length"' in out and b'"c"' not in out
 
 
-async def test_non_streamed_runaway_is_the_remaining_worst_case(
-    h: Harness, redis_url: str, capsys: pytest.CaptureFixture[str]
-) -> None:
+async def test_non_streamed_runaway_is_the_remaining_worst_case(h: Harness, redis_url: str) -> None:
     """Measured for docs/hardening.md: a whole (non-streamed) reply cannot be cut once the upstream
     sent it, so it settles what the upstream reports: 500 tokens against 20 reserved (25x one
     request's reservation). The overshoot is bounded by one reply per admitted request, and the
@@ -220,7 +215,7 @@ async def test_non_streamed_runaway_is_the_remaining_worst_case(
         h.url("/v1/chat/completions"), json=body, headers={"X-Fake-Mode": "whole"}
     ) as resp:
         assert resp.status == 200
-    [record] = await _wait_settled(capsys, 1)
+    [record] = await _wait_settled(h, 1)
     assert record["completion_tokens"] == 500
     client = redis.Redis.from_url(redis_url)
     counted = sum(int(client.hget(k, "sum") or 0) for k in client.keys("hexarch:*token_limit*"))
