@@ -20,22 +20,29 @@ import orjson
 from aiohttp import web
 
 from sidecar import api_v1
+from sidecar.admin import admin_middleware
 from sidecar.background import BackgroundJobs
+from sidecar.body import close_after_broken_body
 from sidecar.boundary import boundary
+from sidecar.breaker import BreakerState
 from sidecar.bundle_server import BundleServer
 from sidecar.counters import Counters, CounterStore
 from sidecar.decision_engine import create_engine
 from sidecar.decision_log import DecisionLog
+from sidecar.dependency_guard import DependencyBreaker, GuardedCounters, GuardedEngine
 from sidecar.errors import CounterStoreError
 from sidecar.errors_http import JSON, error_response
+from sidecar.inflight import inflight_middleware
 from sidecar.ingress import resolve_endpoints
 from sidecar.local_counters import LocalCounters
 from sidecar.metrics import CONTENT_TYPE, Metrics
 from sidecar.principal import PrincipalResolver
 from sidecar.proxy import Handler, Proxy
+from sidecar.reconcile import JournaledCounters
 from sidecar.redis_client import create_redis, redact
 from sidecar.services import SERVICES_KEY, Services
 from sidecar.settings import Settings
+from sidecar.subject_bound import SubjectWindow
 from sidecar.upstream import UpstreamClient
 
 logger = logging.getLogger("hexarch.sidecar")
@@ -67,8 +74,17 @@ async def _error_shape(request: web.Request, handler: Handler) -> web.StreamResp
 def create_app(settings: Settings, env: Mapping[str, str] | None = None) -> web.Application:
     """The sidecar app for `settings`; `env` supplies upstream secrets (default: os.environ)."""
     # client_max_size makes aiohttp stop reading an oversized body: the handler turns it into 413.
-    app = web.Application(client_max_size=settings.max_body_bytes, middlewares=[_error_shape, boundary])
     metrics = Metrics()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[
+            inflight_middleware(settings.hardening.max_inflight_requests, metrics),
+            close_after_broken_body,
+            _error_shape,
+            admin_middleware(settings, env),
+            boundary,
+        ],
+    )
     proxy = Proxy()
     app[SETTINGS_KEY] = settings
     app[METRICS_KEY] = metrics
@@ -159,6 +175,28 @@ def _decision_log_ctx(log: DecisionLog) -> Callable[[web.Application], AsyncIter
     return ctx
 
 
+def _reconciling_fallback(
+    settings: Settings,
+    metrics: Metrics,
+    redis: CounterStore,
+    guard: DependencyBreaker,
+    background: BackgroundJobs,
+) -> JournaledCounters:
+    """The fail_open local limiter, journaled and replayed into Redis when it answers again."""
+    journal = JournaledCounters(LocalCounters(timezone=settings.timezone), metrics)
+
+    async def replay() -> None:
+        await journal.flush(redis)
+
+    def flush() -> None:
+        if len(journal) and guard.breaker.state is BreakerState.CLOSED:
+            background.spawn(replay())
+
+    journal.on_journal = flush
+    guard.on_recovered.append(flush)
+    return journal
+
+
 def _bundle_ctx(bundle: BundleServer) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         # A broken policy at start-up stops the sidecar with the compiler's diagnostics.
@@ -176,12 +214,19 @@ def _services_ctx(
     bundle: BundleServer | None = None,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        opa = create_engine(settings, bundle)  # the `decision_engine` setting picks who decides
-        upstream = UpstreamClient(settings, metrics, env)
-        counters: CounterStore = Counters(create_redis(settings.redis_url), timezone=settings.timezone)
-        fallback: CounterStore | None = (
-            LocalCounters(timezone=settings.timezone) if settings.fail_mode == "fail_open" else None
+        # the `decision_engine` setting picks who decides; the OPA breaker guards either engine
+        opa = GuardedEngine(
+            create_engine(settings, bundle), DependencyBreaker("opa", settings.hardening, metrics)
         )
+        upstream = UpstreamClient(settings, metrics, env)
+        redis_guard = DependencyBreaker("redis", settings.hardening, metrics)
+        counters: CounterStore = GuardedCounters(
+            Counters(create_redis(settings.redis_url), timezone=settings.timezone), redis_guard
+        )
+        background = BackgroundJobs()
+        fallback: CounterStore | None = None
+        if settings.fail_mode == "fail_open":
+            fallback = _reconciling_fallback(settings, metrics, counters, redis_guard, background)
         await opa.start()
         await upstream.start()
         try:
@@ -190,7 +235,6 @@ def _services_ctx(
             # Not fatal: EVALSHA reloads scripts on NOSCRIPT once Redis is back; /readyz reports it.
             metrics.redis_errors.inc()
             logger.warning("Redis at %s is not answering yet: %s", redact(settings.redis_url), exc)
-        background = BackgroundJobs()
         services = Services(
             settings,
             metrics,
@@ -201,6 +245,7 @@ def _services_ctx(
             upstream,
             background,
             decision_log,
+            SubjectWindow(settings.hardening.max_subjects_per_window),
         )
         app[SERVICES_KEY] = services
         try:

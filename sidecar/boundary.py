@@ -49,4 +49,4 @@ def _record(request: web.Request, rec: DecisionRecord, response: web.StreamRespo
     metrics.child(metrics.requests, rec.outcome, rec.policy or "").inc()
     metrics.observe_request(rec.route or request.path, rec.model, rec.team, response.status)
     if services.settings.log_decisions and not rec.settling:
-        services.decision_log.write(rec)  # otherwise the settlement job logs it with the usage
+        services.decision_log.write(rec)  # otherwise the settlement job logs the record once it has the usage

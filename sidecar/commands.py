@@ -56,11 +56,13 @@ def _log_level(settings_level: str, flag: str | None) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    import asyncio
 
     from compiler.errors import CompilerError
+    from sidecar.admin import admin_listens
     from sidecar.app import create_app
     from sidecar.errors import SettingsError
+    from sidecar.http_server import serve_forever
     from sidecar.settings import load_settings
 
     try:
@@ -89,15 +91,13 @@ def _serve(args: argparse.Namespace) -> int:
         upstreams,
     )
     try:
-        web.run_app(
-            create_app(settings),
-            host=settings.listen_host,
-            port=settings.listen_port,
-            print=None,
-            access_log=None,
-            loop=loop,
-            shutdown_timeout=10,
-        )
+        listens = [(settings.listen_host, settings.listen_port), *admin_listens(settings)]
+        serve = serve_forever(create_app(settings), settings.hardening, listens, shutdown_timeout=10)
+        if loop is not None:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(serve)
+        else:
+            asyncio.run(serve)
     except CompilerError as exc:
         print(exc, file=sys.stderr)
         return 1

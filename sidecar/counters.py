@@ -41,9 +41,11 @@ PERIODS = ("day", "month")
 # Each window is cut into this many buckets (or the largest smaller count that divides it in whole
 # milliseconds); the bucket width is the algorithm's error bound (docs/counters.md).
 BUCKETS_PER_WINDOW = 60
-# Budget keys outlive their period by this much, so late settlements and `hexarch usage` still
-# find the closed period.
-BUDGET_TTL_MARGIN_SECONDS = 86_400
+# Budget keys expire when their period ends. (They used to outlive it by a day "so late settlements
+# find the closed period"; but settle.lua never writes to a key that is gone, `hexarch usage` reads
+# the current period only, and a day of margin kept a whole extra period of keys per subject in
+# Redis: with many subjects that filled maxmemory. docs/counters.md, docs/hardening.md.)
+BUDGET_TTL_MARGIN_SECONDS = 0
 _MAX_REQUEST_ID_CHARS = 64
 _LUA_DIR = Path(__file__).resolve().parent / "lua"
 # Validated limits by their decision entry's JSON text: the same few entries come back on every

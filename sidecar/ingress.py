@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from sidecar.errors import BadRequest
+from sidecar.prompt_estimate import weighted_chars
 from sidecar.settings import RouteSettings, Settings, UpstreamSettings
 
 
@@ -164,7 +165,7 @@ def _estimate(chars: int) -> int:
 def _text_chars(value: Any) -> int:
     """Characters of text in a message content / prompt / input value (strings, lists, parts)."""
     if isinstance(value, str):
-        return len(value)
+        return weighted_chars(value)
     if isinstance(value, list):
         total = 0
         for item in value:
@@ -176,7 +177,7 @@ def _text_chars(value: Any) -> int:
     if isinstance(value, dict):
         text = value.get("text")
         if isinstance(text, str):
-            return len(text)
+            return weighted_chars(text)
         content = value.get("content")
         return _text_chars(content) if content is not None else 0
     return 0
@@ -184,7 +185,7 @@ def _text_chars(value: Any) -> int:
 
 def _all_string_chars(value: Any) -> int:
     if isinstance(value, str):
-        return len(value)
+        return weighted_chars(value)
     if isinstance(value, list):
         return sum(_all_string_chars(v) for v in value)
     if isinstance(value, dict):

@@ -123,6 +123,34 @@ class Metrics:
         self.warnings = Counter(
             "hexarch_warnings_total", "Warnings sent with allowed requests", ["policy"], registry=r
         )
+        self.breaker_open = Gauge(
+            "hexarch_breaker_open",
+            "1 while the circuit breaker of a dependency (opa|redis) is open or half-open",
+            ["dependency"],
+            registry=r,
+        )
+        self.breaker_refused = Counter(
+            "hexarch_breaker_refused_total",
+            "Calls answered without trying the dependency because its breaker was open",
+            ["dependency"],
+            registry=r,
+        )
+        self.subjects_refused = Counter(
+            "hexarch_subjects_refused_total",
+            "Requests refused because too many distinct principals arrived in one window",
+            registry=r,
+        )
+        self.reconciled = Counter(
+            "hexarch_reconciled_total",
+            "fail_open admissions replayed into Redis after an outage (written|dropped)",
+            ["result"],
+            registry=r,
+        )
+        self.overloaded = Counter(
+            "hexarch_overloaded_total",
+            "Requests refused because max_inflight_requests were in flight",
+            registry=r,
+        )
         self.bundle_reloads = Counter(
             "hexarch_bundle_reloads_total", "Bundle rebuilds by result", ["result"], registry=r
         )

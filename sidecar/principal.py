@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sidecar.errors import Unauthenticated
+from sidecar.errors import BadRequest, Unauthenticated
 from sidecar.settings import ApiKey, Settings
 
 
@@ -43,6 +43,7 @@ class PrincipalResolver:
             k.digest: Principal(k.id, k.team, k.roles, k.tier, True, "api_key") for k in self._keys
         }
         self._trusted = settings.trusted_headers
+        self._max_id = settings.hardening.max_principal_id_bytes
         anon = settings.anonymous
         self._anonymous = (
             Principal(anon.id, anon.team, anon.roles, anon.tier, False, "anonymous") if anon.enabled else None
@@ -69,6 +70,13 @@ class PrincipalResolver:
         if self._trusted.enabled:
             user = headers.get(self._trusted.user)
             if user:
+                for name in (self._trusted.user, self._trusted.team):
+                    value = headers.get(name) or ""
+                    if len(value.encode("utf-8", "surrogateescape")) > self._max_id:
+                        # every distinct id is a set of Redis keys: a bound keeps memory bounded
+                        raise BadRequest(
+                            f"header {name} is longer than {self._max_id} bytes", code="principal_too_long"
+                        )
                 roles = headers.get(self._trusted.roles, "")
                 return Principal(
                     id=user,

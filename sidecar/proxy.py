@@ -22,12 +22,12 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
-from urllib.parse import quote
 
 import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from sidecar.body import decode_json, read_body
 from sidecar.boundary import DECISION_HEADER, RECORD_KEY
 from sidecar.counters import Admission, CounterStore, Limit, LimitState, limits_from_decision
 from sidecar.decision_log import DecisionRecord
@@ -35,7 +35,6 @@ from sidecar.errors import (
     CounterStoreError,
     DependencyError,
     LimitExceeded,
-    PayloadTooLarge,
     PolicyDenied,
     PolicyEngineError,
     UpstreamError,
@@ -46,7 +45,6 @@ from sidecar.ingress import (
     Endpoint,
     Normalised,
     apply_token_cap,
-    decode_body,
     fill_defaults,
     normalise,
     prompt_text,
@@ -58,11 +56,14 @@ from sidecar.providers.anthropic import chat_of_messages
 from sidecar.providers.base import Adapter, Wire
 from sidecar.providers.replies import WRITERS
 from sidecar.reservation import output_allowance, reserved_output
+from sidecar.route_values import segment
 from sidecar.routing import declares_models, model_for, route_by_model, served_models
 from sidecar.services import SERVICES_KEY, Services
 from sidecar.settings import PLAIN_PLACEHOLDER, UpstreamSettings
 from sidecar.settlement import Settlement, Ticket
 from sidecar.stats import StatsTags
+from sidecar.stream_guard import StreamGuard
+from sidecar.subject_bound import TooManySubjects
 from sidecar.upstream import Build, Reply
 
 logger = logging.getLogger("hexarch.sidecar")
@@ -158,14 +159,8 @@ class Pipeline:
         return await self._handle(self.request, endpoint, self.rec)
 
     async def _read(self, request: web.Request) -> bytes:
-        if not request.body_exists:
-            return b""
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise PayloadTooLarge(
-                f"request body is larger than {self.s.settings.max_body_bytes} bytes"
-            ) from exc
+        # size, Content-Encoding (sidecar/body.py): refused before anything is admitted
+        return await read_body(request, self.s.settings.max_body_bytes)
 
     async def _handle(self, request: web.Request, ep: Endpoint, rec: DecisionRecord) -> web.StreamResponse:
         raw = await self._read(request)
@@ -175,8 +170,15 @@ class Pipeline:
 
         principal = self.s.principals.resolve(request.headers)
         rec.principal, rec.team = principal.id, principal.team
+        try:
+            self.s.subjects.check(principal.id)
+        except TooManySubjects:
+            self.s.metrics.subjects_refused.inc()
+            raise
         client_api = ep.api
-        body = decode_body(raw) if ep.has_body else None
+        # JSON depth and key bounds (sidecar/body.py): a hostile body is a 400 before admission
+        body = decode_json(raw, self.s.settings.hardening) if ep.has_body else None
+        self._upstream_path(request, ep)  # a `..` placeholder is refused here, before admission
         if client_api == "anthropic.messages" and body is not None:
             # An Anthropic client: its request is read as the canonical OpenAI chat body.
             body = chat_of_messages(body)
@@ -215,9 +217,35 @@ class Pipeline:
         admission, store = await self.admit(limits)
         if not admission.admitted:
             raise self.limited(admission, norm)
-        self._admission_headers(admission, extra, norm.max_output_tokens is not None)
-
+        try:
+            ticket, forwarded = self._prepare(
+                ep, raw, body, filled, client_api, principal, norm, limits, decision, admission, store, extra
+            )
+        except BaseException:
+            # nothing was forwarded: whatever broke, the reservation goes back
+            self.settlement.refund_later(Ticket(admission, store, None, 0, False))
+            raise
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
+        out = _Outbound(client_api, body, forwarded, wants_usage)
+        return await self._forward(request, ep, out, norm, extra, ticket, rec)
+
+    def _prepare(
+        self,
+        ep: Endpoint,
+        raw: bytes,
+        body: dict[str, Any] | None,
+        filled: bool,
+        client_api: str,
+        principal: Principal,
+        norm: Normalised,
+        limits: Sequence[Limit],
+        decision: Mapping[str, Any] | None,
+        admission: Admission,
+        store: CounterStore,
+        extra: CIMultiDict[str],
+    ) -> tuple[Ticket, bytes]:
+        """The admitted request's ticket and the body to forward (with the sidecar's token cap)."""
+        self._admission_headers(admission, extra, norm.max_output_tokens is not None)
         if filled and client_api == ep.api:
             raw = orjson.dumps(body)  # relayed as it came, with the defaults filled in
         forwarded = raw
@@ -246,8 +274,7 @@ class Pipeline:
                 principal.id, principal.team, norm.model, tuple(sorted({lim.policy for lim in limits}))
             ),
         )
-        out = _Outbound(client_api, body, forwarded, wants_usage)
-        return await self._forward(request, ep, out, norm, extra, ticket, rec)
+        return ticket, forwarded
 
     # ---------------------------------------------------------------------------------------
     def _input(
@@ -307,7 +334,8 @@ class Pipeline:
             self.s.metrics.opa_errors.inc()
         else:
             self.s.metrics.redis_errors.inc()
-        logger.warning("%s failed: %s", exc.dependency, exc)
+        # one log line per incident comes from the dependency's breaker (sidecar/dependency_guard.py)
+        logger.debug("%s failed: %s", exc.dependency, exc)
         if not self._fail_open:
             raise exc
         self.s.metrics.fail_open.labels(exc.dependency).inc()
@@ -442,7 +470,10 @@ class Pipeline:
             return ep.upstream_path
         # Placeholders were checked against the route path when the settings were loaded.
         info = request.match_info
-        return PLAIN_PLACEHOLDER.sub(lambda m: quote(info.get(m.group(1), ""), safe=""), ep.upstream_path)
+        # one encoded segment per value, never `.`/`..` (sidecar/route_values.py)
+        return PLAIN_PLACEHOLDER.sub(
+            lambda m: segment(m.group(1), info.get(m.group(1), "")), ep.upstream_path
+        )
 
     def _build(self, request: web.Request, ep: Endpoint, out: _Outbound, norm: Normalised) -> Build:
         """What each upstream of the chain is sent: the client's request as it came (pass-through),
@@ -476,6 +507,8 @@ class Pipeline:
     ) -> web.StreamResponse:
         rec.warnings = len(extra.getall(WARNING_HEADER, []))
         extra[DECISION_HEADER] = rec.decision_id
+        # counts, caps and honestly ends a relayed stream (sidecar/stream_guard.py)
+        guard = StreamGuard(True, ticket.reservation, norm.model) if norm.stream and norm.body else None
         upstream = ep.upstream
         try:
             if ep.api == "openai.models" and declares_models(self.s.settings):
@@ -494,11 +527,11 @@ class Pipeline:
                 if out.body is not None and _translates(ep, out, opened.adapter):
                     writer = WRITERS[out.client_api](norm.model or opened.target.model or "", out.wants_usage)
                     reply = await self.s.upstream.relay_translated(
-                        request, opened, extra, norm.stream, writer
+                        request, opened, extra, norm.stream, writer, guard
                     )
                 else:
                     reply = await self.s.upstream.relay(
-                        request, opened, extra, norm.stream, ticket.hide_usage_chunk
+                        request, opened, extra, norm.stream, ticket.hide_usage_chunk, guard
                     )
         except UpstreamError as exc:
             await self.settlement.refund_now(ticket)
@@ -515,7 +548,7 @@ class Pipeline:
         except ConnectionError:
             pass  # the client left; the upstream's work was done all the same and is charged
         finally:
-            await self.settlement.close(reply, norm, ticket, rec)
+            await self.settlement.close(reply, norm, ticket, rec, guard)
         return reply.response
 
     # ---------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from sidecar.metrics import Metrics
 from sidecar.principal import PrincipalResolver
 from sidecar.settings import Settings
 from sidecar.stats import StatsTags
+from sidecar.subject_bound import SubjectWindow
 from sidecar.upstream import UpstreamClient
 
 # Called once per settled request with its reservation id, who/what it was and the real usage
@@ -36,6 +37,7 @@ class Services:
     upstream: UpstreamClient
     background: BackgroundJobs  # settlements and refunds, run after the reply is sent
     decision_log: DecisionLog  # opened and closed by the app's cleanup context
+    subjects: SubjectWindow  # distinct principals per window (sidecar/subject_bound.py)
     settled_hooks: list[SettledHook] = field(default_factory=list)
 
 

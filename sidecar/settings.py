@@ -27,6 +27,10 @@ from compiler.parse import Node, parse_file
 from compiler.reader import Reader
 from compiler.validate import EXTENSION_PREFIX, TOP_LEVEL_KEYS, UPSTREAM_URL_KEYS
 from sidecar.errors import SettingsError
+from sidecar.hardening import KEYS as HARDENING_KEYS
+from sidecar.hardening import HardeningSettings
+from sidecar.hardening import apply_env as _hardening_env
+from sidecar.hardening import read_section as _hardening_section
 
 FAIL_MODES = ("fail_closed", "fail_open")
 # Who decides a request (sidecar/decision_engine.py): the OPA server, or its Wasm build in-process.
@@ -75,13 +79,15 @@ class UpstreamSettings:
     public_url: str | None = None
     default_temperature: float | None = None  # filled into requests that set no temperature
     default_max_tokens: int | None = None  # filled into requests that name no output maximum
-    retry_delay_seconds: float = 0.05  # first backoff; doubles per retry
     models: tuple[str, ...] = ()  # globs of the request models this upstream serves (routing by model)
     api_key_file: str | None = None  # a file holding the key (read at start-up, like api_key_env)
     folder_id: str | None = None  # yandexgpt: the folder in modelUri and x-folder-id
     key_type: str = "api_key"  # yandexgpt: the key is an API key (Api-Key) or an IAM token (Bearer)
     auth_url: str | None = None  # gigachat: the OAuth token endpoint
     scope: str | None = None  # gigachat: the OAuth scope (GIGACHAT_API_PERS, _B2B, _CORP)
+    # first retry delay (seed spelling: retry_delay_seconds); doubles per retry, at most 1 s or
+    # the delay itself, plus up to half of it again as jitter
+    backoff_seconds: float = 0.05
     deadline_seconds: float = 60.0  # the whole chain (retries, fallbacks, backoff) before the first byte
     ca_file: str | None = None  # PEM bundle the provider's TLS certificate is checked against
     verify_tls: bool = True  # False: the provider's certificate is not checked (GigaChat's own CA)
@@ -175,6 +181,7 @@ class Settings:
     log_prompts: bool = False
     opa_health_check_seconds: float = 0.0  # 0: /readyz asks OPA on every probe
     opa_bundle_polling_seconds: int | None = None  # None: each launcher's own default
+    hardening: HardeningSettings = field(default_factory=HardeningSettings)
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,6 +322,7 @@ UPSTREAM_KEYS = (
     "key_type",
     "auth_url",
     "scope",
+    "backoff_seconds",
     "deadline_seconds",
     "ca_file",
     "verify_tls",
@@ -335,6 +343,7 @@ SYNONYMS = (
     ("base_url", "api_url"),
     ("model", "default_model"),
     ("retries", "retry_attempts"),
+    ("backoff_seconds", "retry_delay_seconds"),
     ("timeout_ms", "timeout_seconds"),
 )
 SIDECAR_KEYS = (
@@ -352,6 +361,7 @@ SIDECAR_KEYS = (
     "policy_file",
     "serve_bundle",
     "log_decisions",
+    "hardening",
 )
 ANONYMOUS_KEYS = ("enabled", "id", "team", "roles", "tier")
 TRUSTED_KEYS = ("enabled", "user", "team", "roles", "tier", "resource_owner")
@@ -408,6 +418,7 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
     max_tokens_node = node.get("default_max_tokens")
     max_tokens = c.reader.integer(max_tokens_node, minimum=1) if max_tokens_node is not None else None
     retries = node.get("retries") or node.get("retry_attempts")
+    backoff = node.get("backoff_seconds") or node.get("retry_delay_seconds")
     if api == "yandexgpt" and node.get("folder_id") is None:
         c.add(
             node.diag(
@@ -431,13 +442,13 @@ def _upstream(name: str, node: Node, c: _Collector) -> UpstreamSettings | None:
         public_url=public.rstrip("/") if public is not None else None,
         default_temperature=None if temperature is None else float(temperature),
         default_max_tokens=max_tokens,
-        retry_delay_seconds=c.number(node.get("retry_delay_seconds"), 0.05),
         models=c.strings(node.get("models")),
         api_key_file=c.string(node.get("api_key_file")),
         folder_id=c.string(node.get("folder_id")),
         key_type=c.string(node.get("key_type"), "api_key", choices=KEY_TYPES) or "api_key",
         auth_url=_optional_url(node.get("auth_url"), c),
         scope=c.string(node.get("scope")),
+        backoff_seconds=c.number(backoff, 0.05),
         deadline_seconds=c.number(node.get("deadline_seconds"), 60.0, minimum=0.001),
         ca_file=_readable_file(node.get("ca_file"), c),
         verify_tls=c.boolean(node.get("verify_tls"), True),
@@ -716,6 +727,11 @@ def _sidecar_section(
     changes["builtin_routes"] = c.boolean(side.get("builtin_routes"), True)
     if not c.boolean(side.get("log_decisions"), True):
         changes["log_decisions"] = False
+    hardening_node = side.get("hardening")
+    if hardening_node is not None:
+        changes["hardening"] = _hardening_section(
+            hardening_node, c.add, lambda n: c.mapping(n, HARDENING_KEYS, "sidecar.hardening")
+        )
 
     default_node = side.get("default_upstream")
     default = c.string(default_node)
@@ -940,6 +956,9 @@ def _apply_env(settings: Settings, env: Mapping[str, str], c: _Collector) -> Set
         changes["anonymous"] = anonymous_settings
     if (trusted := flag("HEXARCH_TRUSTED_HEADERS")) is not None:
         changes["trusted_headers"] = replace(settings.trusted_headers, enabled=trusted)
+    hardening = _hardening_env(settings.hardening, env, lambda name, msg: c.add(_env_diag(name, msg)))
+    if hardening is not settings.hardening:
+        changes["hardening"] = hardening
 
     upstreams = dict(settings.upstreams)
     default = settings.default_upstream

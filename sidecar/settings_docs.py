@@ -26,6 +26,9 @@ _HTTP = "tests/sidecar/test_app_http.py"
 _POL = "tests/sidecar/test_app_policies.py"
 _SEED = "tests/sidecar/test_seed_sections.py"
 _LOG = "tests/sidecar/test_decision_log.py"
+_FALL = "tests/sidecar/test_fallback.py"
+_PROV = "tests/sidecar/test_providers.py"
+_PSET = "tests/sidecar/test_provider_settings.py"
 
 SETTINGS_DOCS: tuple[SettingDoc, ...] = (
     # --- sidecar: -------------------------------------------------------------------------------
@@ -433,10 +436,71 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         f"{_SEED}::test_retry_attempts_and_delay",
     ),
     SettingDoc(
+        "<upstream>.backoff_seconds",
+        "0.05",
+        "first backoff, doubling per retry (at most 1 s, or the delay itself when longer), "
+        "plus up to 50 % jitter",
+        f"{_FALL}::test_a_5xx_primary_is_retried_then_the_fallback_answers",
+    ),
+    SettingDoc(
         "<upstream>.retry_delay_seconds",
         "0.05",
-        "first backoff, doubling per retry (at most 1 s, or the delay itself when longer)",
+        "seed spelling of `backoff_seconds`",
         f"{_SEED}::test_retry_attempts_and_delay",
+    ),
+    SettingDoc(
+        "<upstream>.deadline_seconds",
+        "60",
+        "the whole chain (retries, backoff, fallbacks) before the first byte",
+        f"{_FALL}::test_all_timing_out_is_a_504_bounded_by_the_deadline",
+    ),
+    SettingDoc(
+        "<upstream>.models",
+        "none",
+        "globs of the request models this upstream serves (routing by model, `/v1/models`)",
+        f"{_PROV}::test_models_lists_what_the_upstreams_serve",
+    ),
+    SettingDoc(
+        "<upstream>.api_key_file",
+        "none",
+        "a file holding the provider's key (read at start-up)",
+        f"{_PSET}::test_provider_keys_are_read",
+    ),
+    SettingDoc(
+        "<upstream>.folder_id",
+        "none",
+        "yandexgpt: the folder of `modelUri` (`gpt://<folder_id>/<model>`) and `x-folder-id`",
+        f"{_PROV}::test_openai_client_gets_text_usage_and_finish_from_each_provider",
+    ),
+    SettingDoc(
+        "<upstream>.key_type",
+        "`api_key`",
+        "yandexgpt: `api_key` (`Api-Key`) or `iam_token` (`Bearer`)",
+        f"{_PSET}::test_yandex_key_type_picks_the_authorization_scheme",
+    ),
+    SettingDoc(
+        "<upstream>.auth_url",
+        "none",
+        "gigachat: the OAuth token endpoint",
+        f"{_PROV}::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
+    ),
+    SettingDoc(
+        "<upstream>.scope",
+        "none",
+        "gigachat: the OAuth scope",
+        f"{_PROV}::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
+    ),
+    SettingDoc(
+        "<upstream>.ca_file",
+        "system CAs",
+        "PEM bundle the provider's certificate is checked against (token exchange included)",
+        "tests/sidecar/test_provider_tls.py::test_ca_file_and_verify_tls",
+    ),
+    SettingDoc(
+        "<upstream>.verify_tls",
+        "`true`",
+        "`false`: the provider's certificate is not checked",
+        "tests/sidecar/test_provider_tls.py::test_ca_file_and_verify_tls",
     ),
     SettingDoc(
         "<upstream>.fallback",
@@ -468,62 +532,55 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         "`max_tokens` or `max_completion_tokens` for an added cap",
         "tests/sidecar/test_output_allowance.py::test_the_cap_is_written_in_the_field_each_upstream_reads",
     ),
-    SettingDoc(
-        "<upstream>.models",
-        "none",
-        "globs of the request models this upstream serves (routing by model, `/v1/models`)",
-        "tests/sidecar/test_providers.py::test_models_lists_what_the_upstreams_serve",
-    ),
-    SettingDoc(
-        "<upstream>.api_key_file",
-        "none",
-        "a file holding the provider's key (instead of `api_key_env`)",
-        "tests/sidecar/test_providers.py::test_keys_reach_the_provider_and_nowhere_else",
-    ),
-    SettingDoc(
-        "<upstream>.folder_id",
-        "required for yandexgpt",
-        "YandexGPT folder: `modelUri` `gpt://<folder_id>/<model>` and `x-folder-id`",
-        "tests/sidecar/test_providers.py::test_keys_reach_the_provider_and_nowhere_else",
-    ),
-    SettingDoc(
-        "<upstream>.key_type",
-        "`api_key`",
-        "YandexGPT: `api_key` (`Api-Key`) or `iam_token` (`Bearer`)",
-        "tests/sidecar/test_provider_settings.py::test_yandex_key_type_picks_the_authorization_scheme",
-    ),
-    SettingDoc(
-        "<upstream>.auth_url",
-        "GigaChat's OAuth endpoint",
-        "GigaChat: where the client credentials are exchanged for a token",
-        "tests/sidecar/test_providers.py::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
-    ),
-    SettingDoc(
-        "<upstream>.scope",
-        "`GIGACHAT_API_PERS`",
-        "GigaChat: the OAuth scope",
-        "tests/sidecar/test_providers.py::test_gigachat_token_is_cached_and_fetched_again_before_it_expires",
-    ),
-    SettingDoc(
-        "<upstream>.deadline_seconds",
-        "60",
-        "retries, backoff and fallbacks together, before the first byte",
-        "tests/sidecar/test_fallback.py::test_all_timing_out_is_a_504_bounded_by_the_deadline",
-    ),
-    SettingDoc(
-        "<upstream>.ca_file",
-        "system CAs",
-        "PEM bundle the provider's certificate is checked against (GigaChat's own CA)",
-        "tests/sidecar/test_provider_tls.py::test_ca_file_and_verify_tls",
-    ),
-    SettingDoc(
-        "<upstream>.verify_tls",
-        "`true`",
-        "`false`: the provider's certificate is not checked",
-        "tests/sidecar/test_provider_tls.py::test_ca_file_and_verify_tls",
-    ),
     SettingDoc("<upstream>.description", "none", "a note for people; never read", ""),
 )
+
+# `sidecar.hardening.*`: the rows come from sidecar/hardening.py's own table (one source of truth);
+# each key names the test that shows it at work.
+_HARD = "tests/sidecar/test_hardening.py"
+_HARDENING_PROOFS = {
+    "max_json_depth": f"{_HARD}::test_deep_or_huge_json_is_400_before_admission",
+    "max_json_keys": f"{_HARD}::test_deep_or_huge_json_is_400_before_admission",
+    "header_read_timeout_seconds": f"{_HARD}::test_slowloris_is_cut_and_other_clients_are_answered",
+    "max_connections": f"{_HARD}::test_connection_flood_evicts_waiting_connections_not_clients",
+    "keepalive_timeout_seconds": f"{_HARD}::test_idle_keepalive_connections_are_closed",
+    "max_inflight_requests": f"{_HARD}::test_requests_in_flight_are_bounded",
+    "max_principal_id_bytes": f"{_HARD}::test_long_trusted_principal_id_is_refused",
+    "max_subjects_per_window": f"{_HARD}::test_distinct_subjects_per_window_are_bounded",
+    "breaker_failures": "tests/sidecar/test_outages.py::test_outage_is_cut_by_the_breaker_and_recovers",
+    "breaker_seconds": "tests/sidecar/test_outages.py::test_outage_is_cut_by_the_breaker_and_recovers",
+    "admin_listen": f"{_HARD}::test_admin_listener_serves_metrics_and_the_main_one_does_not",
+    "admin_key_env": f"{_HARD}::test_metrics_and_bundle_need_the_admin_key",
+}
+
+
+def _hardening_rows() -> tuple[SettingDoc, ...]:
+    from sidecar.hardening import HARDENING, HardeningSettings
+
+    defaults = HardeningSettings()
+    rows = [
+        SettingDoc(
+            "sidecar.hardening",
+            "defaults below",
+            "bounds, the OPA/Redis circuit breakers and the operator endpoints (docs/hardening.md)",
+            _HARDENING_PROOFS["max_json_depth"],
+        )
+    ]
+    for knob in HARDENING:
+        value = getattr(defaults, knob.key)
+        rows.append(
+            SettingDoc(
+                f"sidecar.hardening.{knob.key}",
+                f"`{value}`" if value != "" else "none",
+                knob.doc,
+                _HARDENING_PROOFS[knob.key],
+                knob.env,
+            )
+        )
+    return tuple(rows)
+
+
+SETTINGS_DOCS = SETTINGS_DOCS + _hardening_rows()
 
 
 def render_markdown() -> str:

@@ -3,8 +3,10 @@ back, exactly once.
 
 * a reply with usage (whole or streamed) settles those counts;
 * a reply refused by the upstream (4xx/5xx without usage) settles zero;
-* a reply that reported no usage settles the prompt estimate plus the output reserved, unless the
-  provider broke off mid-reply: a failed call is refunded like one that never got an answer;
+* a stream the sidecar cut at its reservation, that the provider broke off, or that the client
+  left settles what was relayed (counted by sidecar/stream_guard.py), not the whole reservation; a
+  provider that broke off having produced nothing is a failed call, refunded;
+* any other reply that reported no usage settles the prompt estimate plus the output reserved;
 * an upstream failure before the first byte, a cancellation or anything unforeseen refunds;
 * a request cancelled while its admission is on the way to Redis gets that admission refunded once
   it lands (`admit`), so no reservation outlives a client that hung up or a shutdown.
@@ -29,6 +31,7 @@ from sidecar.reply_usage import TokenCounts
 from sidecar.reservation import cost_micros
 from sidecar.services import Services
 from sidecar.stats import StatsTags
+from sidecar.stream_guard import StreamGuard
 from sidecar.upstream import Reply
 
 logger = logging.getLogger("hexarch.sidecar")
@@ -72,14 +75,23 @@ class Settlement:
         if admission.admitted:
             await self.refund(Ticket(admission, store, None, 0, False))
 
-    async def close(self, reply: Reply, norm: Normalised, ticket: Ticket, rec: DecisionRecord) -> None:
+    async def close(
+        self,
+        reply: Reply,
+        norm: Normalised,
+        ticket: Ticket,
+        rec: DecisionRecord,
+        guard: StreamGuard | None = None,
+    ) -> None:
         """Settle or refund the call that produced `reply` (queued behind the response)."""
-        if reply.upstream_broke and reply.counts is None:
-            # The provider failed mid-reply and reported nothing: a failed call, refunded.
+        if reply.upstream_broke:
             rec.outcome, rec.code = "upstream_error", "upstream_broke"
+        produced = guard.produced if guard is not None else 0
+        if reply.upstream_broke and reply.counts is None and produced == 0:
+            # The provider failed mid-reply having produced nothing: a failed call, refunded.
             await self._s.background.run(self.refund(ticket))
             return
-        usage = self.usage(reply, norm, ticket, rec)
+        usage = self.usage(reply, norm, ticket, rec, guard)
         rec.settling = True
         await self._s.background.run(self._settle(ticket, usage, rec))
 
@@ -90,9 +102,23 @@ class Settlement:
         """For a cancelled call: the app drains background jobs before it stops."""
         self._s.background.spawn(self.refund(ticket))
 
-    def usage(self, reply: Reply, norm: Normalised, ticket: Ticket, rec: DecisionRecord) -> Usage:
+    def usage(
+        self,
+        reply: Reply,
+        norm: Normalised,
+        ticket: Ticket,
+        rec: DecisionRecord,
+        guard: StreamGuard | None = None,
+    ) -> Usage:
         if reply.status >= 400 and reply.counts is None:
             counts = TokenCounts(0, 0)  # refused by the upstream: nothing was generated
+        elif guard is not None and (guard.capped or not reply.complete):
+            # a stream cut at its reservation, broken off, or left by the client: charge what was
+            # relayed (counted by the guard), not the whole reservation (sidecar/stream_guard.py)
+            seen = reply.counts
+            prompt = seen.prompt_tokens if seen is not None and seen.prompt_tokens else norm.prompt_tokens
+            completion = max(seen.completion_tokens if seen is not None else 0, guard.produced)
+            counts = TokenCounts(prompt, completion)
         elif reply.counts is not None:
             counts = reply.counts
         elif not norm.body:

@@ -2,9 +2,10 @@
 
 `open` walks the chain (the chosen upstream, then its `fallback` list) before the first byte reaches
 the client. A connection error, a timeout, a 5xx or a 429 moves on: a 5xx or timeout is retried on
-the same upstream `retries` times after an exponential backoff (`retry_delay_seconds`, doubling,
-lengthened by up to half at random), a 429 goes straight to the next upstream. Everything, backoff
-included, is bounded by the first upstream's `deadline_seconds`. Each upstream has a circuit breaker
+the same upstream `retries` times after an exponential backoff with jitter (`backoff_seconds`,
+seed spelling `retry_delay_seconds`, doubling per retry, capped at 1 s or the first delay, plus up
+to 50 % jitter on top), a 429 goes straight to the next upstream. Everything, backoff included,
+is bounded by the first upstream's `deadline_seconds`. Each upstream has a circuit breaker
 (sidecar/breaker.py): `breaker_failures` failures in a row open it for `breaker_seconds`, then one
 probe is let through (half-open) and its outcome closes or re-opens it. Any other status is the
 provider's answer. When every attempt failed the caller gets UpstreamTimeout (504) if the last
@@ -19,6 +20,7 @@ relayed stream chunk).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -33,11 +35,13 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from sidecar.breaker import BreakerState, CircuitBreaker
 from sidecar.errors import ProviderRefused, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from sidecar.forward_headers import dropped, request_drop, strips_identity
 from sidecar.metrics import Metrics
 from sidecar.providers.base import CONTENT_FILTER, Adapter, Wire, adapter_for
 from sidecar.providers.replies import ReplyWriter
 from sidecar.reply_usage import StreamScanner, TokenCounts, UsageChunkFilter, counts_of_body
 from sidecar.settings import Settings, UpstreamSettings, upstream_secret
+from sidecar.stream_guard import StreamGuard
 
 logger = logging.getLogger("hexarch.sidecar")
 
@@ -107,10 +111,25 @@ def _tls(upstream: UpstreamSettings) -> ssl.SSLContext | bool:
     return True
 
 
-def forwarded_headers(incoming: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    """What of the client's headers a pass-through request carries upstream."""
+def _backoff(first: float, attempt: int) -> float:
+    """The wait before retry `attempt` (1, 2, ...): `first` doubling per retry, at most 1 s or `first`
+    itself when that is longer, plus up to half of it again as jitter (never shorter than named, so
+    the seeds' `retry_delay_seconds` is a floor)."""
+    nominal = min(max(1.0, first), first * 2.0 ** (attempt - 1))
+    jitter = random.uniform(1.0, 1.5)
+    return nominal * jitter
+
+
+def forwarded_headers(
+    incoming: CIMultiDictProxy[str], drop: frozenset[str] = frozenset(), strip_identity: bool = False
+) -> CIMultiDict[str]:
+    """What of the client's headers a pass-through request carries upstream: not hop-by-hop ones,
+    not `drop`, and not the sidecar's own identity headers when `strip_identity` (trusted headers
+    off: a client typed them; sidecar/forward_headers.py)."""
     headers: CIMultiDict[str] = CIMultiDict(
-        (k, v) for k, v in incoming.items() if k.lower() not in _REQUEST_DROP
+        (k, v)
+        for k, v in incoming.items()
+        if k.lower() not in _REQUEST_DROP and not dropped(k, drop, strip_identity)
     )
     headers["Accept-Encoding"] = "identity"
     return headers
@@ -123,6 +142,9 @@ class UpstreamClient:
         self.adapters: dict[str, Adapter] = {
             name: adapter_for(u, upstream_secret(u, env)) for name, u in settings.upstreams.items()
         }
+        # the client's headers a pass-through request must not carry (sidecar/forward_headers.py)
+        self._drop = request_drop(settings)
+        self._strip_identity = strips_identity(settings)
         self.breakers: dict[str, CircuitBreaker] = {
             name: CircuitBreaker(
                 name,
@@ -195,10 +217,7 @@ class UpstreamClient:
             for attempt in range(target.retries + 1):
                 remaining = deadline - time.monotonic()
                 if attempt:
-                    # retry_delay_seconds, doubling per retry (capped at 1 s or the delay itself),
-                    # with jitter: lengthened by up to half at random (never shorter than stated)
-                    base = target.retry_delay_seconds
-                    delay = min(max(1.0, base), base * 2 ** (attempt - 1)) * random.uniform(1.0, 1.5)
+                    delay = _backoff(target.backoff_seconds, attempt)
                     if delay >= remaining:
                         break
                     await asyncio.sleep(delay)
@@ -256,7 +275,9 @@ class UpstreamClient:
         """One call: the open response, or the error it counts as with a short reason."""
         assert self._session is not None
         headers = (
-            forwarded_headers(incoming) if wire.passthrough else CIMultiDict({"Accept-Encoding": "identity"})
+            forwarded_headers(incoming, self._drop, self._strip_identity)
+            if wire.passthrough
+            else CIMultiDict({"Accept-Encoding": "identity"})
         )
         headers.update(wire.headers)
         try:
@@ -307,6 +328,7 @@ class UpstreamClient:
         extra_headers: Mapping[str, str] | CIMultiDict[str],
         stream_requested: bool,
         hide_usage_chunk: bool = False,
+        guard: StreamGuard | None = None,
     ) -> Reply:
         """Pass the reply to the client (streamed or whole) and read its token counts on the way.
 
@@ -329,7 +351,9 @@ class UpstreamClient:
                 out = web.Response(status=resp.status, body=raw, headers=headers)
                 return Reply(out, resp.status, upstream.name, counts, True, seconds)
             hide = hide_usage_chunk and content_type.startswith("text/event-stream")
-            return await self._stream(request, resp, upstream, started, headers, hide)
+            if guard is not None:
+                guard.sse = content_type.startswith("text/event-stream")
+            return await self._stream(request, resp, upstream, started, headers, hide, guard)
         finally:
             resp.release()
 
@@ -351,6 +375,7 @@ class UpstreamClient:
         started: float,
         headers: CIMultiDict[str],
         hide_usage_chunk: bool,
+        guard: StreamGuard | None = None,
     ) -> Reply:
         out = web.StreamResponse(status=resp.status, headers=headers)
         scanner = StreamScanner()
@@ -368,9 +393,18 @@ class UpstreamClient:
                 if first_byte:
                     first_byte = False
                     self._metrics.observe_first_byte(upstream.name, time.perf_counter() - started)
+                if guard is not None:  # counts and caps the output (sidecar/stream_guard.py)
+                    chunk = guard.feed(chunk)
+                    if chunk:
+                        await self._pump(out, chunk)
+                    if guard.capped:
+                        break
+                    continue
                 await self._pump(out, chunk)
             scanner.finish()
             if usage_filter is not None and (rest := usage_filter.finish()):
+                await self._pump(out, guard.feed(rest) if guard is not None else rest)
+            if guard is not None and (rest := guard.finish()):
                 await self._pump(out, rest)
             await out.write_eof()
             complete = True
@@ -379,6 +413,11 @@ class UpstreamClient:
         except (TimeoutError, aiohttp.ClientError):
             self._metrics.child(self._metrics.upstream_errors, upstream.name, "stream").inc()
             broke = True
+            if guard is not None and out.prepared:
+                # tell the client the reply is cut short, instead of ending the stream cleanly
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await out.write(guard.error_bytes(f"upstream '{upstream.name}' broke off the stream"))
+                    await out.write_eof()
         seconds = time.perf_counter() - started
         self._metrics.child(self._metrics.upstream_seconds, upstream.name).observe(seconds)
         return Reply(out, resp.status, upstream.name, scanner.counts, complete, seconds, broke)
@@ -395,8 +434,13 @@ class UpstreamClient:
         extra_headers: Mapping[str, str] | CIMultiDict[str],
         stream: bool,
         writer: ReplyWriter,
+        guard: StreamGuard | None = None,
     ) -> Reply:
-        """Read the provider's reply with its adapter and write it in the client's API."""
+        """Read the provider's reply with its adapter and write it in the client's API.
+
+        `guard` (streams): counts the text written and ends the reply with a `length` finish when the
+        provider runs past the output reserved; a provider breaking off gets the client an error event.
+        """
         resp, upstream, adapter, started = opened.resp, opened.target, opened.adapter, opened.started
         try:
             if resp.status >= 400:
@@ -424,12 +468,17 @@ class UpstreamClient:
                 out = web.Response(status=200, body=writer.whole(completion), headers=headers)
                 counts = _counts(completion.prompt_tokens, completion.completion_tokens)
                 return Reply(out, 200, upstream.name, counts, True, seconds)
-            return await self._stream_translated(request, opened, headers, writer)
+            return await self._stream_translated(request, opened, headers, writer, guard)
         finally:
             resp.release()
 
     async def _stream_translated(
-        self, request: web.Request, opened: Opened, headers: CIMultiDict[str], writer: ReplyWriter
+        self,
+        request: web.Request,
+        opened: Opened,
+        headers: CIMultiDict[str],
+        writer: ReplyWriter,
+        guard: StreamGuard | None = None,
     ) -> Reply:
         resp, upstream, adapter, started = opened.resp, opened.target, opened.adapter, opened.started
         headers["Content-Type"] = "text/event-stream"
@@ -451,6 +500,8 @@ class UpstreamClient:
                     self._metrics.observe_first_byte(upstream.name, time.perf_counter() - started)
                 for delta in decoder.feed(chunk):
                     if delta.text:
+                        if guard is not None and not guard.take(delta.text):
+                            break  # past the reserved output (sidecar/stream_guard.py)
                         await self._pump(out, writer.text(delta.text))
                     if delta.finish_reason is not None:
                         finish, native = delta.finish_reason, delta.native_finish
@@ -458,7 +509,14 @@ class UpstreamClient:
                         prompt = delta.prompt_tokens
                     if delta.completion_tokens is not None:
                         completion = delta.completion_tokens
-            if finish is not None or completion is not None:
+                if guard is not None and guard.capped:
+                    break
+            if guard is not None and guard.capped:
+                # the provider ran past the reservation: the client gets a length-limited reply
+                await self._pump(out, writer.end("length", prompt, guard.produced))
+                await out.write_eof()
+                complete = True
+            elif finish is not None or completion is not None:
                 self._finished(upstream, finish, native)
                 await self._pump(out, writer.end(finish, prompt, completion))
                 await out.write_eof()
@@ -472,6 +530,11 @@ class UpstreamClient:
         except (TimeoutError, aiohttp.ClientError):
             self._metrics.child(self._metrics.upstream_errors, upstream.name, "stream").inc()
             broke = True
+        if broke and out.prepared:
+            # tell the client the reply is cut short, instead of ending the stream cleanly
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await out.write(writer.error(f"upstream '{upstream.name}' broke off the stream"))
+                await out.write_eof()
         seconds = time.perf_counter() - started
         self._metrics.child(self._metrics.upstream_seconds, upstream.name).observe(seconds)
         return Reply(out, 200, upstream.name, _counts(prompt, completion), complete, seconds, broke)

@@ -42,6 +42,10 @@ class ReplyWriter:
     def end(self, finish_reason: str | None, prompt: int | None, completion: int | None) -> bytes:
         raise NotImplementedError
 
+    def error(self, message: str, code: str = "upstream_error") -> bytes:
+        """The event that ends a stream the provider broke off (OpenAI-style SSE `error`)."""
+        return _sse({"error": {"message": message, "type": "upstream_error", "code": code}}, "error")
+
 
 class OpenAIWriter(ReplyWriter):
     def whole(self, completion: Completion) -> bytes:
@@ -132,6 +136,10 @@ class AnthropicWriter(ReplyWriter):
             )
             + _sse({"type": "message_stop"}, "message_stop")
         )
+
+    def error(self, message: str, code: str = "upstream_error") -> bytes:
+        # Anthropic's own stream error event (what its SDK raises as an APIStatusError)
+        return _sse({"type": "error", "error": {"type": "api_error", "message": message}}, "error")
 
 
 WRITERS: dict[str, type[ReplyWriter]] = {"openai.chat": OpenAIWriter, "anthropic.messages": AnthropicWriter}

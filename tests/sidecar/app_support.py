@@ -14,15 +14,20 @@ import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
 import redis
+from aiohttp import web
 from aiohttp.test_utils import TestServer
+from aiohttp.web_runner import BaseRunner
 
 from compiler.api import compile_policy
 from sidecar.app import create_app
 from sidecar.demo_model import DemoSettings, create_demo_app
+from sidecar.hardening import HardeningSettings
+from sidecar.http_server import HardenedRunner
 from sidecar.settings import Settings, load_settings
 from tests.support.servers import ROOT, OpaServer, RedisServer, free_port, start_opa
 
@@ -79,6 +84,17 @@ def flushed_redis_url(server: RedisServer, db: int) -> str:
     return url
 
 
+class HardenedTestServer(TestServer):
+    """The app served the way `hexarch serve` serves it (sidecar/http_server.py)."""
+
+    def __init__(self, app: web.Application, hardening: HardeningSettings, **kw: Any) -> None:
+        super().__init__(app, **kw)
+        self._hardening = hardening
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return HardenedRunner(self.app, self._hardening, **kwargs)
+
+
 @dataclass
 class Harness:
     sidecar: TestServer
@@ -118,7 +134,7 @@ async def harness(
         all_overrides["HEXARCH_OPA_URL"] = opa.url
     all_overrides.update(overrides or {})
     settings = load_settings(str(config), env=env or {}, overrides=all_overrides)
-    server = TestServer(create_app(settings, env=env or {}), host="127.0.0.1")
+    server = HardenedTestServer(create_app(settings, env=env or {}), settings.hardening, host="127.0.0.1")
     await server.start_server()
     session = aiohttp.ClientSession()
     try:

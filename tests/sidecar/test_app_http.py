@@ -264,7 +264,7 @@ async def test_deeply_nested_body_is_400_not_500(h: Harness) -> None:
     nested = b'{"model": "tinyllama", "messages": ' + b"[" * 1000 + b"]" * 1000 + b"}"
     status, doc, _ = await _json(h, "POST", "/api/chat", data=nested)
     assert status == 400
-    assert doc["error"]["code"] == "invalid_json"
+    assert doc["error"]["code"] == "json_too_deep"  # bounded before parsing goes further (docs/hardening.md)
 
 
 async def test_upstream_cookies_never_leak_between_callers(

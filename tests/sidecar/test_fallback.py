@@ -1,7 +1,8 @@
 """Upstream faults from the demo model, through the whole pipeline: 5xx, 429, timeouts, a slow first
 byte, refused connections and a connection reset mid-stream. The fallback chain answers (and says
 who did), the breaker opens and half-opens, failed calls are refunded: the counters equal the
-successful calls exactly, also on a three-primary Redis Cluster under concurrency."""
+successful calls exactly, also on a three-primary Redis Cluster under concurrency. A stream broken
+off mid-reply ends in an error event and is charged what was relayed (issue 11)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 import redis
 from aiohttp.test_utils import TestServer
@@ -54,7 +56,7 @@ primary:
   models: ["tinyllama*"]
   timeout_seconds: 0.5
   retries: {retries}
-  retry_delay_seconds: 0.01
+  backoff_seconds: 0.01
   deadline_seconds: {deadline}
   breaker_failures: {breaker_failures}
   breaker_seconds: {breaker_seconds}
@@ -292,9 +294,23 @@ async def test_the_breaker_opens_then_half_opens_with_one_probe(
         assert await c.settled("calls", 7) == 7  # every call answered, every call counted once
 
 
-async def test_a_connection_reset_mid_stream_is_refunded(
+def _content_events(raw: bytes) -> int:
+    """Relayed chunks that carry generated text (one token each at the demo model's word size)."""
+    count = 0
+    for line in raw.split(b"\n"):
+        if line.startswith(b"data: {"):
+            doc = orjson.loads(line[6:])
+            choices = doc.get("choices") or [{}]
+            if (choices[0].get("delta") or {}).get("content"):
+                count += 1
+    return count
+
+
+async def test_a_connection_reset_mid_stream_ends_in_an_error_event_and_charges_what_was_relayed(
     tmp_path: Path, opa: OpaServer, redis_url: str
 ) -> None:
+    """Issue 9 (a failed call gives its reservation back) meets issue 11 (streams end honestly, a
+    broken stream is charged what was produced): the reservation is replaced by what the client got."""
     async with chain(tmp_path, opa, redis_url, primary={"reset_after_chunks": 3}) as c:
         body = {**BODY, "stream": True, "max_tokens": 10}
         async with c.session.post(f"{c.url}/v1/chat/completions", json=body) as resp:
@@ -305,16 +321,19 @@ async def test_a_connection_reset_mid_stream_is_refunded(
                 async for chunk in resp.content.iter_any():
                     raw += chunk
         assert b"[DONE]" not in raw  # the client sees a broken stream, never a made-up ending
-        assert raw.count(b"data: ") == 3
-        assert await c.settled("calls", 0) == 0
-        assert await c.settled("spend", 0) == 0
+        assert raw.count(b'data: {"id"') == 3
+        assert b"event: error" in raw and b"broke off the stream" in raw
+        relayed = _content_events(raw)
+        assert 0 < relayed < 10
+        assert await c.settled("calls", 1) == 1
+        assert await c.settled("spend", 5 + relayed) == 5 + relayed  # not the 10 reserved
         # a stream that completes is charged its real usage
         c.set_demo("primary", reset_after_chunks=0)
         async with c.session.post(f"{c.url}/v1/chat/completions", json=body) as resp:
             assert b"[DONE]" in await resp.read()
-        expected = math.ceil(5 + 10)
+        expected = 5 + relayed + math.ceil(5 + 10)
         assert await c.settled("spend", expected) == expected
-        assert await c.settled("calls", 1) == 1
+        assert await c.settled("calls", 2) == 2
 
 
 async def test_a_stream_that_stalls_past_the_timeout_is_cut_and_refunded(
@@ -328,9 +347,12 @@ async def test_a_stream_that_stalls_past_the_timeout_is_cut_and_refunded(
             with contextlib.suppress(aiohttp.ClientPayloadError):
                 async for chunk in resp.content.iter_any():
                     raw += chunk
-        assert raw.count(b"data: ") == 1  # the first chunk came, the second never did
+        assert raw.count(b'data: {"id"') == 1  # the first chunk came, the second never did
+        assert _content_events(raw) == 0  # ... and it carried no text yet
         assert b"[DONE]" not in raw
+        assert b"event: error" in raw  # the client is told the stream broke off
         assert 'hexarch_upstream_errors_total{reason="stream",upstream="primary"} 1.0' in await c.metrics()
+        # nothing was produced: a failed call, refunded
         assert await c.settled("calls", 0) == 0
         assert await c.settled("spend", 0) == 0
 

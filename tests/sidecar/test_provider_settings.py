@@ -24,7 +24,7 @@ groq:
   base_url: https://api.groq.com/openai/v1
   api: openai
   model: llama-3.1-8b-instant
-  retry_delay_seconds: 0.2
+  backoff_seconds: 0.2
   deadline_seconds: 12
 yandex:
   base_url: https://llm.api.cloud.yandex.net
@@ -55,7 +55,7 @@ def test_provider_keys_are_read(tmp_path: Path) -> None:
     s = load_settings(str(path), env={"ANTHROPIC_KEY": "sk-ant"})
     claude, groq, yandex, giga = (s.upstreams[n] for n in ("claude", "groq", "yandex", "giga"))
     assert claude.models == ("claude-*",) and claude.api == "anthropic"
-    assert (groq.retry_delay_seconds, groq.deadline_seconds) == (0.2, 12.0)
+    assert (groq.backoff_seconds, groq.deadline_seconds) == (0.2, 12.0)
     assert (yandex.folder_id, yandex.key_type) == ("b1gfolder", "iam_token")
     assert upstream_secret(yandex, {}) == "t1.iam-token"  # from api_key_file, stripped
     assert upstream_secret(claude, {"ANTHROPIC_KEY": "sk-ant"}) == "sk-ant"

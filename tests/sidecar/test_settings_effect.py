@@ -129,21 +129,45 @@ PAIRS: dict[str, tuple[str, str]] = {
     "<upstream>.retries": (upstream(""), upstream(", retries: 2")),
     "<upstream>.retry_attempts": (upstream(""), upstream(", retry_attempts: 2")),
     "<upstream>.retry_delay_seconds": (upstream(""), upstream(", retry_delay_seconds: 1")),
+    "<upstream>.backoff_seconds": (upstream(""), upstream(", backoff_seconds: 1")),
+    "<upstream>.deadline_seconds": (upstream(""), upstream(", deadline_seconds: 5")),
+    "<upstream>.models": (upstream(""), upstream(", models: ['m*']")),
+    "<upstream>.api_key_file": (upstream(""), upstream(", api_key_file: /k")),
+    "<upstream>.folder_id": (upstream(""), upstream(", folder_id: f")),
+    "<upstream>.key_type": (upstream(""), upstream(", key_type: iam_token")),
+    "<upstream>.auth_url": (upstream(""), upstream(", auth_url: 'http://127.0.0.1:5/oauth'")),
+    "<upstream>.scope": (upstream(""), upstream(", scope: GIGACHAT_API_PERS")),
+    "<upstream>.ca_file": (upstream(""), upstream(", ca_file: /etc/hostname")),
+    "<upstream>.verify_tls": (upstream(""), upstream(", verify_tls: false")),
     "<upstream>.fallback": (upstream(""), upstream(", fallback: [backup]")),
     "<upstream>.supports_stream_usage": (upstream(""), upstream(", supports_stream_usage: false")),
     "<upstream>.breaker_failures": (upstream(""), upstream(", breaker_failures: 1")),
     "<upstream>.breaker_seconds": (upstream(""), upstream(", breaker_seconds: 1")),
     "<upstream>.max_tokens_param": (upstream(""), upstream(", max_tokens_param: max_completion_tokens")),
-    "<upstream>.models": (upstream(""), upstream(", models: ['claude-*']")),
-    "<upstream>.api_key_file": (upstream(""), upstream(", api_key_file: /run/secrets/key")),
-    "<upstream>.folder_id": (upstream(""), upstream(", folder_id: b1g")),
-    "<upstream>.key_type": (upstream(""), upstream(", key_type: iam_token")),
-    "<upstream>.auth_url": (upstream(""), upstream(", auth_url: 'https://127.0.0.1:5/api/v2/oauth'")),
-    "<upstream>.scope": (upstream(""), upstream(", scope: GIGACHAT_API_CORP")),
-    "<upstream>.deadline_seconds": (upstream(""), upstream(", deadline_seconds: 5")),
-    "<upstream>.ca_file": (upstream(""), upstream(", ca_file: /etc/passwd")),
-    "<upstream>.verify_tls": (upstream(""), upstream(", verify_tls: false")),
 }
+
+
+# sidecar.hardening: one pair per key of sidecar/hardening.py's table, each set off its default
+_HARDENING_VALUES = {
+    "max_json_depth": "5",
+    "max_json_keys": "50",
+    "header_read_timeout_seconds": "2.5",
+    "max_connections": "10",
+    "keepalive_timeout_seconds": "3",
+    "max_inflight_requests": "7",
+    "max_principal_id_bytes": "32",
+    "max_subjects_per_window": "9",
+    "breaker_failures": "1",
+    "breaker_seconds": "4",
+    "admin_listen": "'127.0.0.1:9999'",
+    "admin_key_env": "ADMIN_KEY",
+}
+PAIRS["sidecar.hardening"] = (upstream(""), upstream("") + sidecar("hardening: {max_json_depth: 5}"))
+for _key, _value in _HARDENING_VALUES.items():
+    PAIRS[f"sidecar.hardening.{_key}"] = (
+        upstream(""),
+        upstream("") + sidecar(f"hardening: {{{_key}: {_value}}}"),
+    )
 
 
 def test_every_key_but_notes_has_a_pair() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from sidecar import settings
+from sidecar import hardening, settings
 from sidecar.settings_docs import SETTINGS_DOCS, render_markdown
 from tests.support.servers import ROOT
 
@@ -17,6 +17,7 @@ def accepted_keys() -> set[str]:
         "sidecar.": settings.SIDECAR_KEYS,
         "sidecar.anonymous.": settings.ANONYMOUS_KEYS,
         "sidecar.trusted_headers.": settings.TRUSTED_KEYS,
+        "sidecar.hardening.": settings.HARDENING_KEYS,
         "sidecar.api_keys[].": settings.API_KEY_KEYS,
         "sidecar.routes[].": settings.ROUTE_KEYS,
         "logging.": settings.LOGGING_KEYS,
@@ -48,7 +49,7 @@ def test_every_row_names_a_test_that_exists() -> None:
 
 
 def test_every_variable_in_the_table_is_read_by_the_settings() -> None:
-    source = Path(settings.__file__).read_text()
+    source = Path(settings.__file__).read_text() + Path(hardening.__file__).read_text()
     for row in SETTINGS_DOCS:
         if row.env:
             assert f'"{row.env}"' in source, f"{row.env} is documented but never read"
