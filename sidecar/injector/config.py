@@ -31,6 +31,8 @@ class InjectorConfig:
     image_pull_policy: str = "IfNotPresent"
     # port of the sidecar in the pod; apps get OPENAI_BASE_URL=http://127.0.0.1:<port>/v1
     sidecar_port: int = 8080
+    # port of the sidecar's admin listener (/metrics, the policy bundle): OPA and Prometheus use it
+    admin_port: int = 9090
     # port of OPA, bound to 127.0.0.1 in the pod (only the sidecar talks to it)
     opa_port: int = 8181
     # Redis for the counters (HEXARCH_REDIS_URL of the sidecar)
@@ -73,11 +75,11 @@ def parse_config(data: Mapping[str, Any]) -> InjectorConfig:
     config = InjectorConfig(**values)
     if config.fail_mode not in FAIL_MODES:
         raise ConfigError(f"injector config 'fail_mode' must be one of {', '.join(FAIL_MODES)}")
-    for key in ("sidecar_port", "opa_port"):
+    for key in ("sidecar_port", "admin_port", "opa_port"):
         if not 0 < getattr(config, key) < 65536:
             raise ConfigError(f"injector config '{key}' must be a port (1-65535)")
-    if config.sidecar_port == config.opa_port:
-        raise ConfigError("injector config 'sidecar_port' and 'opa_port' must differ")
+    if len({config.sidecar_port, config.admin_port, config.opa_port}) != 3:
+        raise ConfigError("injector config 'sidecar_port', 'admin_port' and 'opa_port' must differ")
     if not 1 <= config.bundle_polling_min_seconds <= config.bundle_polling_max_seconds:
         raise ConfigError(
             "injector config needs 1 <= bundle_polling_min_seconds <= bundle_polling_max_seconds"

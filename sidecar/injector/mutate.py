@@ -163,11 +163,16 @@ def sidecar_containers(config: InjectorConfig, o: Overrides) -> list[dict[str, A
         "workingDir": WORK_DIR,
         "env": [
             {"name": "HEXARCH_LISTEN", "value": f"0.0.0.0:{port}"},
+            # /metrics and the bundle answer only on the admin listener (docs/hardening.md)
+            {"name": "HEXARCH_ADMIN_LISTEN", "value": f"0.0.0.0:{config.admin_port}"},
             {"name": "HEXARCH_OPA_URL", "value": f"http://127.0.0.1:{config.opa_port}"},
             _redis_env(config),
             {"name": "HEXARCH_FAIL_MODE", "value": o.fail_mode},
         ],
-        "ports": [{"name": "hexarch", "containerPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "hexarch", "containerPort": port, "protocol": "TCP"},
+            {"name": "hexarch-admin", "containerPort": config.admin_port, "protocol": "TCP"},
+        ],
         "startupProbe": probe("/healthz", 1, 60),
         "livenessProbe": probe("/healthz", 10, 3),
         "readinessProbe": probe("/readyz", 5, 3),
@@ -191,7 +196,7 @@ def sidecar_containers(config: InjectorConfig, o: Overrides) -> list[dict[str, A
             f"127.0.0.1:{config.opa_port}",
             "--optimize-store-for-read-speed",
             "--set",
-            f"services.sidecar.url=http://127.0.0.1:{port}",
+            f"services.sidecar.url=http://127.0.0.1:{config.admin_port}",
             "--set",
             "bundles.hexarch.service=sidecar",
             "--set",

@@ -70,9 +70,10 @@ def test_injected_sidecar_and_opa_answer_the_openai_client(
     tmp_path: Path,
     opa_bin: str,
 ) -> None:
-    sidecar_port, opa_port = free_port(), free_port()
+    sidecar_port, admin_port, opa_port = free_port(), free_port(), free_port()
     values = [
         f"sidecar.port={sidecar_port}",
+        f"sidecar.adminPort={admin_port}",
         f"opa.port={opa_port}",
         "redis.mode=external",
         f"redis.externalUrl=redis://127.0.0.1:{redis_server.port}/0",

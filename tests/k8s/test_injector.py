@@ -178,7 +178,8 @@ def run_injector(*args: str) -> subprocess.CompletedProcess[str]:
         ("sidecar_imagee: x\n", "unknown injector config key 'sidecar_imagee'"),
         ("sidecar_port: '8080'\n", "'sidecar_port' must be an integer"),
         ("fail_mode: sometimes\n", "'fail_mode' must be one of fail_closed, fail_open"),
-        ("sidecar_port: 8181\n", "'sidecar_port' and 'opa_port' must differ"),
+        ("sidecar_port: 8181\n", "'sidecar_port', 'admin_port' and 'opa_port' must differ"),
+        ("admin_port: 8080\n", "'sidecar_port', 'admin_port' and 'opa_port' must differ"),
         ("opa_resources: {limits: {memory: [1]}}\n", "'opa_resources'"),
         ("redis_url_secret: just-a-name\n", "'redis_url_secret' must be SECRET/KEY"),
     ],
@@ -206,7 +207,7 @@ def test_config_keys_change_what_is_injected(tmp_path: Path, injector: Injector)
     path = tmp_path / "injector.yaml"
     path.write_text(
         "sidecar_image: reg.example/hexarch:2\nopa_image: reg.example/opa:2\n"
-        "sidecar_port: 9090\nopa_port: 9191\nredis_url: redis://redis.example:6379/3\n"
+        "sidecar_port: 9090\nadmin_port: 9292\nopa_port: 9191\nredis_url: redis://redis.example:6379/3\n"
         "policy_configmap: pol\npolicy_key: p.yaml\nfail_mode: fail_open\n"
         "native_sidecars: false\nimage_pull_policy: Always\nbundle_polling_min_seconds: 3\n"
         "bundle_polling_max_seconds: 7\nsidecar_resources: {requests: {cpu: 10m}}\n"
@@ -233,6 +234,10 @@ def test_config_keys_change_what_is_injected(tmp_path: Path, injector: Injector)
     env = {e["name"]: e["value"] for e in sidecar["env"]}
     assert env["HEXARCH_LISTEN"] == "0.0.0.0:9090"
     assert env["HEXARCH_OPA_URL"] == "http://127.0.0.1:9191"
+    assert env["HEXARCH_ADMIN_LISTEN"] == "0.0.0.0:9292"
+    assert [p["containerPort"] for p in sidecar["ports"]] == [9090, 9292]
+    # OPA polls the bundle on the admin listener, the only one that serves it
+    assert "services.sidecar.url=http://127.0.0.1:9292" in opa["args"]
     assert env["HEXARCH_REDIS_URL"] == "redis://redis.example:6379/3"
     assert env["HEXARCH_FAIL_MODE"] == "fail_open"
     assert sidecar["args"][-1] == "/etc/hexarch/policy/p.yaml"
