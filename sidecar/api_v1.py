@@ -39,7 +39,6 @@ from sidecar import redis_keys
 from sidecar.boundary import RECORD_KEY
 from sidecar.counters import (
     Admission,
-    Counters,
     Limit,
     LimitState,
     ReservedGroup,
@@ -422,7 +421,7 @@ class ApiV1:
         rec.outcome = "allowed" if rec.outcome == "unknown" else rec.outcome
         tags = StatsTags(principal.id, principal.team, model, tuple(sorted({lim.policy for lim in limits})))
         reply.update(allow=True, reservation_id=admission.reservation_id, expires_in=ttl)
-        if isinstance(store, Counters):
+        if store is self.s.counters:  # the shared store (not the fail_open stand-in)
             ticket = Ticket(
                 admission.reservation_id,
                 principal.id,
