@@ -714,8 +714,8 @@ def _api_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[No
             yield
         finally:
             sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            # bounded: shutdown never waits on the sweeper (it holds nothing that needs finishing)
+            await asyncio.wait({sweeper}, timeout=2)
             services.settled_hooks.remove(api.proxied)
             await api.close()
 

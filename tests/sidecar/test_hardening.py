@@ -406,11 +406,12 @@ async def test_distinct_subjects_per_window_are_bounded(
                 h.url("/api/chat"), json=CHAT, headers={"X-Hexarch-User": user}
             ) as resp:
                 assert resp.status == 200
-        keys_before = redis.Redis.from_url(redis_url).dbsize()
         async with h.session.post(h.url("/api/chat"), json=CHAT, headers={"X-Hexarch-User": "u4"}) as resp:
             err = _error_shaped(resp.status, await resp.read())
         assert resp.status == 429 and err["code"] == "too_many_subjects"
-        assert redis.Redis.from_url(redis_url).dbsize() == keys_before  # no key for the refused id
+        # no key for the refused id (the others' settlements and statistics may still be landing)
+        stored = redis.Redis.from_url(redis_url).keys("*")
+        assert stored and not [k for k in stored if b"u4" in k], stored
         async with h.session.post(h.url("/api/chat"), json=CHAT, headers={"X-Hexarch-User": "u1"}) as resp:
             assert resp.status == 200
         async with h.session.get(h.url("/metrics")) as resp:
