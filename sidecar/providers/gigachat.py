@@ -24,17 +24,15 @@ from sidecar.providers.base import (
     CONTENT_FILTER,
     Adapter,
     Completion,
-    Delta,
     SseDecoder,
     Wire,
-    as_int,
     json_body,
     max_tokens_of,
     number,
-    obj,
     register,
     split_system,
 )
+from sidecar.providers.openai import ChatCompletionStream, chat_completion
 
 DEFAULT_AUTH_URL = "https://ngw.devices.sberbank.ru:9443/api/v2/oauth"
 DEFAULT_SCOPE = "GIGACHAT_API_PERS"
@@ -46,11 +44,6 @@ FINISH = {
     "blacklist": CONTENT_FILTER,
     "error": "stop",
 }
-
-
-def _usage(doc: Mapping[str, Any]) -> tuple[int | None, int | None]:
-    usage = obj(doc, "usage")
-    return as_int(usage.get("prompt_tokens")), as_int(usage.get("completion_tokens"))
 
 
 @register("gigachat")
@@ -130,41 +123,7 @@ class GigaChatAdapter(Adapter):
         return Wire("POST", "/chat/completions", {"Content-Type": "application/json"}, json_body(body))
 
     def reply(self, doc: Mapping[str, Any]) -> Completion:
-        choices = doc.get("choices")
-        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-        message = obj(first, "message")
-        native = first.get("finish_reason")
-        prompt, completion = _usage(doc)
-        return Completion(
-            str(message.get("content") or ""),
-            FINISH.get(native, "stop") if isinstance(native, str) else None,
-            native if isinstance(native, str) else None,
-            prompt,
-            completion,
-        )
+        return chat_completion(doc, FINISH)  # GigaChat answers in the chat-completions shape
 
     def stream_decoder(self) -> SseDecoder:
-        return _GigaChatStream()
-
-
-class _GigaChatStream(SseDecoder):
-    def sse(self, name: str, doc: dict[str, Any]) -> list[Delta]:
-        out: list[Delta] = []
-        for choice in doc.get("choices") or ():
-            if not isinstance(choice, dict):
-                continue
-            delta = obj(choice, "delta")
-            native = choice.get("finish_reason")
-            text = str(delta.get("content") or "")
-            if text or native:
-                out.append(
-                    Delta(
-                        text,
-                        FINISH.get(native, "stop") if isinstance(native, str) else None,
-                        native if isinstance(native, str) else None,
-                    )
-                )
-        prompt, completion = _usage(doc)
-        if prompt is not None or completion is not None:
-            out.append(Delta(prompt_tokens=prompt, completion_tokens=completion))
-        return out
+        return ChatCompletionStream(FINISH)

@@ -40,34 +40,46 @@ class OpenAIAdapter(Adapter):
         return Wire("POST", "/v1/chat/completions", {"Content-Type": "application/json"}, json_body(body))
 
     def reply(self, doc: Mapping[str, Any]) -> Completion:
-        choices = doc.get("choices")
-        first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-        message = obj(first, "message")
-        native = first.get("finish_reason")
-        prompt, completion = _usage(doc)
-        return Completion(
-            str(message.get("content") or ""),
-            FINISH.get(str(native), "stop") if native else None,
-            native if isinstance(native, str) else None,
-            prompt,
-            completion,
-        )
+        return chat_completion(doc, FINISH)
 
     def stream_decoder(self) -> SseDecoder:
-        return _OpenAIStream()
+        return ChatCompletionStream(FINISH)
 
 
-class _OpenAIStream(SseDecoder):
+def _finish(native: Any, finish: Mapping[str, str]) -> tuple[str | None, str | None]:
+    """The OpenAI finish reason for a provider's own (`finish`: its table; unknown ones: stop)."""
+    if not isinstance(native, str) or not native:
+        return None, None
+    return finish.get(native, "stop"), native
+
+
+def chat_completion(doc: Mapping[str, Any], finish: Mapping[str, str]) -> Completion:
+    """A chat-completions reply (OpenAI's shape, also GigaChat's) read back with `finish`."""
+    choices = doc.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
+    message = obj(first, "message")
+    reason, native = _finish(first.get("finish_reason"), finish)
+    prompt, completion = _usage(doc)
+    return Completion(str(message.get("content") or ""), reason, native, prompt, completion)
+
+
+class ChatCompletionStream(SseDecoder):
+    """A chat-completions stream (OpenAI's chunks, also GigaChat's) read back with `finish`."""
+
+    def __init__(self, finish: Mapping[str, str]) -> None:
+        super().__init__()
+        self._finish = finish
+
     def sse(self, name: str, doc: dict[str, Any]) -> list[Delta]:
         out: list[Delta] = []
         for choice in doc.get("choices") or ():
             if not isinstance(choice, dict):
                 continue
             delta = obj(choice, "delta")
-            native = choice.get("finish_reason")
+            reason, native = _finish(choice.get("finish_reason"), self._finish)
             text = str(delta.get("content") or "")
             if text or native:
-                out.append(Delta(text, FINISH.get(str(native), "stop") if native else None, native))
+                out.append(Delta(text, reason, native))
         prompt, completion = _usage(doc)
         if prompt is not None or completion is not None:
             out.append(Delta(prompt_tokens=prompt, completion_tokens=completion))
