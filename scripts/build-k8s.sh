@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 root=$PWD
 # shellcheck source=versions.env
 source scripts/versions.env
-log() { printf '[build-k8s] %s\n' "$*" >&2; }
+log() { printf '[build-k8s +%ss] %s\n' "$SECONDS" "$*" >&2; }
 mkdir -p .tools/bin .tools/src
 command -v go >/dev/null || { log "Go is required to build etcd and kube-apiserver"; exit 1; }
 

@@ -12,7 +12,8 @@ root=$PWD
 # shellcheck source=versions.env
 source scripts/versions.env
 
-log() { printf '[setup] %s\n' "$*" >&2; }
+# each line carries the seconds since set-up began, so CI's output shows where the time went
+log() { printf '[setup +%ss] %s\n' "$SECONDS" "$*" >&2; }
 
 # --- Python -----------------------------------------------------------------
 if [ ! -x .venv/bin/python ]; then

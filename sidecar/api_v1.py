@@ -59,6 +59,7 @@ from sidecar.errors import (
 )
 from sidecar.errors_http import JSON, respond
 from sidecar.ingress import Normalised
+from sidecar.periodic import Periodic
 from sidecar.principal import Principal
 from sidecar.proxy import Pipeline, note_decision
 from sidecar.redis_client import create_redis
@@ -275,6 +276,7 @@ class ApiV1:
         self._redis = redis
         self.stats = StatsStore(redis, settings.timezone)
         self.settlement = Settlement(services)
+        self._sweep_delay = SWEEP_SECONDS
 
     async def guarded(self, request: web.Request, handler: ApiHandler) -> web.StreamResponse:
         """The principal, then the handler; a failure is answered in the DESIGN.md shape (by the
@@ -554,17 +556,18 @@ class ApiV1:
     async def close(self) -> None:
         await self._redis.aclose()
 
-    async def sweep_forever(self) -> None:
-        delay = SWEEP_SECONDS
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self.sweep()
-                delay = SWEEP_SECONDS
-            except CounterStoreError as exc:
-                # Redis is down: back off (and log) up to every 30 s; expired tickets wait for it.
-                delay = min(30.0, delay * 2)
-                logger.warning("releasing expired reservations failed (next try in %.0f s): %s", delay, exc)
+    async def sweep_round(self) -> float:
+        """One round of the sweeper (sidecar/periodic.py); the delay before the next one."""
+        try:
+            await self.sweep()
+            self._sweep_delay = SWEEP_SECONDS
+        except CounterStoreError as exc:
+            # Redis is down: back off (and log) up to every 30 s; expired tickets wait for it.
+            self._sweep_delay = min(30.0, self._sweep_delay * 2)
+            logger.warning(
+                "releasing expired reservations failed (next try in %.0f s): %s", self._sweep_delay, exc
+            )
+        return self._sweep_delay
 
     async def sweep(self) -> int:
         """Release the tickets whose settle deadline has passed; the number released here."""
@@ -709,13 +712,13 @@ def _api_ctx(settings: Settings) -> Callable[[web.Application], AsyncIterator[No
         api = ApiV1(settings, services, create_redis(settings.redis_url))
         app[API_KEY] = api
         services.settled_hooks.append(api.proxied)
-        sweeper = asyncio.create_task(api.sweep_forever())
+        sweeper = Periodic("the reservation sweeper", api.sweep_round, SWEEP_SECONDS)
+        sweeper.start()
         try:
             yield
         finally:
-            sweeper.cancel()
-            # bounded: shutdown never waits on the sweeper (it holds nothing that needs finishing)
-            await asyncio.wait({sweeper}, timeout=2)
+            # bounded: shutdown never waits long on the sweeper (it holds nothing that needs finishing)
+            await sweeper.stop()
             services.settled_hooks.remove(api.proxied)
             await api.close()
 

@@ -13,6 +13,8 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from sidecar.periodic import STOP_GRACE_SECONDS
+
 logger = logging.getLogger("hexarch.sidecar")
 
 # Past this many pending jobs (Redis stalled, each job waiting out its socket timeout) the handler
@@ -64,4 +66,5 @@ class BackgroundJobs:
             logger.warning("cancelling %d settlements still pending at shutdown", len(stuck))
             for task in stuck:
                 task.cancel()
-            await asyncio.gather(*stuck, return_exceptions=True)
+            # bounded too: a job whose cancellation a client library absorbs must not hang shutdown
+            await asyncio.wait(stuck, timeout=STOP_GRACE_SECONDS)

@@ -27,7 +27,6 @@ two engines' decisions identical.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
 import io
 import logging
@@ -45,6 +44,7 @@ import orjson
 import wasmtime
 
 from sidecar.errors import PolicyEngineError
+from sidecar.periodic import Periodic
 from sidecar.wasm_builtins import HOST_BUILTINS, NOW_NS, BuiltinError
 
 logger = logging.getLogger("hexarch.wasm")
@@ -253,10 +253,9 @@ class WasmEngine:
         self._source = source
         self._server = server
         self._opa = opa_binary
-        self._check_seconds = check_seconds
         self._policy: WasmPolicy | None = None
         self._failed_revision: str | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._watcher = Periodic("the Wasm bundle watcher", self._check, check_seconds)
         self._lock = threading.Lock()
         self.reloads = 0
 
@@ -267,14 +266,10 @@ class WasmEngine:
     async def start(self) -> None:
         await self._server.start()
         await self.refresh()
-        self._task = asyncio.create_task(self._watch())
+        self._watcher.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await self._watcher.stop()
         await self._server.close()
 
     async def refresh(self) -> None:
@@ -307,13 +302,11 @@ class WasmEngine:
         module, data = wasm_from_bundle(bundle, self._opa)
         return WasmPolicy(module, {"hexarch": {"config": orjson.loads(data)}}, revision)
 
-    async def _watch(self) -> None:
-        while True:
-            await asyncio.sleep(self._check_seconds)
-            try:
-                await self.refresh()
-            except Exception:  # a watcher must outlive one bad check; logged with its traceback
-                logger.exception("Wasm bundle check failed")
+    async def _check(self) -> None:
+        try:
+            await self.refresh()
+        except Exception:  # a watcher must outlive one bad check; logged with its traceback
+            logger.exception("Wasm bundle check failed")
 
     async def decide(self, input_doc: dict[str, Any]) -> dict[str, Any]:
         policy = self._policy

@@ -10,9 +10,7 @@ connections then use the new certificate, open ones keep theirs.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import logging
 import os
 import ssl
@@ -27,6 +25,7 @@ from sidecar.errors_http import error_body
 from sidecar.injector.config import InjectorConfig
 from sidecar.injector.errors import BadReview, Refusal
 from sidecar.injector.mutate import patch_for
+from sidecar.periodic import Periodic
 
 logger = logging.getLogger("hexarch.injector")
 JSON = "application/json"
@@ -159,15 +158,12 @@ def _reload_ctx(every: float) -> Callable[[web.Application], AsyncIterator[None]
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         certs = app[CERTS_KEY]
 
-        async def loop() -> None:
-            while True:
-                await asyncio.sleep(every)
-                certs.check()
+        async def check() -> None:
+            certs.check()
 
-        task = asyncio.create_task(loop())
+        reload = Periodic("the certificate reload", check, every)
+        reload.start()
         yield
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await reload.stop()
 
     return ctx
