@@ -28,12 +28,13 @@ import orjson
 import redis.asyncio as redis
 from aiohttp import web
 
-from sidecar.opa_http import JsonPoster
+from sidecar.errors import PolicyEngineError
+from sidecar.opa_client import OpaClient
 
 PATH = "/v1/chat/completions"
 _INCR = "return redis.call('INCR', KEYS[1])"
 
-OPA_KEY: web.AppKey[JsonPoster] = web.AppKey("opa", JsonPoster)
+OPA_KEY: web.AppKey[OpaClient] = web.AppKey("opa", OpaClient)
 REDIS_KEY: web.AppKey[redis.Redis] = web.AppKey("redis", redis.Redis)
 SCRIPT_KEY: web.AppKey[str] = web.AppKey("script", str)
 SESSION_KEY: web.AppKey[aiohttp.ClientSession] = web.AppKey("session", aiohttp.ClientSession)
@@ -67,23 +68,27 @@ def create_app(opa_url: str, redis_url: str, upstream_url: str) -> web.Applicati
     app = web.Application()
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
-        poster = JsonPoster(f"{opa_url.rstrip('/')}/v1/data/hexarch/decision", 1.0)
+        opa = OpaClient(opa_url, 1000)
+        await opa.start()
         client = redis.Redis.from_url(redis_url)
-        app[OPA_KEY] = poster
+        app[OPA_KEY] = opa
         app[REDIS_KEY] = client
         app[SCRIPT_KEY] = await client.script_load(_INCR)
         app[SESSION_KEY] = aiohttp.ClientSession()
         yield
         await app[SESSION_KEY].close()
         await client.aclose()
-        await poster.close()
+        await opa.close()
 
     async def handle(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw)
-        status, answer = await request.app[OPA_KEY].post(orjson.dumps({"input": decision_input(body)}))
-        if status != 200 or orjson.loads(answer).get("result", {}).get("allow") is not True:
-            return web.Response(status=403, body=answer)
+        try:
+            decision = await request.app[OPA_KEY].decide(decision_input(body))
+        except PolicyEngineError as exc:
+            return web.Response(status=503, text=str(exc))
+        if decision.get("allow") is not True:
+            return web.Response(status=403, body=orjson.dumps(decision))
         await request.app[REDIS_KEY].evalsha(request.app[SCRIPT_KEY], 1, "hexarch-floor")
         async with request.app[SESSION_KEY].post(
             upstream_url.rstrip("/") + PATH, data=raw, headers={"Content-Type": "application/json"}

@@ -14,7 +14,6 @@ from aiohttp.test_utils import TestServer
 
 from sidecar.errors import PolicyEngineError
 from sidecar.opa_client import OpaClient
-from sidecar.opa_http import HttpError, JsonPoster
 from tests.sidecar.app_support import demo_server, flushed_redis_url, harness
 from tests.support.servers import OpaServer, RedisServer, find_binary, free_port, terminate, wait_for
 
@@ -141,32 +140,36 @@ async def test_sidecar_answers_503_while_opa_is_down_and_recovers(
 # Framing the client must read whoever the server is: a small aiohttp server stands in for OPA.
 
 
+DECISION = b'{"result": {"allow": true, "padding": "' + b"x" * 5000 + b'"}}'
+
+
 async def _chunked(request: web.Request) -> web.StreamResponse:
-    body = await request.read()
+    await request.read()
     resp = web.StreamResponse()
     resp.enable_chunked_encoding()
     await resp.prepare(request)
-    for i in range(0, len(body), 7):
-        await resp.write(body[i : i + 7])
+    for i in range(0, len(DECISION), 7):
+        await resp.write(DECISION[i : i + 7])
     await resp.write_eof()
     return resp
 
 
 async def _close(request: web.Request) -> web.StreamResponse:
-    return web.Response(body=await request.read(), headers={"Connection": "close"})
+    await request.read()
+    return web.Response(body=DECISION, headers={"Connection": "close"})
 
 
 async def _slow(request: web.Request) -> web.StreamResponse:
     await asyncio.sleep(1)
-    return web.Response(body=b"{}")
+    return web.Response(body=DECISION)
 
 
 @pytest.fixture
 async def framing_server() -> AsyncIterator[TestServer]:
     app = web.Application()
-    app.router.add_post("/chunked", _chunked)
-    app.router.add_post("/close", _close)
-    app.router.add_post("/slow", _slow)
+    app.router.add_post("/v1/data/chunked", _chunked)
+    app.router.add_post("/v1/data/close", _close)
+    app.router.add_post("/v1/data/slow", _slow)
     server = TestServer(app, host="127.0.0.1")
     await server.start_server()
     try:
@@ -176,20 +179,27 @@ async def framing_server() -> AsyncIterator[TestServer]:
 
 
 async def test_chunked_and_connection_close_replies(framing_server: TestServer) -> None:
-    body = b'{"result": {"allow": true, "padding": "' + b"x" * 5000 + b'"}}'
-    for path in ("/chunked", "/close"):
-        poster = JsonPoster(str(framing_server.make_url(path)), 2)
+    for path in ("chunked", "close"):
+        client = OpaClient(str(framing_server.make_url("")), 2000, decision_path=path)
+        await client.start()
         try:
             for _ in range(3):
-                assert await poster.post(body) == (200, body)
+                assert await client.decide({}) == {"allow": True, "padding": "x" * 5000}
         finally:
-            await poster.close()
+            await client.close()
 
 
-async def test_timeout_is_an_error_and_the_line_is_not_reused(framing_server: TestServer) -> None:
-    poster = JsonPoster(str(framing_server.make_url("/slow")), 0.1)
+async def test_timeout_is_an_error_and_a_later_call_is_answered(framing_server: TestServer) -> None:
+    client = OpaClient(str(framing_server.make_url("")), 100, decision_path="slow")
+    await client.start()
     try:
-        with pytest.raises(HttpError, match="timed out"):
-            await poster.post(b"{}")
+        with pytest.raises(PolicyEngineError, match="timed out"):
+            await client.decide({})
     finally:
-        await poster.close()
+        await client.close()
+    patient = OpaClient(str(framing_server.make_url("")), 3000, decision_path="slow")
+    await patient.start()
+    try:
+        assert (await patient.decide({}))["allow"] is True
+    finally:
+        await patient.close()
