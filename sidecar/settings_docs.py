@@ -325,7 +325,7 @@ SETTINGS_DOCS: tuple[SettingDoc, ...] = (
         "opa.timeout_ms",
         "250",
         "decision timeout in milliseconds",
-        "tests/sidecar/test_opa_client.py::test_timeout_is_an_error_and_the_line_is_not_reused",
+        "tests/sidecar/test_opa_client.py::test_timeout_is_an_error_and_a_later_call_is_answered",
         "HEXARCH_OPA_TIMEOUT_MS",
     ),
     SettingDoc(

@@ -194,6 +194,8 @@ def test_one_decision_and_one_call_of_each_redis_script_per_request(
     sent = redis_after - redis_before
     # a pooled connection opened on the way says HELLO (and CLIENT SETINFO) once: not per request
     handshakes = {name: sent.pop(name) for name in HANDSHAKE if name in sent}
+    # the API's sweeper reads its ticket index once a second whatever the traffic: not per request
+    sent.pop("zrangebyscore", None)
     assert sent == Counter({name: REQUESTS for name in PER_REQUEST})
     assert handshakes.get("hello", 0) <= 2, handshakes
 
