@@ -36,6 +36,7 @@ import orjson
 from aiohttp import web
 
 from sidecar import redis_keys
+from sidecar.body import refuse_declared_oversize
 from sidecar.boundary import RECORD_KEY
 from sidecar.counters import (
     Admission,
@@ -108,7 +109,8 @@ def _count(
     return value
 
 
-async def _json_object(request: web.Request) -> dict[str, Any]:
+async def _json_object(request: web.Request, max_body_bytes: int) -> dict[str, Any]:
+    refuse_declared_oversize(request, max_body_bytes)
     raw = await request.read()
     try:
         body = orjson.loads(raw) if raw else None
@@ -299,7 +301,7 @@ class ApiV1:
 
     # ----------------------------------------------------------------------------------------
     async def check(self, request: web.Request, principal: Principal) -> web.StreamResponse:
-        body = await _json_object(request)
+        body = await _json_object(request, self._settings.max_body_bytes)
         policy_id = _text(body, "policy_id")
         resource = _text(body, "resource")
         operation = _text(body, "operation") or "request"
@@ -490,7 +492,7 @@ class ApiV1:
 
     # ----------------------------------------------------------------------------------------
     async def settle(self, request: web.Request, principal: Principal) -> web.StreamResponse:
-        body = await _json_object(request)
+        body = await _json_object(request, self._settings.max_body_bytes)
         rid = _text(body, "reservation_id", required=True)
         assert rid is not None
         prompt = _count(body, "prompt_tokens", 0)

@@ -51,6 +51,7 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
         )
     if not request.body_exists:
         return b""
+    refuse_declared_oversize(request, max_body_bytes)
     try:
         return await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
@@ -65,6 +66,16 @@ async def read_body(request: web.Request, max_body_bytes: int) -> bytes:
                 f"request body is not valid {encoding} data", code="invalid_content_encoding"
             ) from exc
         raise BadRequest("request body could not be read completely", code="invalid_body") from exc
+
+
+def refuse_declared_oversize(request: web.Request, max_body_bytes: int) -> None:
+    """413 at once for an identity body whose Content-Length is over the limit: the client learns
+    before it sends the rest (or while it waits for a 100-continue), not after a body timeout."""
+    declared = request.content_length
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if declared is not None and declared > max_body_bytes and encoding in ("", "identity"):
+        request[BROKEN_BODY] = True  # its unread body is still on the connection: close after replying
+        raise PayloadTooLarge(f"request body is larger than {max_body_bytes} bytes")
 
 
 def check_json_bounds(doc: Any, max_depth: int, max_keys: int) -> None:

@@ -245,6 +245,18 @@ async def test_malformed_http_is_4xx_with_one_quiet_log_line(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
 
 
+@pytest.mark.parametrize(
+    "path", ["/v1/chat/completions", "/api/chat", "/hexarch/v1/check", "/hexarch/v1/settle"]
+)
+async def test_an_oversized_content_length_is_413_before_the_body_is_sent(h: Harness, path: str) -> None:
+    # only the head and 2 bytes of a declared 1 GB body: the answer must not wait for the rest
+    declared = h.settings.max_body_bytes * 1000
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    status, body = await _raw(h, f"{head}Content-Length: {declared}\r\n\r\n{{}}".encode())
+    assert status == 413
+    assert _error_shaped(status, body)["code"] == "payload_too_large"
+
+
 @pytest.mark.parametrize("value", ["%2e%2e", "%2E%2E", ".", "%2e"])
 async def test_route_placeholders_cannot_traverse_and_refund(h: Harness, echo: Echo, value: str) -> None:
     for _ in range(5):  # more than the 4 requests per minute: refused requests must be refunded
