@@ -273,7 +273,8 @@ class ApiV1:
         self.s = services
         self._policy = PolicyView(settings)
         self._redis = redis
-        self.stats = StatsStore(redis, settings.timezone)
+        # recorded in the settlement's own per-tick pipeline (sidecar/script_batch.py)
+        self.stats = StatsStore(redis, settings.timezone, batcher=services.scripts)
         self.settlement = Settlement(services)
 
     async def guarded(self, request: web.Request, handler: ApiHandler) -> web.StreamResponse:

@@ -40,6 +40,7 @@ from sidecar.principal import PrincipalResolver
 from sidecar.proxy import Handler, Proxy
 from sidecar.reconcile import JournaledCounters
 from sidecar.redis_client import create_redis, redact
+from sidecar.script_batch import create_batcher
 from sidecar.services import SERVICES_KEY, Services
 from sidecar.settings import Settings
 from sidecar.subject_bound import SubjectWindow
@@ -220,8 +221,10 @@ def _services_ctx(
         )
         upstream = UpstreamClient(settings, metrics, env)
         redis_guard = DependencyBreaker("redis", settings.hardening, metrics)
+        redis = create_redis(settings.redis_url)
+        scripts = create_batcher(redis)
         counters: CounterStore = GuardedCounters(
-            Counters(create_redis(settings.redis_url), timezone=settings.timezone), redis_guard
+            Counters(redis, timezone=settings.timezone, batcher=scripts), redis_guard
         )
         background = BackgroundJobs()
         fallback: CounterStore | None = None
@@ -246,6 +249,7 @@ def _services_ctx(
             background,
             decision_log,
             SubjectWindow(settings.hardening.max_subjects_per_window),
+            scripts=scripts,
         )
         app[SERVICES_KEY] = services
         try:

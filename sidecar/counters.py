@@ -34,6 +34,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from sidecar import redis_keys
 from sidecar.errors import CounterStoreError, PolicyEngineError
 from sidecar.redis_client import DEFAULT_MAX_CONNECTIONS
+from sidecar.script_batch import BatchFull, Script, ScriptBatcher
 
 UNITS = ("requests", "tokens", "usd_micros")
 ACTIONS = ("block", "warn")
@@ -569,9 +570,14 @@ class Counters(_Engine):
         timezone: str = "UTC",
         clock: Callable[[], float] = time.time,
         reservation_ttl_seconds: int = 900,
+        batcher: ScriptBatcher | None = None,
     ) -> None:
         super().__init__(timezone=timezone, clock=clock, reservation_ttl_seconds=reservation_ttl_seconds)
         self._redis = redis
+        # settlements and refunds go through it, one pipeline per event-loop tick (the client waits
+        # for none of them); admissions stay single calls (sidecar/script_batch.py)
+        self._batcher = batcher
+        self._settle_script = Script.load("settle")
         # Only a cluster client needs the one-time initialisation of `_ready`.
         self._initialised = not isinstance(redis, RedisCluster)
         self._init_lock = asyncio.Lock()
@@ -601,6 +607,8 @@ class Counters(_Engine):
             return False
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.drain()
         await self._redis.aclose()
 
     async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[AdmitReply]:
@@ -612,9 +620,23 @@ class Counters(_Engine):
         ]
 
     async def _run_settle(self, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
-        for reply in await self._evalsha(self._settle_sha, calls):
-            if isinstance(reply, CounterStoreError):
+        if self._batcher is None:
+            for reply in await self._evalsha(self._settle_sha, calls):
+                if isinstance(reply, CounterStoreError):
+                    raise reply
+            return
+        try:
+            futures = [self._batcher.submit(self._settle_script, keys, args) for keys, args in calls]
+        except BatchFull as exc:
+            raise CounterStoreError(f"counter queue full: {exc}") from exc
+        replies = await asyncio.gather(*futures, return_exceptions=True)
+        for reply in replies:
+            if isinstance(reply, asyncio.CancelledError):
                 raise reply
+            if isinstance(reply, BaseException):
+                if not isinstance(reply, _REDIS_FAILURES):
+                    raise reply
+                raise CounterStoreError(f"Redis counter script failed: {reply}") from reply
 
     async def _evalsha(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Each call's reply, or the CounterStoreError it failed with (a call whose reply is lost may

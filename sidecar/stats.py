@@ -25,6 +25,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from sidecar import redis_keys
 from sidecar.counters import RedisClient, Usage, budget_period
 from sidecar.errors import CounterStoreError
+from sidecar.script_batch import BatchFull, Script, ScriptBatcher
 
 DIMENSIONS = ("model", "principal", "team", "policy")
 MEASURES = ("requests", "prompt_tokens", "completion_tokens", "cost_usd_micros")
@@ -34,6 +35,7 @@ MONTH_TTL_SECONDS = 62 * 86_400
 MARKER_TTL_SECONDS = 86_400
 _SCRIPT = (Path(__file__).resolve().parent / "lua" / "stats.lua").read_text(encoding="utf-8")
 _SHA = hashlib.sha1(_SCRIPT.encode("utf-8")).hexdigest()
+_STATS = Script("stats", _SCRIPT, _SHA)
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
@@ -107,8 +109,16 @@ def _decorate(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class StatsStore:
-    def __init__(self, redis: RedisClient, timezone: str, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        redis: RedisClient,
+        timezone: str,
+        clock: Callable[[], float] = time.time,
+        batcher: ScriptBatcher | None = None,
+    ) -> None:
         self._redis = redis
+        # `record` goes in the same per-tick pipeline as the settlement (sidecar/script_batch.py)
+        self._batcher = batcher
         self._tz = ZoneInfo(timezone)
         self._clock = clock
 
@@ -143,11 +153,16 @@ class StatsStore:
             *_increments(tags, usage),
         ]
         try:
-            try:
-                done = await self._redis.evalsha(_SHA, len(keys), *keys, *args)
-            except NoScriptError:
-                done = await self._redis.eval(_SCRIPT, len(keys), *keys, *args)
-        except REDIS_FAILURES as exc:
+            if self._batcher is not None:
+                done = await self._batcher.submit(_STATS, keys, args)
+                if isinstance(done, Exception):  # Redis's error for this call alone
+                    raise done
+            else:
+                try:
+                    done = await self._redis.evalsha(_SHA, len(keys), *keys, *args)
+                except NoScriptError:
+                    done = await self._redis.eval(_SCRIPT, len(keys), *keys, *args)
+        except (*REDIS_FAILURES, BatchFull) as exc:
             raise CounterStoreError(f"recording usage statistics failed: {exc}") from exc
         return bool(int(done))
 
