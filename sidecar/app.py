@@ -40,7 +40,6 @@ from sidecar.principal import PrincipalResolver
 from sidecar.proxy import Handler, Proxy
 from sidecar.reconcile import JournaledCounters
 from sidecar.redis_client import create_redis, redact
-from sidecar.script_batch import create_batcher
 from sidecar.services import SERVICES_KEY, Services
 from sidecar.settings import Settings
 from sidecar.subject_bound import SubjectWindow
@@ -221,11 +220,9 @@ def _services_ctx(
         )
         upstream = UpstreamClient(settings, metrics, env)
         redis_guard = DependencyBreaker("redis", settings.hardening, metrics)
-        redis = create_redis(settings.redis_url)
-        scripts = create_batcher(redis)
-        counters: CounterStore = GuardedCounters(
-            Counters(redis, timezone=settings.timezone, batcher=scripts), redis_guard
-        )
+        store = Counters(create_redis(settings.redis_url), timezone=settings.timezone)
+        scripts = store.batcher  # the usage statistics join the settlements' pipelines
+        counters: CounterStore = GuardedCounters(store, redis_guard)
         background = BackgroundJobs()
         fallback: CounterStore | None = None
         if settings.fail_mode == "fail_open":

@@ -34,7 +34,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from sidecar import redis_keys
 from sidecar.errors import CounterStoreError, PolicyEngineError
 from sidecar.redis_client import DEFAULT_MAX_CONNECTIONS
-from sidecar.script_batch import BatchFull, Script, ScriptBatcher
+from sidecar.script_batch import BatchFull, Script, create_batcher
 
 UNITS = ("requests", "tokens", "usd_micros")
 ACTIONS = ("block", "warn")
@@ -237,6 +237,11 @@ def budget_period(period: str, now: float, tz: ZoneInfo) -> tuple[str, float]:
 def _budget_period_of_minute(period: str, minute: int, tz: ZoneInfo) -> tuple[str, float]:
     # Period boundaries fall on whole minutes in every current time zone, so one answer per minute.
     return budget_period(period, minute * 60, tz)
+
+
+def period_label(period: str, now: float, tz: ZoneInfo) -> str:
+    """The key window label of the day/month holding `now` (`budget_period`, cached per minute)."""
+    return _budget_period_of_minute(period, int(now // 60), tz)[0]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -570,13 +575,16 @@ class Counters(_Engine):
         timezone: str = "UTC",
         clock: Callable[[], float] = time.time,
         reservation_ttl_seconds: int = 900,
-        batcher: ScriptBatcher | None = None,
+        batch: bool = True,
     ) -> None:
         super().__init__(timezone=timezone, clock=clock, reservation_ttl_seconds=reservation_ttl_seconds)
         self._redis = redis
-        # settlements and refunds go through it, one pipeline per event-loop tick (the client waits
-        # for none of them); admissions stay single calls (sidecar/script_batch.py)
-        self._batcher = batcher
+        # Every script call goes through it: the calls of one event-loop tick (admissions and
+        # settlements of all requests) share one pipeline (sidecar/script_batch.py). None on a
+        # cluster, or with batch=False: one EVALSHA per call, as `_evalsha` sends it.
+        self.batcher = create_batcher(redis) if batch else None
+        self._batcher = self.batcher
+        self._admit_script = Script.load("admit")
         self._settle_script = Script.load("settle")
         # Only a cluster client needs the one-time initialisation of `_ready`.
         self._initialised = not isinstance(redis, RedisCluster)
@@ -612,7 +620,10 @@ class Counters(_Engine):
         await self._redis.aclose()
 
     async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[AdmitReply]:
-        replies = await self._evalsha(self._admit_sha, calls)
+        if self._batcher is None:
+            replies = await self._evalsha(self._admit_sha, calls)
+        else:
+            replies = await self._batched(self._admit_script, calls)
         # admit.lua answers one comma-separated string: far cheaper to parse than a nested reply
         return [
             r if isinstance(r, CounterStoreError) else [int(x) for x in _text_of(r).split(",")]
@@ -621,22 +632,35 @@ class Counters(_Engine):
 
     async def _run_settle(self, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
         if self._batcher is None:
-            for reply in await self._evalsha(self._settle_sha, calls):
-                if isinstance(reply, CounterStoreError):
-                    raise reply
-            return
-        try:
-            futures = [self._batcher.submit(self._settle_script, keys, args) for keys, args in calls]
-        except BatchFull as exc:
-            raise CounterStoreError(f"counter queue full: {exc}") from exc
-        replies = await asyncio.gather(*futures, return_exceptions=True)
+            replies = await self._evalsha(self._settle_sha, calls)
+        else:
+            replies = await self._batched(self._settle_script, calls)
         for reply in replies:
-            if isinstance(reply, asyncio.CancelledError):
+            if isinstance(reply, CounterStoreError):
                 raise reply
-            if isinstance(reply, BaseException):
-                if not isinstance(reply, _REDIS_FAILURES):
-                    raise reply
-                raise CounterStoreError(f"Redis counter script failed: {reply}") from reply
+
+    async def _batched(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """`_evalsha` through the per-tick batcher: each call's reply, or the CounterStoreError it
+        failed with (a whole pipeline lost fails each of its calls)."""
+        assert self._batcher is not None
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for keys, args in calls:
+                futures.append(self._batcher.submit(script, keys, args))
+        except BatchFull as exc:
+            for future in futures:
+                future.cancel()  # queued already: the batch skips a cancelled call's reply
+            raise CounterStoreError(f"counter queue full: {exc}") from exc
+        out: list[Any] = []
+        for reply in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(reply, _REDIS_FAILURES):
+                error = CounterStoreError(f"Redis counter script failed: {reply}")
+                error.__cause__ = reply
+                reply = error
+            elif isinstance(reply, BaseException):
+                raise reply
+            out.append(reply)
+        return out
 
     async def _evalsha(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Each call's reply, or the CounterStoreError it failed with (a call whose reply is lost may

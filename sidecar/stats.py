@@ -23,7 +23,7 @@ from zoneinfo import ZoneInfo
 from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 
 from sidecar import redis_keys
-from sidecar.counters import RedisClient, Usage, budget_period
+from sidecar.counters import RedisClient, Usage, period_label
 from sidecar.errors import CounterStoreError
 from sidecar.script_batch import BatchFull, Script, ScriptBatcher
 
@@ -124,7 +124,8 @@ class StatsStore:
 
     def _labels(self) -> tuple[str, str]:
         now = self._clock()
-        return budget_period("day", now, self._tz)[0], budget_period("month", now, self._tz)[0]
+        # cached per minute: two datetime conversions per settled request were 2% of the sidecar's CPU
+        return period_label("day", now, self._tz), period_label("month", now, self._tz)
 
     async def record(
         self,
