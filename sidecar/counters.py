@@ -554,7 +554,9 @@ def _load_script(name: str) -> tuple[str, str]:
 _REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
-# Script calls on the wire at once, and how many may wait for a turn (the admission queue). Half the
+# Unbatched calls (Redis Cluster, or batch=False; a standalone client batches per tick instead, with
+# its own bounds in sidecar/script_batch.py):
+# script calls on the wire at once, and how many may wait for a turn (the admission queue). Half the
 # client's pool (sidecar/redis_client.py) for admissions, half for settlements, so a settlement (which
 # frees budget for the next admission) never queues behind a burst of admissions and no call ever
 # waits in redis-py's pool,
