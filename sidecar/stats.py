@@ -62,16 +62,19 @@ class StatsTags:
 
 
 def _increments(tags: StatsTags, usage: Usage) -> list[Any]:
-    values = (1, max(0, usage.prompt_tokens), max(0, usage.completion_tokens), max(0, usage.cost_usd_micros))
-    subjects: list[tuple[str, str]] = [("all", "*")]
+    """stats.lua's ARGV[6..]: the four increments (MEASURES order), then each subject counted as
+    ``<dimension>|<value>``; the script builds the ``<measure>|<dimension>|<value>`` fields."""
+    args: list[Any] = [
+        1,
+        max(0, usage.prompt_tokens),
+        max(0, usage.completion_tokens),
+        max(0, usage.cost_usd_micros),
+        "all|*",
+    ]
     for dim, value in (("model", tags.model), ("principal", tags.principal), ("team", tags.team)):
         if value:
-            subjects.append((dim, value))
-    subjects += [("policy", p) for p in sorted(set(tags.policies))]
-    args: list[Any] = []
-    for dim, value in subjects:
-        for measure, n in zip(MEASURES, values, strict=True):
-            args += [f"{measure}|{dim}|{value}", n]
+            args.append(f"{dim}|{value}")
+    args += [f"policy|{p}" for p in sorted(set(tags.policies))]
     return args
 
 
