@@ -13,9 +13,11 @@ After the last reply it waits until Redis has seen no new command for 0.3 s (set
 the replies), so their CPU is counted. Reported per request: sidecar CPU ms, Redis calls (all
 commands, and EVALSHA), each phase repeated `--rounds` times (the median is reported).
 
-`--baseline DIR` starts a second sidecar from another source tree (e.g. a checkout of the main
-branch) on the same OPA, Redis and model, and interleaves its phases with this tree's: before and
-after, measured in the same minute on the same machine state.
+`--baseline DIR` starts a second sidecar from another source tree (e.g. `git archive` of an older
+commit unpacked in DIR) on the same OPA, Redis and model, and interleaves its phases with this
+tree's: before and after, measured in the same minute on the same machine state. The median of the
+per-round ratios (this tree / baseline) is reported too: on a shared machine it is steadier than
+either median alone.
 """
 
 from __future__ import annotations
@@ -205,6 +207,19 @@ def main(argv: list[str] | None = None) -> int:
                 "failures": sum(r["failures"] for r in rounds),
             }
             for ph, rounds in phases.items()
+        }
+    if "baseline" in runs:
+        # paired by round (each round measures both trees back to back): the machine's load drifts
+        # between rounds far more than within one
+        result["ratio_to_baseline_median"] = {
+            ph: round(
+                statistics.median(
+                    a["cpu_ms_per_request"] / b["cpu_ms_per_request"]
+                    for a, b in zip(runs["this_tree"][ph], runs["baseline"][ph], strict=True)
+                ),
+                3,
+            )
+            for ph in ("sequential", "concurrent")
         }
     print(json.dumps(result, indent=2))
     return 0
