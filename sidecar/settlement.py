@@ -13,6 +13,9 @@ back, exactly once.
 
 Settling is bookkeeping the client need not wait for: it runs as a background job after the
 handler returns (sidecar/background.py), and the decision log line is written once it is done.
+The settlement and the usage statistics are started together, so their two script calls share the
+per-tick pipeline of sidecar/script_batch.py (one Redis round trip, sent in the tick after the reply's
+last byte was written).
 """
 
 from __future__ import annotations
