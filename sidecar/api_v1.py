@@ -276,7 +276,8 @@ class ApiV1:
         self.s = services
         self._policy = PolicyView(settings)
         self._redis = redis
-        self.stats = StatsStore(redis, settings.timezone)
+        # recorded in the settlement's own per-tick pipeline (sidecar/script_batch.py)
+        self.stats = StatsStore(redis, settings.timezone, batcher=services.scripts)
         self.settlement = Settlement(services)
         self._sweep_delay = SWEEP_SECONDS
 

@@ -220,9 +220,9 @@ def _services_ctx(
         )
         upstream = UpstreamClient(settings, metrics, env)
         redis_guard = DependencyBreaker("redis", settings.hardening, metrics)
-        counters: CounterStore = GuardedCounters(
-            Counters(create_redis(settings.redis_url), timezone=settings.timezone), redis_guard
-        )
+        store = Counters(create_redis(settings.redis_url), timezone=settings.timezone)
+        scripts = store.batcher  # the usage statistics join the settlements' pipelines
+        counters: CounterStore = GuardedCounters(store, redis_guard)
         background = BackgroundJobs()
         fallback: CounterStore | None = None
         if settings.fail_mode == "fail_open":
@@ -246,6 +246,7 @@ def _services_ctx(
             background,
             decision_log,
             SubjectWindow(settings.hardening.max_subjects_per_window),
+            scripts=scripts,
         )
         app[SERVICES_KEY] = services
         try:

@@ -34,6 +34,7 @@ from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from sidecar import redis_keys
 from sidecar.errors import CounterStoreError, PolicyEngineError
 from sidecar.redis_client import DEFAULT_MAX_CONNECTIONS
+from sidecar.script_batch import BatchFull, Script, create_batcher
 
 UNITS = ("requests", "tokens", "usd_micros")
 ACTIONS = ("block", "warn")
@@ -236,6 +237,11 @@ def budget_period(period: str, now: float, tz: ZoneInfo) -> tuple[str, float]:
 def _budget_period_of_minute(period: str, minute: int, tz: ZoneInfo) -> tuple[str, float]:
     # Period boundaries fall on whole minutes in every current time zone, so one answer per minute.
     return budget_period(period, minute * 60, tz)
+
+
+def period_label(period: str, now: float, tz: ZoneInfo) -> str:
+    """The key window label of the day/month holding `now` (`budget_period`, cached per minute)."""
+    return _budget_period_of_minute(period, int(now // 60), tz)[0]
 
 
 @functools.lru_cache(maxsize=4096)
@@ -548,7 +554,9 @@ def _load_script(name: str) -> tuple[str, str]:
 _REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
-# Script calls on the wire at once, and how many may wait for a turn (the admission queue). Half the
+# Unbatched calls (Redis Cluster, or batch=False; a standalone client batches per tick instead, with
+# its own bounds in sidecar/script_batch.py):
+# script calls on the wire at once, and how many may wait for a turn (the admission queue). Half the
 # client's pool (sidecar/redis_client.py) for admissions, half for settlements, so a settlement (which
 # frees budget for the next admission) never queues behind a burst of admissions and no call ever
 # waits in redis-py's pool,
@@ -569,9 +577,17 @@ class Counters(_Engine):
         timezone: str = "UTC",
         clock: Callable[[], float] = time.time,
         reservation_ttl_seconds: int = 900,
+        batch: bool = True,
     ) -> None:
         super().__init__(timezone=timezone, clock=clock, reservation_ttl_seconds=reservation_ttl_seconds)
         self._redis = redis
+        # Every script call goes through it: the calls of one event-loop tick (admissions and
+        # settlements of all requests) share one pipeline (sidecar/script_batch.py). None on a
+        # cluster, or with batch=False: one EVALSHA per call, as `_evalsha` sends it.
+        self.batcher = create_batcher(redis) if batch else None
+        self._batcher = self.batcher
+        self._admit_script = Script.load("admit")
+        self._settle_script = Script.load("settle")
         # Only a cluster client needs the one-time initialisation of `_ready`.
         self._initialised = not isinstance(redis, RedisCluster)
         self._init_lock = asyncio.Lock()
@@ -601,10 +617,15 @@ class Counters(_Engine):
             return False
 
     async def close(self) -> None:
+        if self._batcher is not None:
+            await self._batcher.drain()
         await self._redis.aclose()
 
     async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[AdmitReply]:
-        replies = await self._evalsha(self._admit_sha, calls)
+        if self._batcher is None:
+            replies = await self._evalsha(self._admit_sha, calls)
+        else:
+            replies = await self._batched(self._admit_script, calls)
         # admit.lua answers one comma-separated string: far cheaper to parse than a nested reply
         return [
             r if isinstance(r, CounterStoreError) else [int(x) for x in _text_of(r).split(",")]
@@ -612,9 +633,36 @@ class Counters(_Engine):
         ]
 
     async def _run_settle(self, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
-        for reply in await self._evalsha(self._settle_sha, calls):
+        if self._batcher is None:
+            replies = await self._evalsha(self._settle_sha, calls)
+        else:
+            replies = await self._batched(self._settle_script, calls)
+        for reply in replies:
             if isinstance(reply, CounterStoreError):
                 raise reply
+
+    async def _batched(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
+        """`_evalsha` through the per-tick batcher: each call's reply, or the CounterStoreError it
+        failed with (a whole pipeline lost fails each of its calls)."""
+        assert self._batcher is not None
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            for keys, args in calls:
+                futures.append(self._batcher.submit(script, keys, args))
+        except BatchFull as exc:
+            for future in futures:
+                future.cancel()  # queued already: the batch skips a cancelled call's reply
+            raise CounterStoreError(f"counter queue full: {exc}") from exc
+        out: list[Any] = []
+        for reply in await asyncio.gather(*futures, return_exceptions=True):
+            if isinstance(reply, _REDIS_FAILURES):
+                error = CounterStoreError(f"Redis counter script failed: {reply}")
+                error.__cause__ = reply
+                reply = error
+            elif isinstance(reply, BaseException):
+                raise reply
+            out.append(reply)
+        return out
 
     async def _evalsha(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Each call's reply, or the CounterStoreError it failed with (a call whose reply is lost may

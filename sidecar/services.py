@@ -14,6 +14,7 @@ from sidecar.decision_engine import DecisionEngine
 from sidecar.decision_log import DecisionLog
 from sidecar.metrics import Metrics
 from sidecar.principal import PrincipalResolver
+from sidecar.script_batch import ScriptBatcher
 from sidecar.settings import Settings
 from sidecar.stats import StatsTags
 from sidecar.subject_bound import SubjectWindow
@@ -39,6 +40,9 @@ class Services:
     decision_log: DecisionLog  # opened and closed by the app's cleanup context
     subjects: SubjectWindow  # distinct principals per window (sidecar/subject_bound.py)
     settled_hooks: list[SettledHook] = field(default_factory=list)
+    # the counters' Redis client, batching the script calls made after a reply (settle.lua,
+    # stats.lua) per event-loop tick; None on Redis Cluster (sidecar/script_batch.py)
+    scripts: ScriptBatcher | None = None
 
 
 SERVICES_KEY: web.AppKey[Services] = web.AppKey("services", Services)

@@ -12,7 +12,12 @@ the demo model, the sidecar). Over N sequential chat completions, OPA's own Prom
   reservation). Any other command, or a second call of any script, fails the check. They are counted
   by a small TCP relay between the sidecar and Redis that parses the RESP commands it forwards and
   names each EVALSHA by its script (`INFO commandstats` would also count the commands the scripts
-  run).
+  run). The only other command allowed is the API sweeper's read of the ticket index
+  (`ZRANGEBYSCORE`, once a second whatever the traffic), at most once per started second;
+* at most two round trips per request: the relay counts the writes it receives from the sidecar
+  (a pipeline arrives as one write). The admission is one; settle.lua and stats.lua leave together
+  in the settlement's per-tick pipeline (sidecar/script_batch.py). Sending them one by one again, or
+  any extra call, makes three.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import socket
 import threading
 import time
@@ -31,6 +37,7 @@ from pathlib import Path
 import pytest
 
 from bench.latency import unthrottled_policy
+from sidecar.api_v1 import SWEEP_SECONDS
 from sidecar.stack import Stack, StackOptions, free_port
 from tests.conftest import EXAMPLE_POLICY
 
@@ -60,6 +67,7 @@ class CountingRelay:
 
     def __init__(self, redis_port: int) -> None:
         self.counts: Counter[str] = Counter()
+        self.writes = 0  # chunks received from clients: a pipeline written at once is one
         self._lock = threading.Lock()
         self._target = redis_port
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -70,6 +78,10 @@ class CountingRelay:
     def snapshot(self) -> Counter[str]:
         with self._lock:
             return Counter(self.counts)
+
+    def writes_seen(self) -> int:
+        with self._lock:
+            return self.writes
 
     def close(self) -> None:
         self._stop = True
@@ -90,6 +102,8 @@ class CountingRelay:
         try:
             while chunk := src.recv(65536):
                 if count:
+                    with self._lock:
+                        self.writes += 1
                     pending = self._count(pending + chunk)
                 dst.sendall(chunk)
         except OSError:
@@ -183,21 +197,26 @@ def test_one_decision_and_one_call_of_each_redis_script_per_request(
     settled(counting, len(PER_REQUEST))
     quiet(counting)  # a script loaded on first use (NOSCRIPT, SCRIPT LOAD, EVALSHA) is done too
     opa_before, redis_before = opa_decision_calls(stack.opa_url), counting.snapshot()
+    writes_before, began = counting.writes_seen(), time.monotonic()
 
     for _ in range(REQUESTS):
         assert chat(stack.sidecar_url) == 200
 
     settled(counting, evalsha_count(redis_before) + len(PER_REQUEST) * REQUESTS)
     opa_after, redis_after = opa_decision_calls(stack.opa_url), counting.snapshot()
+    writes, seconds = counting.writes_seen() - writes_before, time.monotonic() - began
 
     assert opa_after - opa_before == (REQUESTS if engine == "opa" else 0)
     sent = redis_after - redis_before
     # a pooled connection opened on the way says HELLO (and CLIENT SETINFO) once: not per request
     handshakes = {name: sent.pop(name) for name in HANDSHAKE if name in sent}
-    # the API's sweeper reads its ticket index once a second whatever the traffic: not per request
-    sent.pop("zrangebyscore", None)
+    # the API's sweeper reads the ticket index once a second (sidecar/api_v1.py), not per request
+    sweeps = sent.pop("zrangebyscore", 0)
+    assert sweeps <= math.ceil(seconds / SWEEP_SECONDS) + 1, (sweeps, seconds)
     assert sent == Counter({name: REQUESTS for name in PER_REQUEST})
     assert handshakes.get("hello", 0) <= 2, handshakes
+    # one write for the admission, one for the settlement's pipeline (settle.lua + stats.lua)
+    assert writes <= 2 * REQUESTS + sweeps + sum(handshakes.values()), writes
 
 
 def quiet(counting: CountingRelay) -> None:

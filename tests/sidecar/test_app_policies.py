@@ -6,6 +6,7 @@ and the sidecar app in process. Each test checks what a client sees: status, err
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 
+from sidecar.services import SERVICES_KEY
 from tests.sidecar.app_support import (
     ALICE_KEY,
     OPS_KEY,
@@ -308,12 +310,24 @@ def _budget_key() -> str:
     return counter_key("tinyllama", "api_budget/0/month", datetime.now(UTC).strftime("%Y-%m"))
 
 
+async def _settled(h: Harness) -> None:
+    jobs = h.sidecar.app[SERVICES_KEY].background
+    for _ in range(500):
+        if not len(jobs):
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{len(jobs)} settlements still pending")
+
+
 async def test_budget_warns_at_75_percent_and_blocks_when_spent(h: Harness, redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
     client.set(_budget_key(), 75_000_000)  # $75 of $100 already spent this month
     status, _, headers = await post(h, "/api/chat", chat())
     assert status == 200
     assert any(w.startswith("api_budget:") for w in headers.getall("X-Hexarch-Warning", []))
+    # its settlement runs after the reply (sidecar/background.py): let it land before the SET below,
+    # or it corrects the spend the test sets (this test's Redis client blocks the event loop)
+    await _settled(h)
     client.set(_budget_key(), 100_000_000)
     status, doc, headers = await post(h, "/api/chat", chat())
     assert status == 429
