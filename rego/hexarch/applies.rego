@@ -39,6 +39,7 @@ resources := {resource | some resource in input.resources} | {"*"} if {
 	is_array(input.resources)
 } else := {"*"} | {resource |
 	some section in data.hexarch.config
+	is_array(section) # the rule lists, not the compiler's index
 	some entry in section
 	resource := entry.resource
 }
@@ -52,6 +53,7 @@ operations := {"*", input.operation} if {
 	is_string(input.operation)
 } else := {"*"} | {operation |
 	some section in data.hexarch.config
+	is_array(section) # the rule lists, not the compiler's index
 	some entry in section
 	operation := entry.operation
 }

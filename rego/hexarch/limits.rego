@@ -22,6 +22,11 @@ import data.hexarch.lib.request
 output_reservation := ceil(input.estimate.max_output_tokens) if {
 	is_number(input.estimate.max_output_tokens)
 	input.estimate.max_output_tokens >= 0
+} else := _fast.reservation if {
+	# The compiler's index knows the smallest per-request limit of the resource.
+	_fast.reservation
+} else := compiled.default_max_output_tokens if {
+	_fast
 } else := min(_per_request_limits) if {
 	count(_per_request_limits) > 0
 } else := compiled.default_max_output_tokens
@@ -85,10 +90,34 @@ _actions := {"warn": "warn"} if {
 # Per-request token limits (window 0) cost the output reservation; windowed ones the whole request.
 _token_costs := {true: output_reservation, false: token_cost}
 
+# The compiler's index entry for the request's resource (compiler/precompute.py): the templates
+# of the applying limits, already in the decision's order. Only for a request naming at most one
+# resource; a resource no limit names gets the entry of "*" (index.any).
+_fast := entry if {
+	is_array(input.resources)
+	count(input.resources) == 1
+	entry := data.hexarch.config.index.by_resource[input.resources[0]]
+} else := data.hexarch.config.index.any if {
+	is_array(input.resources)
+	count(input.resources) < 2
+}
+
+# What a template's "s" and "c" keys stand for in this request.
+_fast_subjects := object.union(data.hexarch.config.index.globals, _subjects)
+
+_fast_costs := {"one": 1, "out": output_reservation, "tokens": token_cost, "usd": usd_micros_cost}
+
 # METADATA
 # title: Limits
 # description: Applying limits, sorted by policy, rule and id so the decision is stable.
-limits := [row[3] | some row in sort(array.concat(
+limits := [object.union(template.item, {"subject": _fast_subjects[template.s], "cost": _fast_costs[template.c]}) |
+	some template in _fast.limits
+] if {
+	_fast
+} else := _generic
+
+# The same without the index: every limit list filtered and sorted on each request.
+_generic := [row[3] | some row in sort(array.concat(
 	array.concat(
 		[[entry.policy, entry.rule, entry.id, item] |
 			some entry in data.hexarch.config.rate_limits

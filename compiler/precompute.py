@@ -1,0 +1,146 @@
+"""Stage 3b: the compiled data -> the same data plus `index`, what a decision needs pre-digested.
+
+OPA evaluates `data.hexarch.decision` on every request, and re-derives on each one whatever the
+Rego library computes from the compiled lists: which limits apply to a resource, their fixed
+fields, their order. None of that depends on the request, so it is computed here once, and the
+library's fast path (rego/hexarch/limits.rego) only picks the templates for the request's
+resource, fills in `subject` and `cost`, and returns them (docs/performance.md, "The decision in
+OPA").
+
+`index` (data.hexarch.config.index):
+
+- `by_resource`: resource name -> {"limits": [template...], "reservation": n (optional)}, one key
+  per resource the limit lists name, "*" included. The templates are those of the limits whose
+  resource is that name or "*", already sorted by policy, rule and id (the decision's order);
+  `reservation` is the smallest applying per-request token limit (the output reservation when
+  the request states none).
+- `any`: the same for a resource no limit names (only "*" limits apply).
+- `globals`: "global:<resource>" -> <resource>, the subjects of global-scope limits, so that one
+  table lookup finds every template's subject.
+
+A template is {"item": the limit with every fixed field, "s": key of its subject, "c": key of its
+cost}. The Rego fast path applies only when the request names at most one resource; every other
+request, and every bundle without `index` (hand-written data, older compilers), takes the generic
+path over the lists, which the generated tests compare with the fast path on every decision.
+
+Every rule here mirrors the generic Rego path exactly (an entry the generic path would drop is
+dropped here too); when the lists hold something the index cannot express (a non-string
+resource), no index is written and OPA takes the generic path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, cast
+
+from compiler.lower import Config
+
+_SCOPES = ("global", "principal", "team")
+# (config list, unit, the period field the item carries)
+_LIMIT_LISTS = (
+    ("rate_limits", "requests", "window_seconds"),
+    ("token_limits", "tokens", "window_seconds"),
+    ("budgets", "usd_micros", "period"),
+)
+
+
+def precompute(config: Config) -> Config:
+    """`config` with `index` added (or unchanged when the lists defeat the index)."""
+    index = _index(config)
+    return cast(Config, {**config, "index": index}) if index is not None else config
+
+
+def _enforcement(config: Mapping[str, Any]) -> str:
+    mode = config.get("enforcement")
+    return mode if mode in ("strict", "warn", "monitor") else "strict"
+
+
+def _action(entry: Mapping[str, Any], enforcement: str) -> str:
+    # limits.rego `_actions`: strict keeps warn and blocks everything else; warn and monitor never
+    # block on a known action. An unknown action always blocks.
+    action = entry.get("action", "block")
+    if enforcement == "strict":
+        return "warn" if action == "warn" else "block"
+    return "warn" if action in ("block", "warn", "require_confirmation") else "block"
+
+
+def _is_zero(value: Any) -> bool:
+    """A Rego number equal to 0 (a JSON boolean is no number there)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
+def _template(
+    entry: Mapping[str, Any], unit: str, period_key: str, enforcement: str
+) -> dict[str, Any] | None:
+    required = ("id", "policy", "rule", period_key, "limit", "warn_at", "scope")
+    if any(key not in entry for key in required):
+        return None  # the generic path's item would be undefined: the entry is dropped there too
+    resource = entry.get("resource", "*")
+    scope = entry["scope"] if entry["scope"] in _SCOPES else "global"
+    item = {
+        "id": entry["id"],
+        "policy": entry["policy"],
+        "unit": unit,
+        period_key: entry[period_key],
+        "scope": scope,
+        "limit": entry["limit"],
+        "warn_at": entry["warn_at"],
+        "action": _action(entry, enforcement),
+    }
+    if unit == "requests":
+        cost = "one"
+    elif unit == "tokens":
+        # Per-request token limits (window 0) cost the output reservation, windowed ones everything.
+        cost = "out" if _is_zero(entry[period_key]) else "tokens"
+    else:
+        cost = "usd"
+    subject = f"global:{resource}" if scope == "global" else scope
+    return {"item": item, "s": subject, "c": cost, "_key": (entry["policy"], entry["rule"], entry["id"])}
+
+
+def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    enforcement = _enforcement(config)
+    templates: list[tuple[str, dict[str, Any]]] = []
+    reservations: list[tuple[str, Any]] = []
+    for name, unit, period_key in _LIMIT_LISTS:
+        entries = config.get(name, [])
+        if not isinstance(entries, list):
+            return None
+        for entry in entries:
+            if not isinstance(entry, dict):
+                return None
+            resource = entry.get("resource", "*")
+            if not isinstance(resource, str):
+                return None
+            if entry.get("action", "block") == "allow":
+                continue
+            if name == "token_limits" and _is_zero(entry.get("window_seconds")):
+                limit = entry.get("limit")
+                if isinstance(limit, (int, float)) and not isinstance(limit, bool):
+                    reservations.append((resource, limit))
+            template = _template(entry, unit, period_key, enforcement)
+            if template is not None:
+                templates.append((resource, template))
+    try:
+        templates.sort(key=lambda pair: pair[1]["_key"])
+    except TypeError:
+        return None  # mixed key types: let OPA's own ordering decide, on the generic path
+    globals_ = {t["s"]: resource for resource, t in templates if t["s"].startswith("global:")}
+    names = sorted({r for r, _ in templates} | {r for r, _ in reservations} | {"*"})
+    by_resource = {name: _for_resource(name, templates, reservations) for name in names}
+    return {"by_resource": by_resource, "any": by_resource["*"], "globals": globals_}
+
+
+def _for_resource(
+    name: str, templates: list[tuple[str, dict[str, Any]]], reservations: list[tuple[str, Any]]
+) -> dict[str, Any]:
+    applying = {name, "*"}
+    out: dict[str, Any] = {
+        "limits": [
+            {k: v for k, v in t.items() if k != "_key"} for resource, t in templates if resource in applying
+        ]
+    }
+    limits = [limit for resource, limit in reservations if resource in applying]
+    if limits:
+        out["reservation"] = min(limits)
+    return out
