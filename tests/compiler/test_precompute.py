@@ -72,7 +72,9 @@ def _policy_copy(source: Path, tmp_path: Path, enforcement: str) -> Path:
 
 @pytest.mark.parametrize("enforcement", ["strict", "warn", "monitor"])
 @pytest.mark.parametrize("policy", POLICIES, ids=[p.stem for p in POLICIES])
-def test_fast_path_decides_like_the_lists(opa_bin: str, tmp_path: Path, policy: Path, enforcement: str) -> None:
+def test_fast_path_decides_like_the_lists(
+    opa_bin: str, tmp_path: Path, policy: Path, enforcement: str
+) -> None:
     compiled = compile_policy(_policy_copy(policy, tmp_path, enforcement))
     config = dict(compiled.config)
     assert "index" in config
