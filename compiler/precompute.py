@@ -31,6 +31,7 @@ resource), no index is written and OPA takes the generic path.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any, cast
 
 from compiler.lower import Config
@@ -126,9 +127,138 @@ def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
     except TypeError:
         return None  # mixed key types: let OPA's own ordering decide, on the generic path
     globals_ = {t["s"]: resource for resource, t in templates if t["s"].startswith("global:")}
-    names = sorted({r for r, _ in templates} | {r for r, _ in reservations} | {"*"})
+    checks = _check_entries(config)
+    model_rules = config.get("model_rules", [])
+    if (
+        checks is None
+        or not isinstance(model_rules, list)
+        or not all(isinstance(e, dict) for e in model_rules)
+    ):
+        return None
+    model_resources = {e.get("resource", "*") for e in model_rules}
+    if not all(isinstance(r, str) for r in model_resources):
+        return None
+    names = sorted(
+        {r for r, _ in templates}
+        | {r for r, _ in reservations}
+        | {r for r, _ in checks}
+        | model_resources
+        | {"*"}
+    )
     by_resource = {name: _for_resource(name, templates, reservations) for name in names}
-    return {"by_resource": by_resource, "any": by_resource["*"], "globals": globals_}
+    for name, entry in by_resource.items():
+        entry["checks"] = {op: True for r, op in checks if r in (name, "*")}
+        models = _models(name, model_rules)
+        if models is not None:
+            entry["models"] = models
+    # features.rego: a feature rule concerns a request whose feature equals its own; the fast path
+    # skips the package when the request states a feature (null included) no rule names.
+    feature_rules = config.get("features", [])
+    if not isinstance(feature_rules, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("feature"), str) for e in feature_rules
+    ):
+        return None
+    features = {e["feature"]: True for e in feature_rules}
+    prices = _prices(config)
+    if prices is None:
+        return None
+    return {
+        "by_resource": by_resource,
+        "any": by_resource["*"],
+        "globals": globals_,
+        "features": features,
+        "prices": prices[0],
+        "default_price": prices[1],
+    }
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _price(entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The price as pricing.rego returns it ("usd") and in whole nano-USD per million tokens."""
+    usd = {k: entry[k] for k in ("input_per_million_usd", "output_per_million_usd")}
+    nanos = [Decimal(str(v)) * 1_000_000_000 for v in usd.values()]
+    if any(n != n.to_integral_value() for n in nanos):
+        return None  # limits.rego rounds such a price; let it, on the generic path
+    return {"usd": usd, "i": int(nanos[0]), "o": int(nanos[1])}
+
+
+def _prices(config: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """pricing.rego's candidates in file order (valid entries only) and its default price."""
+    table = config.get("pricing", [])
+    if not isinstance(table, list):
+        return None
+    prices = []
+    for entry in table:
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            continue
+        if not (_number(entry.get("input_per_million_usd")) and _number(entry.get("output_per_million_usd"))):
+            continue
+        price = _price(entry)
+        if price is None:
+            return None
+        prices.append({"model": entry["model"], **price})
+    fallback = config.get("default_pricing")
+    if not (
+        isinstance(fallback, dict)
+        and _number(fallback.get("input_per_million_usd"))
+        and _number(fallback.get("output_per_million_usd"))
+    ):
+        fallback = {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
+    default = _price(fallback)
+    return None if default is None else (prices, default)
+
+
+_CHECK_LISTS = ("time_windows", "access_rules", "confirmations")
+# The Rego packages decision.rego's _others_quiet skips when the index says none of their rules
+# applies (the three lists above by resource and operation, features by name).
+SKIPPED_PACKAGES = ("time_windows", "access", "confirmations", "features")
+
+
+def _check_entries(config: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+    """(resource, operation) of every check entry that may apply somewhere (action not allow).
+
+    The Rego fast path skips time windows, access rules and confirmations for a
+    request whose resource and operation no such entry names; anything else goes through them.
+    """
+    pairs: list[tuple[str, str]] = []
+    for name in _CHECK_LISTS:
+        entries = config.get(name, [])
+        if not isinstance(entries, list):
+            return None
+        for entry in entries:
+            if not isinstance(entry, dict):
+                return None
+            resource, operation = entry.get("resource", "*"), entry.get("operation", "*")
+            if not isinstance(resource, str) or not isinstance(operation, str):
+                return None
+            if entry.get("action", "block") != "allow":
+                pairs.append((resource, operation))
+    return pairs
+
+
+def _models(name: str, rules: list[dict[str, Any]]) -> dict[str, list[str]] | None:
+    """Allow-list patterns by policy for the resource, or None when only the generic path can tell.
+
+    models.rego: an applying rule (resource, action not allow) with allowed false is a deny-list,
+    which the fast path leaves to the generic path; an allow-list policy is satisfied when one of
+    its string patterns matches the model.
+    """
+    allow: dict[str, list[str]] = {}
+    for rule in rules:
+        if rule.get("resource", "*") not in (name, "*") or rule.get("action", "block") == "allow":
+            continue
+        if rule.get("allowed", True) is False:
+            return None
+        policy = rule.get("policy")
+        if not isinstance(policy, str):
+            return None
+        patterns = rule.get("patterns")
+        listed = patterns if isinstance(patterns, list) else [patterns] if isinstance(patterns, str) else []
+        allow.setdefault(policy, []).extend(p for p in listed if isinstance(p, str))
+    return allow
 
 
 def _for_resource(

@@ -59,6 +59,21 @@ operations := {"*", input.operation} if {
 }
 
 # METADATA
+# title: Index entry
+# description: >-
+#   The compiler's index entry (data.hexarch.config.index, compiler/precompute.py) for a request
+#   naming at most one resource: the entry of that resource, or of "*" when no rule names it.
+#   Undefined for other requests and for data without an index (the generic paths then decide).
+index_entry := entry if {
+	is_array(input.resources)
+	count(input.resources) == 1
+	entry := data.hexarch.config.index.by_resource[input.resources[0]]
+} else := data.hexarch.config.index.any if {
+	is_array(input.resources)
+	count(input.resources) < 2
+}
+
+# METADATA
 # title: Rule applies
 # description: True when the rule's resource and operation (default "*") match the request.
 applies(rule) if {

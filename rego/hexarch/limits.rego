@@ -56,7 +56,12 @@ token_cost := _prompt_tokens + output_reservation
 #   Micro-USD the request may spend, rounded up (USD per million tokens times tokens), computed
 #   exactly: prices become whole nano-units (the compiler allows at most 9 decimals), so 100
 #   tokens at 0.6 cost 60, not the 61 that binary floating point gives.
-usd_micros_cost := _ceil_div((_prompt_tokens * _nanos(price.input_per_million_usd)) + (output_reservation * _nanos(price.output_per_million_usd)), 1000000000) if {
+usd_micros_cost := ((n - r) / 1000000000) + to_number(r > 0) if {
+	# With the compiler's index the prices are already whole nano-units: no function call.
+	price := pricing.nanos
+	n := (_prompt_tokens * price.i) + (output_reservation * price.o)
+	r := n % 1000000000
+} else := _ceil_div((_prompt_tokens * _nanos(price.input_per_million_usd)) + (output_reservation * _nanos(price.output_per_million_usd)), 1000000000) if {
 	price := pricing.pricing
 }
 
@@ -90,17 +95,9 @@ _actions := {"warn": "warn"} if {
 # Per-request token limits (window 0) cost the output reservation; windowed ones the whole request.
 _token_costs := {true: output_reservation, false: token_cost}
 
-# The compiler's index entry for the request's resource (compiler/precompute.py): the templates
-# of the applying limits, already in the decision's order. Only for a request naming at most one
-# resource; a resource no limit names gets the entry of "*" (index.any).
-_fast := entry if {
-	is_array(input.resources)
-	count(input.resources) == 1
-	entry := data.hexarch.config.index.by_resource[input.resources[0]]
-} else := data.hexarch.config.index.any if {
-	is_array(input.resources)
-	count(input.resources) < 2
-}
+# The compiler's index entry for the request's resource: the templates of the applying limits,
+# already in the decision's order (see applies.index_entry).
+_fast := applies.index_entry
 
 # What a template's "s" and "c" keys stand for in this request.
 _fast_subjects := object.union(data.hexarch.config.index.globals, _subjects)

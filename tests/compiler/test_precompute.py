@@ -32,14 +32,7 @@ POLICIES = [
 
 def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Requests over every resource the data names, and a few it does not."""
-    named = sorted(
-        {
-            e.get("resource", "*")
-            for name in ("rate_limits", "token_limits", "budgets")
-            for e in config.get(name, [])
-            if isinstance(e.get("resource", "*"), str)
-        }
-    )
+    named = sorted(config["index"]["by_resource"])
     resource_lists: list[Any] = [[r] for r in named] + [[], ["nowhere"], named[:2], None, "tinyllama"]
     principals: list[Any] = [
         {"id": "alice", "team": "research", "roles": ["user"]},
@@ -59,7 +52,24 @@ def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
             if value is not None:
                 case[key] = value
         cases.append(case)
+    # What the checks' fast paths depend on: operation, model and feature.
+    operations: list[Any] = ["chat", "delete", "batch", "retrain", None]
+    models: list[Any] = ["tinyllama", "tinyllama:1.1b", "llama3", None, 5]
+    features: list[Any] = [None, "voice", "vision", "other", _ABSENT]
+    for resources, operation, model, feature in itertools.product(
+        resource_lists, operations, models, features
+    ):
+        case = {"principal": {"id": "bob", "roles": ["admin"]}, "resource_type": "model"}
+        for key, value in (("resources", resources), ("operation", operation), ("model", model)):
+            if value is not None:
+                case[key] = value
+        if feature is not _ABSENT:
+            case["feature"] = feature
+        cases.append(case)
     return cases
+
+
+_ABSENT = object()
 
 
 def _policy_copy(source: Path, tmp_path: Path, enforcement: str) -> Path:
@@ -114,7 +124,25 @@ def test_index_orders_templates_and_keeps_fixed_fields() -> None:
         "token_management/0/tph",
     ]
     assert index["by_resource"]["tinyllama"]["reservation"] == 128
-    assert index["any"] == {"limits": []}
+    assert index["any"]["limits"] == []
+    # The access rule on stats applies to every operation there; the others name operations.
+    assert index["by_resource"]["stats"]["checks"] == {
+        "*": True,
+        "batch": True,
+        "retrain": True,
+        "delete": True,
+    }
+    assert index["by_resource"]["tinyllama"]["checks"] == {"batch": True, "retrain": True, "delete": True}
+    assert index["by_resource"]["tinyllama"]["models"] == {"model_selection": ["tinyllama", "tinyllama:*"]}
+    assert index["features"] == {"voice": True, "vision": True}
+    assert index["prices"] == [
+        {
+            "model": "tinyllama*",
+            "usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2},
+            "i": 100_000_000,
+            "o": 200_000_000,
+        }
+    ]
     assert index["globals"] == {"global:tinyllama": "tinyllama"}
     rpm = index["by_resource"]["tinyllama"]["limits"][2]
     assert rpm == {
