@@ -146,7 +146,18 @@ def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
         | {"*"}
     )
     by_resource = {name: _for_resource(name, templates, reservations) for name in names}
+    bounds = config.get("param_bounds", [])
+    if not isinstance(bounds, list) or not all(
+        isinstance(b, dict)
+        and isinstance(b.get("resource", "*"), str)
+        and isinstance(b.get("parameter"), str)
+        for b in bounds
+    ):
+        return None
+    names = sorted(set(names) | {b.get("resource", "*") for b in bounds})
+    by_resource = {name: _for_resource(name, templates, reservations) for name in names}
     for name, entry in by_resource.items():
+        entry["params"] = _params(name, bounds)
         entry["checks"] = {op: True for r, op in checks if r in (name, "*")}
         models = _models(name, model_rules)
         if models is not None:
@@ -170,6 +181,25 @@ def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
         "prices": prices[0],
         "default_price": prices[1],
     }
+
+
+def _params(name: str, bounds: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per parameter, the bounds that may apply to the resource (any operation, action not allow).
+
+    A bound with exactly a numeric min and max (no max_length, no allowed_values) becomes
+    {"lo": min, "hi": max}, which params.rego checks inline; any other bound becomes {}, which
+    its fast path cannot pass, so the request goes through the generic checks.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for bound in bounds:
+        if bound.get("resource", "*") not in (name, "*") or bound.get("action", "block") == "allow":
+            continue
+        lo, hi = bound.get("min"), bound.get("max")
+        plain = bound.get("max_length") is None and bound.get("allowed_values") is None
+        out.setdefault(bound["parameter"], []).append(
+            {"lo": lo, "hi": hi} if plain and _number(lo) and _number(hi) else {}
+        )
+    return out
 
 
 def _number(value: Any) -> bool:

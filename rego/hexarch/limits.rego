@@ -102,7 +102,13 @@ _fast := applies.index_entry
 # What a template's "s" and "c" keys stand for in this request.
 _fast_subjects := object.union(data.hexarch.config.index.globals, _subjects)
 
-_fast_costs := {"one": 1, "out": output_reservation, "tokens": token_cost, "usd": usd_micros_cost}
+# One body with local variables: every rule evaluated is a cost of its own on each request.
+_fast_costs := {"one": 1, "out": out, "tokens": _prompt_tokens + out, "usd": ((n - r) / 1000000000) + to_number(r > 0)} if {
+	out := output_reservation
+	price := pricing.nanos
+	n := (_prompt_tokens * price.i) + (out * price.o)
+	r := n % 1000000000
+} else := {"one": 1, "out": output_reservation, "tokens": token_cost, "usd": usd_micros_cost}
 
 # METADATA
 # title: Limits

@@ -66,6 +66,22 @@ def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
         if feature is not _ABSENT:
             case["feature"] = feature
         cases.append(case)
+    # What the parameter fast path depends on: which parameters, of which type, in or out of range.
+    params: list[Any] = [
+        {"temperature": 0.5, "max_tokens": 64},
+        {"temperature": 1.5},
+        {"temperature": "hot"},
+        {"top_p": -0.1, "temperature": 0},
+        {"system": "x" * 3000},
+        {"system": "brief", "n": 2},
+        {},
+        "not an object",
+    ]
+    for resources, param in itertools.product(resource_lists, params):
+        case = {"operation": "chat", "model": "tinyllama", "params": param}
+        if resources is not None:
+            case["resources"] = resources
+        cases.append(case)
     return cases
 
 
@@ -135,6 +151,11 @@ def test_index_orders_templates_and_keeps_fixed_fields() -> None:
     assert index["by_resource"]["tinyllama"]["checks"] == {"batch": True, "retrain": True, "delete": True}
     assert index["by_resource"]["tinyllama"]["models"] == {"model_selection": ["tinyllama", "tinyllama:*"]}
     assert index["features"] == {"voice": True, "vision": True}
+    assert index["any"]["params"] == {
+        "temperature": [{"lo": 0.0, "hi": 1.0}],
+        "top_p": [{"lo": 0.0, "hi": 1.0}],
+        "system": [{}],  # max_length: only the full checks say
+    }
     assert index["prices"] == [
         {
             "model": "tinyllama*",
