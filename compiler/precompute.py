@@ -15,8 +15,15 @@ OPA").
   `reservation` is the smallest applying per-request token limit (the output reservation when
   the request states none).
 - `any`: the same for a resource no limit names (only "*" limits apply).
+  Each entry also has `params` (parameter -> its bounds that may apply there: {"lo", "hi"} for a
+  plain numeric range, {} for any other), `checks` (operation -> true for every operation a time
+  window, access rule or confirmation of that resource names, "*" included) and, unless a
+  deny-list applies there, `models` (policy -> its allow-list patterns).
 - `globals`: "global:<resource>" -> <resource>, the subjects of global-scope limits, so that one
   table lookup finds every template's subject.
+- `features`: feature name -> true, every feature a rule names.
+- `prices` and `default_price`: pricing.rego's candidates (valid entries, file order) with the
+  price in USD ("usd") and in whole nano-USD per million tokens ("i", "o").
 
 A template is {"item": the limit with every fixed field, "s": key of its subject, "c": key of its
 cost}. The Rego fast path applies only when the request names at most one resource; every other
