@@ -7,7 +7,7 @@ PORT ?= 8080
 OPA := .tools/bin/opa
 export PATH := $(CURDIR)/.tools/bin:$(PATH)
 
-.PHONY: setup run test lint rego-check pytest bench
+.PHONY: setup run test lint rego-check pytest bench bench-decision
 
 setup:
 	@bash scripts/setup.sh
@@ -35,3 +35,7 @@ test: setup lint rego-check pytest
 bench: setup
 	@bash scripts/setup_bench.sh
 	$(VENV)/python -m bench.latency $(BENCH_ARGS)
+
+# What one decision costs OPA (`opa bench`, both store modes; docs/performance.md).
+bench-decision: setup
+	$(VENV)/python -m bench.opa_decision

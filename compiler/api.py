@@ -18,6 +18,7 @@ from compiler.lower import Config, config_json, lower
 from compiler.model import PolicyFile
 from compiler.opa_tool import opa_check_modules
 from compiler.parse import parse_file
+from compiler.precompute import precompute
 from compiler.validate import validate
 
 
@@ -67,7 +68,8 @@ def compile_policy(
 ) -> CompiledBundle:
     model = load_policy(path)
     check_custom(model)
-    config = lower(model)
+    # data.json carries the lowered lists and the index the Rego fast path reads.
+    config = precompute(lower(model))
     files: dict[str, bytes] = {DATA_PATH: config_json(config)}
     files.update(library_files())
     for name, source in emit_tests(model, config).items():

@@ -209,6 +209,12 @@ class _File:
             out.extend(lets)
             out.append(f"\tinp := request({rego_value(dropped)}, {text})")
             out.append(f"\td := data.hexarch.decision with input as inp with time.now_ns as {test.now_ns}")
+            # The fast path (the compiler's index) and the generic path (the lists) must agree, so
+            # a hand edit of either part of data.json fails the test.
+            out.append(
+                "\td == data.hexarch.decision with input as inp with time.now_ns as "
+                f"{test.now_ns} with data.hexarch.config.index as null"
+            )
             out.extend(f"\t{check}" for check in test.checks)
             out.append("}")
             out.append("")

@@ -8,7 +8,7 @@ through its kind's entry of compiler/registry.py (its config list and its loweri
 from __future__ import annotations
 
 import json
-from typing import TypedDict, cast
+from typing import Any, NotRequired, TypedDict, cast
 
 from compiler.model import DEFAULT_INPUT_PRICE, DEFAULT_OUTPUT_PRICE, PolicyFile
 from compiler.registry import RULE_LISTS, kind_of
@@ -46,6 +46,8 @@ class Config(TypedDict):
     access_rules: list[Entry]
     confirmations: list[Entry]
     features: list[Entry]
+    # What the decision needs pre-digested (compiler/precompute.py); not written by lower().
+    index: NotRequired[dict[str, Any]]
 
 
 def lower(model: PolicyFile) -> Config:

@@ -39,6 +39,7 @@ resources := {resource | some resource in input.resources} | {"*"} if {
 	is_array(input.resources)
 } else := {"*"} | {resource |
 	some section in data.hexarch.config
+	is_array(section) # the rule lists, not the compiler's index
 	some entry in section
 	resource := entry.resource
 }
@@ -52,8 +53,24 @@ operations := {"*", input.operation} if {
 	is_string(input.operation)
 } else := {"*"} | {operation |
 	some section in data.hexarch.config
+	is_array(section) # the rule lists, not the compiler's index
 	some entry in section
 	operation := entry.operation
+}
+
+# METADATA
+# title: Index entry
+# description: >-
+#   The compiler's index entry (data.hexarch.config.index, compiler/precompute.py) for a request
+#   naming at most one resource: the entry of that resource, or of "*" when no rule names it.
+#   Undefined for other requests and for data without an index (the generic paths then decide).
+index_entry := entry if {
+	is_array(input.resources)
+	count(input.resources) == 1
+	entry := data.hexarch.config.index.by_resource[input.resources[0]]
+} else := data.hexarch.config.index.any if {
+	is_array(input.resources)
+	count(input.resources) < 2
 }
 
 # METADATA

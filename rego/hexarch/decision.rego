@@ -7,6 +7,7 @@
 package hexarch
 
 import data.hexarch.lib.access
+import data.hexarch.lib.applies
 import data.hexarch.lib.compiled
 import data.hexarch.lib.confirmations
 import data.hexarch.lib.custom
@@ -120,11 +121,24 @@ _quiet if {
 	data.hexarch.config.enforcement
 	count(params.findings) == 0
 	count(models.findings) == 0
+	_others_quiet
+	count(custom.violations) == 0
+}
+
+# Time windows, access rules, confirmations and features find nothing: the compiler's index says
+# no such rule applies to the request's resource, operation and feature, or each check ran.
+_others_quiet if {
+	checks := applies.index_entry.checks
+	is_string(input.operation)
+	not checks[input.operation]
+	not checks["*"]
+	input.feature == input.feature # a stated feature (null included), that no rule names
+	not data.hexarch.config.index.features[input.feature]
+} else if {
 	count(time_windows.findings) == 0
 	count(access.findings) == 0
 	count(confirmations.findings) == 0
 	count(features.findings) == 0
-	count(custom.violations) == 0
 }
 
 _sorted(items) := [row[6] | some row in sort([_sort_key(item) | some item in items])]

@@ -144,3 +144,35 @@ test_custom_violations_block if {
 		"message": "prompt contains an e-mail address",
 	}]
 }
+
+# The compiler's index (compiler/precompute.py) lets a quiet request skip the checks it names.
+_index := {
+	"by_resource": {"tinyllama": {
+		"limits": [], "checks": {"delete": true},
+		"models": {"model_selection": ["tinyllama", "tinyllama:*"]},
+	}},
+	"any": {"limits": [], "checks": {"*": true}},
+	"globals": {}, "features": {"vision": true},
+	"prices": [], "default_price": {"usd": {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}, "i": 500000000, "o": 1500000000},
+}
+
+_indexed := object.union(fixtures.config, {"index": _index})
+
+_single(fields) := object.union(object.remove(fixtures.input_doc, ["resources"]), object.union({"resources": ["tinyllama"]}, fields))
+
+test_index_quiet_request if {
+	d := _decide(_single({}), _indexed)
+	d.allow == true
+	d.violations == []
+	hexarch._others_quiet with input as _single({}) with data.hexarch.config as _indexed
+}
+
+test_index_still_checks_named_models_features_and_operations if {
+	# A model outside the allow-list, a named feature, an operation an index entry names.
+	d := _decide(_single({"model": "gpt-4o"}), _indexed)
+	[v.code | some v in d.violations] == ["model_not_allowed"]
+	e := _decide(_single({"feature": "vision"}), _indexed)
+	[v.code | some v in e.violations] == ["feature_disabled"]
+	f := _decide(_single({"operation": "delete", "resource_type": "model"}), _indexed)
+	[v.code | some v in f.violations] == ["confirmation_required"]
+}

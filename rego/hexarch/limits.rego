@@ -22,6 +22,11 @@ import data.hexarch.lib.request
 output_reservation := ceil(input.estimate.max_output_tokens) if {
 	is_number(input.estimate.max_output_tokens)
 	input.estimate.max_output_tokens >= 0
+} else := _fast.reservation if {
+	# The compiler's index knows the smallest per-request limit of the resource.
+	_fast.reservation
+} else := compiled.default_max_output_tokens if {
+	_fast
 } else := min(_per_request_limits) if {
 	count(_per_request_limits) > 0
 } else := compiled.default_max_output_tokens
@@ -51,7 +56,12 @@ token_cost := _prompt_tokens + output_reservation
 #   Micro-USD the request may spend, rounded up (USD per million tokens times tokens), computed
 #   exactly: prices become whole nano-units (the compiler allows at most 9 decimals), so 100
 #   tokens at 0.6 cost 60, not the 61 that binary floating point gives.
-usd_micros_cost := _ceil_div((_prompt_tokens * _nanos(price.input_per_million_usd)) + (output_reservation * _nanos(price.output_per_million_usd)), 1000000000) if {
+usd_micros_cost := ((n - r) / 1000000000) + to_number(r > 0) if {
+	# With the compiler's index the prices are already whole nano-units: no function call.
+	price := pricing.nanos
+	n := (_prompt_tokens * price.i) + (output_reservation * price.o)
+	r := n % 1000000000
+} else := _ceil_div((_prompt_tokens * _nanos(price.input_per_million_usd)) + (output_reservation * _nanos(price.output_per_million_usd)), 1000000000) if {
 	price := pricing.pricing
 }
 
@@ -85,10 +95,32 @@ _actions := {"warn": "warn"} if {
 # Per-request token limits (window 0) cost the output reservation; windowed ones the whole request.
 _token_costs := {true: output_reservation, false: token_cost}
 
+# The compiler's index entry for the request's resource: the templates of the applying limits,
+# already in the decision's order (see applies.index_entry).
+_fast := applies.index_entry
+
+# What a template's "s" and "c" keys stand for in this request.
+_fast_subjects := object.union(data.hexarch.config.index.globals, _subjects)
+
+# One body with local variables: every rule evaluated is a cost of its own on each request.
+_fast_costs := {"one": 1, "out": out, "tokens": _prompt_tokens + out, "usd": ((n - r) / 1000000000) + to_number(r > 0)} if {
+	out := output_reservation
+	price := pricing.nanos
+	n := (_prompt_tokens * price.i) + (out * price.o)
+	r := n % 1000000000
+} else := {"one": 1, "out": output_reservation, "tokens": token_cost, "usd": usd_micros_cost}
+
 # METADATA
 # title: Limits
 # description: Applying limits, sorted by policy, rule and id so the decision is stable.
-limits := [row[3] | some row in sort(array.concat(
+limits := [object.union(template.item, {"subject": _fast_subjects[template.s], "cost": _fast_costs[template.c]}) |
+	some template in _fast.limits
+] if {
+	_fast
+} else := _generic
+
+# The same without the index: every limit list filtered and sorted on each request.
+_generic := [row[3] | some row in sort(array.concat(
 	array.concat(
 		[[entry.policy, entry.rule, entry.id, item] |
 			some entry in data.hexarch.config.rate_limits

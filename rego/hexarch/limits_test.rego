@@ -108,3 +108,73 @@ test_other_resources_do_not_apply if {
 	ls := _by_id(fixtures.config, {"resources": ["premium", "*"]})
 	ls == {}
 }
+
+# The compiler's index (compiler/precompute.py): templates in order, subject and cost filled in.
+_index := {
+	"by_resource": {"tinyllama": {
+		"limits": [
+			{
+				"item": {"id": "b/0/month", "policy": "b", "unit": "usd_micros", "period": "month", "scope": "global", "limit": 9, "warn_at": null, "action": "block"},
+				"s": "global:tinyllama", "c": "usd",
+			},
+			{
+				"item": {"id": "r/0/rpm", "policy": "r", "unit": "requests", "window_seconds": 60, "scope": "principal", "limit": 5, "warn_at": null, "action": "warn"},
+				"s": "principal", "c": "one",
+			},
+			{
+				"item": {"id": "t/0/request", "policy": "t", "unit": "tokens", "window_seconds": 0, "scope": "team", "limit": 50, "warn_at": null, "action": "block"},
+				"s": "team", "c": "out",
+			},
+			{
+				"item": {"id": "t/0/tph", "policy": "t", "unit": "tokens", "window_seconds": 3600, "scope": "global", "limit": 900, "warn_at": null, "action": "block"},
+				"s": "global:*", "c": "tokens",
+			},
+		],
+		"reservation": 50,
+	}},
+	"any": {"limits": [{
+		"item": {"id": "t/0/tph", "policy": "t", "unit": "tokens", "window_seconds": 3600, "scope": "global", "limit": 900, "warn_at": null, "action": "block"},
+		"s": "global:*", "c": "tokens",
+	}]},
+	"globals": {"global:tinyllama": "tinyllama", "global:*": "*"},
+}
+
+_doc(resources, estimate) := object.union(
+	object.remove(fixtures.input_doc, ["resources", "estimate"]),
+	{"resources": resources, "estimate": estimate},
+)
+
+_indexed := object.union(fixtures.config, {"index": _index})
+
+test_index_fills_subjects_and_costs if {
+	doc := _doc(["tinyllama"], {"prompt_tokens": 10})
+	ls := limits.limits with data.hexarch.config as _indexed with input as doc
+	[l.id | some l in ls] == ["b/0/month", "r/0/rpm", "t/0/request", "t/0/tph"]
+	[l.subject | some l in ls] == ["tinyllama", doc.principal.id, doc.principal.team, "*"]
+
+	# No stated output: the index's reservation (50) is the output, the prompt adds 10.
+	[l.cost | some l in ls] == [ls[0].cost, 1, 50, 60]
+	ls[1].action == "warn"
+}
+
+test_index_unnamed_resource_takes_any if {
+	doc := _doc(["other"], {"prompt_tokens": 1, "max_output_tokens": 2})
+	ls := limits.limits with data.hexarch.config as _indexed with input as doc
+	ls == [{
+		"id": "t/0/tph", "policy": "t", "unit": "tokens", "window_seconds": 3600, "scope": "global",
+		"limit": 900, "warn_at": null, "action": "block", "subject": "*", "cost": 3,
+	}]
+}
+
+test_index_without_reservation_uses_default if {
+	doc := _doc([], {})
+	r := limits.output_reservation with data.hexarch.config as _indexed with input as doc
+	r == 1024
+}
+
+test_index_not_used_for_two_resources if {
+	doc := _doc(["tinyllama", "other"], {})
+	fast := limits.limits with data.hexarch.config as _indexed with input as doc
+	generic := limits.limits with data.hexarch.config as fixtures.config with input as doc
+	fast == generic
+}

@@ -68,13 +68,28 @@ _allowed_patterns(policy) := applies.join(sort({pattern |
 # METADATA
 # title: Model findings
 # description: Findings with code model_not_allowed (403).
-findings contains applies.finding(rule, "model_not_allowed", 403, message) if {
+findings := set() if {
+	_fast_allowed
+} else := _findings
+
+# The compiler's index lists, per resource without applying deny-lists, the allow-list patterns
+# of each policy: the model passes when every policy has a matching pattern.
+_fast_allowed if {
+	policies := applies.index_entry.models
+	is_string(input.model)
+	every patterns in policies {
+		some pattern in patterns
+		glob.match(pattern, null, input.model)
+	}
+}
+
+_findings contains applies.finding(rule, "model_not_allowed", 403, message) if {
 	some policy in _unsatisfied_policies
 	rule := _speaking_allow_rule(policy)
 	message := _allow_list_message(policy)
 }
 
-findings contains applies.finding(rule, "model_not_allowed", 403, _deny_message(rule)) if {
+_findings contains applies.finding(rule, "model_not_allowed", 403, _deny_message(rule)) if {
 	some rule in _active
 	object.get(rule, "allowed", true) == false
 	_denied(rule)

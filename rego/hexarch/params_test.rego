@@ -98,3 +98,26 @@ test_finding_shape if {
 test_allow_action_adds_nothing if {
 	_messages([_bound({"max": 1.0, "action": "allow"})], {"temperature": 2}) == set()
 }
+
+# The compiler's index (compiler/precompute.py): plain numeric ranges checked inline.
+_index_config(params) := {
+	"param_bounds": [
+		{"policy": "q", "rule": 0, "parameter": "temperature", "min": 0, "max": 1, "max_length": null, "allowed_values": null, "action": "block"},
+		{"policy": "q", "rule": 1, "parameter": "system", "min": null, "max": null, "max_length": 3, "allowed_values": null, "action": "block"},
+	],
+	"index": {"any": {"limits": [], "params": params}},
+}
+
+_ranges := {"temperature": [{"lo": 0, "hi": 1}], "system": [{}]}
+
+test_index_range_passes_inline if {
+	f := params.findings with data.hexarch.config as _index_config(_ranges)
+		with input as {"resources": [], "operation": "chat", "params": {"temperature": 0.5, "top_k": 3}}
+	f == set()
+}
+
+test_index_failures_take_the_full_checks if {
+	f := params.findings with data.hexarch.config as _index_config(_ranges)
+		with input as {"resources": [], "operation": "chat", "params": {"temperature": 1.5, "system": "long"}}
+	{x.message | some x in f} == {"temperature 1.5 is above the maximum 1.0", "system is 4 characters long, above the maximum length 3"}
+}

@@ -11,7 +11,9 @@ import data.hexarch.lib.request
 # METADATA
 # title: Pricing
 # description: input_per_million_usd and output_per_million_usd for the requested model.
-pricing := {
+pricing := price.usd if {
+	price := nanos
+} else := {
 	"input_per_million_usd": entry.input_per_million_usd,
 	"output_per_million_usd": entry.output_per_million_usd,
 } if {
@@ -26,3 +28,16 @@ pricing := {
 		is_number(entry.output_per_million_usd)
 	][0]
 } else := compiled.default_pricing
+
+# METADATA
+# title: Price with nano-units
+# description: >-
+#   From the compiler's index (compiler/precompute.py): the first listed price whose glob matches
+#   the model, else the default, as {"usd": pricing, "i": input and "o": output nano-USD per
+#   million tokens}. Undefined without an index.
+nanos := [price |
+	some price in data.hexarch.config.index.prices
+	glob.match(price.model, null, request.model)
+][0] if {
+	is_string(input.model)
+} else := data.hexarch.config.index.default_price

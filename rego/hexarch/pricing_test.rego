@@ -37,3 +37,22 @@ test_builtin_default_without_config if {
 		with input as {"model": "x"}
 	q == {"input_per_million_usd": 2, "output_per_million_usd": 3}
 }
+
+_indexed := object.union(_config, {"index": {
+	"prices": [{"model": "tinyllama*", "usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}, "i": 100000000, "o": 200000000}],
+	"default_price": {"usd": {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}, "i": 500000000, "o": 1500000000},
+}})
+
+test_index_prices_by_glob if {
+	p := pricing.pricing with data.hexarch.config as _indexed with input as {"model": "tinyllama:1.1b"}
+	p == {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}
+	n := pricing.nanos with data.hexarch.config as _indexed with input as {"model": "tinyllama:1.1b"}
+	[n.i, n.o] == [100000000, 200000000]
+}
+
+test_index_default_price if {
+	p := pricing.pricing with data.hexarch.config as _indexed with input as {"model": "gpt-4o"}
+	p == {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
+	q := pricing.pricing with data.hexarch.config as _indexed with input as {"model": 5}
+	q == p
+}

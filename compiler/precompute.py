@@ -1,0 +1,313 @@
+"""Stage 3b: the compiled data -> the same data plus `index`, what a decision needs pre-digested.
+
+OPA evaluates `data.hexarch.decision` on every request, and re-derives on each one whatever the
+Rego library computes from the compiled lists: which limits apply to a resource, their fixed
+fields, their order. None of that depends on the request, so it is computed here once, and the
+library's fast path (rego/hexarch/limits.rego) only picks the templates for the request's
+resource, fills in `subject` and `cost`, and returns them (docs/performance.md, "The decision in
+OPA").
+
+`index` (data.hexarch.config.index):
+
+- `by_resource`: resource name -> {"limits": [template...], "reservation": n (optional)}, one key
+  per resource the limit lists name, "*" included. The templates are those of the limits whose
+  resource is that name or "*", already sorted by policy, rule and id (the decision's order);
+  `reservation` is the smallest applying per-request token limit (the output reservation when
+  the request states none).
+- `any`: the same for a resource no limit names (only "*" limits apply).
+  Each entry also has `params` (parameter -> its bounds that may apply there: {"lo", "hi"} for a
+  plain numeric range, {} for any other), `checks` (operation -> true for every operation a time
+  window, access rule or confirmation of that resource names, "*" included) and, unless a
+  deny-list applies there, `models` (policy -> its allow-list patterns).
+- `globals`: "global:<resource>" -> <resource>, the subjects of global-scope limits, so that one
+  table lookup finds every template's subject.
+- `features`: feature name -> true, every feature a rule names.
+- `prices` and `default_price`: pricing.rego's candidates (valid entries, file order) with the
+  price in USD ("usd") and in whole nano-USD per million tokens ("i", "o").
+
+A template is {"item": the limit with every fixed field, "s": key of its subject, "c": key of its
+cost}. The Rego fast path applies only when the request names at most one resource; every other
+request, and every bundle without `index` (hand-written data, older compilers), takes the generic
+path over the lists, which the generated tests compare with the fast path on every decision.
+
+Every rule here mirrors the generic Rego path exactly (an entry the generic path would drop is
+dropped here too); when the lists hold something the index cannot express (a non-string
+resource), no index is written and OPA takes the generic path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any, cast
+
+from compiler.lower import Config
+
+_SCOPES = ("global", "principal", "team")
+# (config list, unit, the period field the item carries)
+_LIMIT_LISTS = (
+    ("rate_limits", "requests", "window_seconds"),
+    ("token_limits", "tokens", "window_seconds"),
+    ("budgets", "usd_micros", "period"),
+)
+
+
+def precompute(config: Config) -> Config:
+    """`config` with `index` added (or unchanged when the lists defeat the index)."""
+    index = _index(config)
+    return cast(Config, {**config, "index": index}) if index is not None else config
+
+
+def _enforcement(config: Mapping[str, Any]) -> str:
+    mode = config.get("enforcement")
+    return mode if mode in ("strict", "warn", "monitor") else "strict"
+
+
+def _action(entry: Mapping[str, Any], enforcement: str) -> str:
+    # limits.rego `_actions`: strict keeps warn and blocks everything else; warn and monitor never
+    # block on a known action. An unknown action always blocks.
+    action = entry.get("action", "block")
+    if enforcement == "strict":
+        return "warn" if action == "warn" else "block"
+    return "warn" if action in ("block", "warn", "require_confirmation") else "block"
+
+
+def _is_zero(value: Any) -> bool:
+    """A Rego number equal to 0 (a JSON boolean is no number there)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == 0
+
+
+def _template(
+    entry: Mapping[str, Any], unit: str, period_key: str, enforcement: str
+) -> dict[str, Any] | None:
+    required = ("id", "policy", "rule", period_key, "limit", "warn_at", "scope")
+    if any(key not in entry for key in required):
+        return None  # the generic path's item would be undefined: the entry is dropped there too
+    resource = entry.get("resource", "*")
+    scope = entry["scope"] if entry["scope"] in _SCOPES else "global"
+    item = {
+        "id": entry["id"],
+        "policy": entry["policy"],
+        "unit": unit,
+        period_key: entry[period_key],
+        "scope": scope,
+        "limit": entry["limit"],
+        "warn_at": entry["warn_at"],
+        "action": _action(entry, enforcement),
+    }
+    if unit == "requests":
+        cost = "one"
+    elif unit == "tokens":
+        # Per-request token limits (window 0) cost the output reservation, windowed ones everything.
+        cost = "out" if _is_zero(entry[period_key]) else "tokens"
+    else:
+        cost = "usd"
+    subject = f"global:{resource}" if scope == "global" else scope
+    return {"item": item, "s": subject, "c": cost, "_key": (entry["policy"], entry["rule"], entry["id"])}
+
+
+def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
+    enforcement = _enforcement(config)
+    templates: list[tuple[str, dict[str, Any]]] = []
+    reservations: list[tuple[str, Any]] = []
+    for name, unit, period_key in _LIMIT_LISTS:
+        entries = config.get(name, [])
+        if not isinstance(entries, list):
+            return None
+        for entry in entries:
+            if not isinstance(entry, dict):
+                return None
+            resource = entry.get("resource", "*")
+            if not isinstance(resource, str):
+                return None
+            if entry.get("action", "block") == "allow":
+                continue
+            if name == "token_limits" and _is_zero(entry.get("window_seconds")):
+                limit = entry.get("limit")
+                if isinstance(limit, (int, float)) and not isinstance(limit, bool):
+                    reservations.append((resource, limit))
+            template = _template(entry, unit, period_key, enforcement)
+            if template is not None:
+                templates.append((resource, template))
+    try:
+        templates.sort(key=lambda pair: pair[1]["_key"])
+    except TypeError:
+        return None  # mixed key types: let OPA's own ordering decide, on the generic path
+    globals_ = {t["s"]: resource for resource, t in templates if t["s"].startswith("global:")}
+    checks = _check_entries(config)
+    model_rules = config.get("model_rules", [])
+    if (
+        checks is None
+        or not isinstance(model_rules, list)
+        or not all(isinstance(e, dict) for e in model_rules)
+    ):
+        return None
+    model_resources = {e.get("resource", "*") for e in model_rules}
+    if not all(isinstance(r, str) for r in model_resources):
+        return None
+    names = sorted(
+        {r for r, _ in templates}
+        | {r for r, _ in reservations}
+        | {r for r, _ in checks}
+        | model_resources
+        | {"*"}
+    )
+    by_resource = {name: _for_resource(name, templates, reservations) for name in names}
+    bounds = config.get("param_bounds", [])
+    if not isinstance(bounds, list) or not all(
+        isinstance(b, dict)
+        and isinstance(b.get("resource", "*"), str)
+        and isinstance(b.get("parameter"), str)
+        for b in bounds
+    ):
+        return None
+    names = sorted(set(names) | {b.get("resource", "*") for b in bounds})
+    by_resource = {name: _for_resource(name, templates, reservations) for name in names}
+    for name, entry in by_resource.items():
+        entry["params"] = _params(name, bounds)
+        entry["checks"] = {op: True for r, op in checks if r in (name, "*")}
+        models = _models(name, model_rules)
+        if models is not None:
+            entry["models"] = models
+    # features.rego: a feature rule concerns a request whose feature equals its own; the fast path
+    # skips the package when the request states a feature (null included) no rule names.
+    feature_rules = config.get("features", [])
+    if not isinstance(feature_rules, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("feature"), str) for e in feature_rules
+    ):
+        return None
+    features = {e["feature"]: True for e in feature_rules}
+    prices = _prices(config)
+    if prices is None:
+        return None
+    return {
+        "by_resource": by_resource,
+        "any": by_resource["*"],
+        "globals": globals_,
+        "features": features,
+        "prices": prices[0],
+        "default_price": prices[1],
+    }
+
+
+def _params(name: str, bounds: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Per parameter, the bounds that may apply to the resource (any operation, action not allow).
+
+    A bound with exactly a numeric min and max (no max_length, no allowed_values) becomes
+    {"lo": min, "hi": max}, which params.rego checks inline; any other bound becomes {}, which
+    its fast path cannot pass, so the request goes through the generic checks.
+    """
+    out: dict[str, list[dict[str, Any]]] = {}
+    for bound in bounds:
+        if bound.get("resource", "*") not in (name, "*") or bound.get("action", "block") == "allow":
+            continue
+        lo, hi = bound.get("min"), bound.get("max")
+        plain = bound.get("max_length") is None and bound.get("allowed_values") is None
+        out.setdefault(bound["parameter"], []).append(
+            {"lo": lo, "hi": hi} if plain and _number(lo) and _number(hi) else {}
+        )
+    return out
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _price(entry: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The price as pricing.rego returns it ("usd") and in whole nano-USD per million tokens."""
+    usd = {k: entry[k] for k in ("input_per_million_usd", "output_per_million_usd")}
+    nanos = [Decimal(str(v)) * 1_000_000_000 for v in usd.values()]
+    if any(n != n.to_integral_value() for n in nanos):
+        return None  # limits.rego rounds such a price; let it, on the generic path
+    return {"usd": usd, "i": int(nanos[0]), "o": int(nanos[1])}
+
+
+def _prices(config: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
+    """pricing.rego's candidates in file order (valid entries only) and its default price."""
+    table = config.get("pricing", [])
+    if not isinstance(table, list):
+        return None
+    prices = []
+    for entry in table:
+        if not isinstance(entry, dict) or not isinstance(entry.get("model"), str):
+            continue
+        if not (_number(entry.get("input_per_million_usd")) and _number(entry.get("output_per_million_usd"))):
+            continue
+        price = _price(entry)
+        if price is None:
+            return None
+        prices.append({"model": entry["model"], **price})
+    fallback = config.get("default_pricing")
+    if not (
+        isinstance(fallback, dict)
+        and _number(fallback.get("input_per_million_usd"))
+        and _number(fallback.get("output_per_million_usd"))
+    ):
+        fallback = {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}
+    default = _price(fallback)
+    return None if default is None else (prices, default)
+
+
+_CHECK_LISTS = ("time_windows", "access_rules", "confirmations")
+# The Rego packages decision.rego's _others_quiet skips when the index says none of their rules
+# applies (the three lists above by resource and operation, features by name).
+SKIPPED_PACKAGES = ("time_windows", "access", "confirmations", "features")
+
+
+def _check_entries(config: Mapping[str, Any]) -> list[tuple[str, str]] | None:
+    """(resource, operation) of every check entry that may apply somewhere (action not allow).
+
+    The Rego fast path skips time windows, access rules and confirmations for a
+    request whose resource and operation no such entry names; anything else goes through them.
+    """
+    pairs: list[tuple[str, str]] = []
+    for name in _CHECK_LISTS:
+        entries = config.get(name, [])
+        if not isinstance(entries, list):
+            return None
+        for entry in entries:
+            if not isinstance(entry, dict):
+                return None
+            resource, operation = entry.get("resource", "*"), entry.get("operation", "*")
+            if not isinstance(resource, str) or not isinstance(operation, str):
+                return None
+            if entry.get("action", "block") != "allow":
+                pairs.append((resource, operation))
+    return pairs
+
+
+def _models(name: str, rules: list[dict[str, Any]]) -> dict[str, list[str]] | None:
+    """Allow-list patterns by policy for the resource, or None when only the generic path can tell.
+
+    models.rego: an applying rule (resource, action not allow) with allowed false is a deny-list,
+    which the fast path leaves to the generic path; an allow-list policy is satisfied when one of
+    its string patterns matches the model.
+    """
+    allow: dict[str, list[str]] = {}
+    for rule in rules:
+        if rule.get("resource", "*") not in (name, "*") or rule.get("action", "block") == "allow":
+            continue
+        if rule.get("allowed", True) is False:
+            return None
+        policy = rule.get("policy")
+        if not isinstance(policy, str):
+            return None
+        patterns = rule.get("patterns")
+        listed = patterns if isinstance(patterns, list) else [patterns] if isinstance(patterns, str) else []
+        allow.setdefault(policy, []).extend(p for p in listed if isinstance(p, str))
+    return allow
+
+
+def _for_resource(
+    name: str, templates: list[tuple[str, dict[str, Any]]], reservations: list[tuple[str, Any]]
+) -> dict[str, Any]:
+    applying = {name, "*"}
+    out: dict[str, Any] = {
+        "limits": [
+            {k: v for k, v in t.items() if k != "_key"} for resource, t in templates if resource in applying
+        ]
+    }
+    limits = [limit for resource, limit in reservations if resource in applying]
+    if limits:
+        out["reservation"] = min(limits)
+    return out

@@ -1,0 +1,189 @@
+"""The compiler's index (compiler/precompute.py): the Rego fast path decides exactly like the lists.
+
+Every policy file of the suite is compiled under each enforcement mode; a real `opa` then
+evaluates data.hexarch.decision for many requests twice, once as served (fast path, through
+data.hexarch.config.index) and once with the index removed (the generic path over the lists),
+and the two decision documents must be identical.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from compiler.api import compile_policy
+from compiler.bundle import extract_bundle
+from compiler.lower import lower
+from compiler.precompute import precompute
+from tests.conftest import EXAMPLE_POLICY
+from tests.support.servers import ROOT
+
+POLICIES = [
+    EXAMPLE_POLICY,
+    ROOT / "tests" / "compiler" / "policies" / "all_kinds.yaml",
+    ROOT / "tests" / "compiler" / "policies" / "edge_cases.yaml",
+]
+
+
+def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Requests over every resource the data names, and a few it does not."""
+    named = sorted(config["index"]["by_resource"])
+    resource_lists: list[Any] = [[r] for r in named] + [[], ["nowhere"], named[:2], None, "tinyllama"]
+    principals: list[Any] = [
+        {"id": "alice", "team": "research", "roles": ["user"]},
+        {"id": "", "team": None, "roles": []},
+        None,
+    ]
+    estimates: list[Any] = [
+        {"prompt_tokens": 12, "max_output_tokens": 64},
+        {"prompt_tokens": 7.5},
+        {},
+        None,
+    ]
+    cases = []
+    for resources, principal, estimate in itertools.product(resource_lists, principals, estimates):
+        case: dict[str, Any] = {"operation": "chat", "model": "tinyllama", "params": {"temperature": 0.5}}
+        for key, value in (("resources", resources), ("principal", principal), ("estimate", estimate)):
+            if value is not None:
+                case[key] = value
+        cases.append(case)
+    # What the checks' fast paths depend on: operation, model and feature.
+    operations: list[Any] = ["chat", "delete", "batch", "retrain", None]
+    models: list[Any] = ["tinyllama", "tinyllama:1.1b", "llama3", None, 5]
+    features: list[Any] = [None, "voice", "vision", "other", _ABSENT]
+    for resources, operation, model, feature in itertools.product(
+        resource_lists, operations, models, features
+    ):
+        case = {"principal": {"id": "bob", "roles": ["admin"]}, "resource_type": "model"}
+        for key, value in (("resources", resources), ("operation", operation), ("model", model)):
+            if value is not None:
+                case[key] = value
+        if feature is not _ABSENT:
+            case["feature"] = feature
+        cases.append(case)
+    # What the parameter fast path depends on: which parameters, of which type, in or out of range.
+    params: list[Any] = [
+        {"temperature": 0.5, "max_tokens": 64},
+        {"temperature": 1.5},
+        {"temperature": "hot"},
+        {"top_p": -0.1, "temperature": 0},
+        {"system": "x" * 3000},
+        {"system": "brief", "n": 2},
+        {},
+        "not an object",
+    ]
+    for resources, param in itertools.product(resource_lists, params):
+        case = {"operation": "chat", "model": "tinyllama", "params": param}
+        if resources is not None:
+            case["resources"] = resources
+        cases.append(case)
+    return cases
+
+
+_ABSENT = object()
+
+
+def _policy_copy(source: Path, tmp_path: Path, enforcement: str) -> Path:
+    for extra in source.parent.glob("*.rego"):
+        (tmp_path / extra.name).write_bytes(extra.read_bytes())
+    target = tmp_path / source.name
+    target.write_text(source.read_text().replace("enforcement: strict", f"enforcement: {enforcement}"))
+    return target
+
+
+@pytest.mark.parametrize("enforcement", ["strict", "warn", "monitor"])
+@pytest.mark.parametrize("policy", POLICIES, ids=[p.stem for p in POLICIES])
+def test_fast_path_decides_like_the_lists(
+    opa_bin: str, tmp_path: Path, policy: Path, enforcement: str
+) -> None:
+    compiled = compile_policy(_policy_copy(policy, tmp_path, enforcement))
+    config = dict(compiled.config)
+    assert "index" in config
+    bundle_dir = tmp_path / "bundle"
+    extract_bundle(compiled.bundle, bundle_dir)
+    cases = _cases(config)
+    (tmp_path / "input.json").write_text(json.dumps({"cases": cases}))
+    query = (
+        "[[fast, generic] | some c in input.cases; "
+        "fast := data.hexarch.decision with input as c; "
+        "generic := data.hexarch.decision with input as c with data.hexarch.config.index as null]"
+    )
+    proc = subprocess.run(
+        [opa_bin, "eval", "-b", str(bundle_dir), "-i", str(tmp_path / "input.json"), "-f", "json", query],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    pairs = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
+    assert len(pairs) == len(cases)
+    for case, (fast, generic) in zip(cases, pairs, strict=True):
+        assert fast == generic, case
+    # The cases reach limits on the fast path (not only empty lists).
+    assert any(fast["limits"] for fast, _ in pairs)
+
+
+def test_index_orders_templates_and_keeps_fixed_fields() -> None:
+    config = precompute(lower(compile_policy(EXAMPLE_POLICY).model))
+    index = config["index"]
+    ids = [t["item"]["id"] for t in index["by_resource"]["tinyllama"]["limits"]]
+    assert ids == [
+        "api_budget/0/month",
+        "rate_limit/0/rph",
+        "rate_limit/0/rpm",
+        "token_management/0/request",
+        "token_management/0/tph",
+    ]
+    assert index["by_resource"]["tinyllama"]["reservation"] == 128
+    assert index["any"]["limits"] == []
+    # The access rule on stats applies to every operation there; the others name operations.
+    assert index["by_resource"]["stats"]["checks"] == {
+        "*": True,
+        "batch": True,
+        "retrain": True,
+        "delete": True,
+    }
+    assert index["by_resource"]["tinyllama"]["checks"] == {"batch": True, "retrain": True, "delete": True}
+    assert index["by_resource"]["tinyllama"]["models"] == {"model_selection": ["tinyllama", "tinyllama:*"]}
+    assert index["features"] == {"voice": True, "vision": True}
+    assert index["any"]["params"] == {
+        "temperature": [{"lo": 0.0, "hi": 1.0}],
+        "top_p": [{"lo": 0.0, "hi": 1.0}],
+        "system": [{}],  # max_length: only the full checks say
+    }
+    assert index["prices"] == [
+        {
+            "model": "tinyllama*",
+            "usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2},
+            "i": 100_000_000,
+            "o": 200_000_000,
+        }
+    ]
+    assert index["globals"] == {"global:tinyllama": "tinyllama"}
+    rpm = index["by_resource"]["tinyllama"]["limits"][2]
+    assert rpm == {
+        "item": {
+            "id": "rate_limit/0/rpm",
+            "policy": "rate_limit",
+            "unit": "requests",
+            "window_seconds": 60,
+            "scope": "global",
+            "limit": 30,
+            "warn_at": None,
+            "action": "block",
+        },
+        "s": "global:tinyllama",
+        "c": "one",
+    }
+
+
+def test_no_index_when_a_resource_is_not_a_string() -> None:
+    config = lower(compile_policy(EXAMPLE_POLICY).model)
+    broken = json.loads(json.dumps(config))
+    broken["rate_limits"][0]["resource"] = 5
+    assert "index" not in precompute(broken)
