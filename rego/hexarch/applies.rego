@@ -62,16 +62,21 @@ operations := {"*", input.operation} if {
 # title: Index entry
 # description: >-
 #   The compiler's index entry (data.hexarch.config.index, compiler/precompute.py) for a request
-#   naming at most one resource: the entry of that resource, or of "*" when no rule names it.
-#   Undefined for other requests and for data without an index (the generic paths then decide).
+#   naming at most one resource besides "*" (the sidecar always adds "*", and names the upstream
+#   and the model, often the same name): the entry of that resource, or of "*" when no rule names
+#   it. Undefined for other requests and for data without an index (the generic paths then decide).
 index_entry := entry if {
 	is_array(input.resources)
-	count(input.resources) == 1
-	entry := data.hexarch.config.index.by_resource[input.resources[0]]
+	count(_named) == 1
+	some name in _named
+	entry := data.hexarch.config.index.by_resource[name]
 } else := data.hexarch.config.index.any if {
 	is_array(input.resources)
-	count(input.resources) < 2
+	count(_named) < 2
 }
+
+# The request's resources other than "*", which every rule set includes anyway.
+_named := resources - {"*"}
 
 # METADATA
 # title: Rule applies

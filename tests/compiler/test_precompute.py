@@ -33,7 +33,11 @@ POLICIES = [
 def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
     """Requests over every resource the data names, and a few it does not."""
     named = sorted(config["index"]["by_resource"])
-    resource_lists: list[Any] = [[r] for r in named] + [[], ["nowhere"], named[:2], None, "tinyllama"]
+    # the sidecar's own shapes too: it always adds "*", and names the upstream and the model
+    sidecar_lists: list[Any] = [[r, "*"] for r in named] + [[r, r, "*"] for r in named[:2]]
+    resource_lists: list[Any] = [[r] for r in named] + sidecar_lists
+    resource_lists += [[], ["*"], ["nowhere"], ["nowhere", "*"], named[:2], [*named[:1], "nowhere", "*"]]
+    resource_lists += [None, "tinyllama"]
     principals: list[Any] = [
         {"id": "alice", "team": "research", "roles": ["user"]},
         {"id": "", "team": None, "roles": []},
@@ -187,3 +191,22 @@ def test_no_index_when_a_resource_is_not_a_string() -> None:
     broken = json.loads(json.dumps(config))
     broken["rate_limits"][0]["resource"] = 5
     assert "index" not in precompute(broken)
+
+
+def test_the_sidecars_request_takes_the_fast_path(opa_bin: str, tmp_path: Path) -> None:
+    """The request the sidecar sends for a chat (bench/decision_input.json: the model and "*") is
+    decided through the index, not the generic path: what the speed-up is for."""
+    bundle_dir = tmp_path / "bundle"
+    extract_bundle(compile_policy(EXAMPLE_POLICY).bundle, bundle_dir)
+    query = "data.hexarch.lib.applies.index_entry.limits"
+    sidecar_input = ROOT / "bench" / "decision_input.json"
+    proc = subprocess.run(
+        [opa_bin, "eval", "-b", str(bundle_dir), "-i", str(sidecar_input), "-f", "json", query],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    result = json.loads(proc.stdout).get("result")
+    assert result, "the index entry is undefined for the sidecar's request"
+    assert [t["item"]["id"] for t in result[0]["expressions"][0]["value"]][:1] == ["api_budget/0/month"]
