@@ -437,6 +437,9 @@ async def measure(targets: list[Target], opa_url: str, args: argparse.Namespace)
         began = time.monotonic()
         window = time.time()
         seq = await sequential(calls, opa, args.requests)
+        # a request's decision-log line is written after its settlement, a moment after the reply:
+        # the window closes once the last ones are in, before any other phase sends traffic
+        await asyncio.sleep(0.5)
         seq_window = (window, time.time())
         stream = await streaming(streams, max(10, args.requests // 4))
         rates = {
