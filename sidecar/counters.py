@@ -554,6 +554,21 @@ def _load_script(name: str) -> tuple[str, str]:
 _REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
+def _converted(replies: Sequence[Any]) -> list[Any]:
+    """Script replies with each Redis failure as the CounterStoreError it stands for (a call whose
+    reply is lost may still have run: only the caller knows what to undo); anything else raised."""
+    out: list[Any] = []
+    for reply in replies:
+        if isinstance(reply, _REDIS_FAILURES):
+            error = CounterStoreError(f"Redis counter script failed: {reply}")
+            error.__cause__ = reply
+            reply = error
+        elif isinstance(reply, BaseException):
+            raise reply
+        out.append(reply)
+    return out
+
+
 # Unbatched calls (Redis Cluster, or batch=False; a standalone client batches per tick instead, with
 # its own bounds in sidecar/script_batch.py):
 # script calls on the wire at once, and how many may wait for a turn (the admission queue). Half the
@@ -653,16 +668,7 @@ class Counters(_Engine):
             for future in futures:
                 future.cancel()  # queued already: the batch skips a cancelled call's reply
             raise CounterStoreError(f"counter queue full: {exc}") from exc
-        out: list[Any] = []
-        for reply in await asyncio.gather(*futures, return_exceptions=True):
-            if isinstance(reply, _REDIS_FAILURES):
-                error = CounterStoreError(f"Redis counter script failed: {reply}")
-                error.__cause__ = reply
-                reply = error
-            elif isinstance(reply, BaseException):
-                raise reply
-            out.append(reply)
-        return out
+        return _converted(await asyncio.gather(*futures, return_exceptions=True))
 
     async def _evalsha(self, sha: str, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """Each call's reply, or the CounterStoreError it failed with (a call whose reply is lost may
@@ -690,16 +696,7 @@ class Counters(_Engine):
                     replies[i] = reply
         except _REDIS_FAILURES as exc:
             raise CounterStoreError(f"Redis counter script failed: {exc}") from exc
-        out: list[Any] = []
-        for reply in replies:
-            if isinstance(reply, _REDIS_FAILURES):
-                error = CounterStoreError(f"Redis counter script failed: {reply}")
-                error.__cause__ = reply
-                reply = error
-            elif isinstance(reply, BaseException):
-                raise reply
-            out.append(reply)
-        return out
+        return _converted(replies)
 
     async def _ready(self) -> None:
         """Initialise a cluster client once, before its first burst (see `_send`)."""
