@@ -38,8 +38,8 @@ from typing import Any
 import aiohttp
 import redis
 
-from bench.latency import BODY, EXAMPLE, PATH, child, unthrottled_policy
-from sidecar.stack import ROOT, Stack, StackOptions, free_port
+from bench.latency import BODY, EXAMPLE, PATH, bench_stack_options, child
+from sidecar.stack import ROOT, Stack, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -146,19 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="hexarch-cpu-") as tmp:
-        policy = Path(tmp) / "hexarch.yaml"
-        unthrottled_policy(args.policy, policy)
-        options = StackOptions(
-            policy=policy,
-            demo=True,
-            port=free_port(),
-            opa_port=free_port(),
-            redis_port=free_port(),
-            demo_port=free_port(),
-            work_dir=Path(tmp) / "run",
-            sidecar_log_file=True,
-            extra_env={"HEXARCH_DECISION_ENGINE": args.engine},
-        )
+        options = bench_stack_options(args.policy, Path(tmp), {"HEXARCH_DECISION_ENGINE": args.engine})
+        policy = options.policy
         with contextlib.ExitStack() as running:
             stack = running.enter_context(Stack(options))
             pid = next(c.proc.pid for c in stack.children if c.name == "sidecar")

@@ -84,6 +84,24 @@ def unthrottled_policy(source: Path, target: Path) -> None:
     target.write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
+def bench_stack_options(source: Path, tmp: Path, extra_env: dict[str, str] | None = None) -> StackOptions:
+    """The bench's stack in `tmp`: an unthrottled copy of `source`, the demo model, free ports and
+    the sidecar's decision log in a file (read for the per-phase medians)."""
+    policy = tmp / "hexarch.yaml"
+    unthrottled_policy(source, policy)
+    return StackOptions(
+        policy=policy,
+        demo=True,
+        port=free_port(),
+        opa_port=free_port(),
+        redis_port=free_port(),
+        demo_port=free_port(),
+        work_dir=tmp / "run",
+        sidecar_log_file=True,
+        extra_env=extra_env or {},
+    )
+
+
 def percentile(samples: list[float], pct: float) -> float:
     """Nearest-rank percentile (no interpolation), in the unit of `samples`."""
     ordered = sorted(samples)
@@ -544,18 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"LiteLLM is not installed in {LITELLM_VENV}: run scripts/setup_bench.sh (make bench)")
     before = machine()
     with tempfile.TemporaryDirectory(prefix="hexarch-bench-") as tmp:
-        policy = Path(tmp) / "hexarch.yaml"
-        unthrottled_policy(args.policy, policy)
-        options = StackOptions(
-            policy=policy,
-            demo=True,
-            port=free_port(),
-            opa_port=free_port(),
-            redis_port=free_port(),
-            demo_port=free_port(),
-            work_dir=Path(tmp) / "run",
-            sidecar_log_file=True,
-        )
+        options = bench_stack_options(args.policy, Path(tmp))
+        policy = options.policy
         with contextlib.ExitStack() as running:
             stack = Stack(options)
             stack.start()

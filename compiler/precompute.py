@@ -106,17 +106,24 @@ def _template(
     return {"item": item, "s": subject, "c": cost, "_key": (entry["policy"], entry["rule"], entry["id"])}
 
 
+def _dict_entries(config: Mapping[str, Any], name: str) -> list[dict[str, Any]] | None:
+    """The compiled list `name` (empty when absent); None when it is not a list of objects, which
+    only the generic Rego path reads as it must."""
+    entries = config.get(name, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        return None
+    return entries
+
+
 def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
     enforcement = _enforcement(config)
     templates: list[tuple[str, dict[str, Any]]] = []
     reservations: list[tuple[str, Any]] = []
     for name, unit, period_key in _LIMIT_LISTS:
-        entries = config.get(name, [])
-        if not isinstance(entries, list):
+        entries = _dict_entries(config, name)
+        if entries is None:
             return None
         for entry in entries:
-            if not isinstance(entry, dict):
-                return None
             resource = entry.get("resource", "*")
             if not isinstance(resource, str):
                 return None
@@ -135,12 +142,8 @@ def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
         return None  # mixed key types: let OPA's own ordering decide, on the generic path
     globals_ = {t["s"]: resource for resource, t in templates if t["s"].startswith("global:")}
     checks = _check_entries(config)
-    model_rules = config.get("model_rules", [])
-    if (
-        checks is None
-        or not isinstance(model_rules, list)
-        or not all(isinstance(e, dict) for e in model_rules)
-    ):
+    model_rules = _dict_entries(config, "model_rules")
+    if checks is None or model_rules is None:
         return None
     model_resources = {e.get("resource", "*") for e in model_rules}
     if not all(isinstance(r, str) for r in model_resources):
@@ -262,12 +265,10 @@ def _check_entries(config: Mapping[str, Any]) -> list[tuple[str, str]] | None:
     """
     pairs: list[tuple[str, str]] = []
     for name in _CHECK_LISTS:
-        entries = config.get(name, [])
-        if not isinstance(entries, list):
+        entries = _dict_entries(config, name)
+        if entries is None:
             return None
         for entry in entries:
-            if not isinstance(entry, dict):
-                return None
             resource, operation = entry.get("resource", "*"), entry.get("operation", "*")
             if not isinstance(resource, str) or not isinstance(operation, str):
                 return None

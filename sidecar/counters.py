@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import math
 import secrets
@@ -22,7 +21,6 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
-from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -48,7 +46,6 @@ BUCKETS_PER_WINDOW = 60
 # Redis: with many subjects that filled maxmemory. docs/counters.md, docs/hardening.md.)
 BUDGET_TTL_MARGIN_SECONDS = 0
 _MAX_REQUEST_ID_CHARS = 64
-_LUA_DIR = Path(__file__).resolve().parent / "lua"
 # Validated limits by their decision entry's JSON text: the same few entries come back on every
 # request, and validating one costs more than encoding it (cleared when full).
 _LIMIT_CACHE_SIZE = 4096
@@ -546,11 +543,6 @@ def _all_answered(replies: Sequence[AdmitReply]) -> list[list[int]]:
     return answered
 
 
-def _load_script(name: str) -> tuple[str, str]:
-    text = (_LUA_DIR / name).read_text(encoding="utf-8")
-    return text, hashlib.sha1(text.encode("utf-8")).hexdigest()
-
-
 _REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
@@ -600,24 +592,21 @@ class Counters(_Engine):
         # settlements of all requests) share one pipeline (sidecar/script_batch.py). None on a
         # cluster, or with batch=False: one EVALSHA per call, as `_evalsha` sends it.
         self.batcher = create_batcher(redis) if batch else None
-        self._batcher = self.batcher
-        self._admit_script = Script.load("admit")
-        self._settle_script = Script.load("settle")
+        self._admit = Script.load("admit")
+        self._settle = Script.load("settle")
         # Only a cluster client needs the one-time initialisation of `_ready`.
         self._initialised = not isinstance(redis, RedisCluster)
         self._init_lock = asyncio.Lock()
         self._pending = 0  # script calls on the wire or waiting for a slot
-        self._admit_src, self._admit_sha = _load_script("admit.lua")
-        self._settle_src, self._settle_sha = _load_script("settle.lua")
-        shas = (self._admit_sha, self._settle_sha)
-        self._slots = {sha: asyncio.Semaphore(SCRIPTS_IN_FLIGHT) for sha in shas}
+        self._slots = {s.sha: asyncio.Semaphore(SCRIPTS_IN_FLIGHT) for s in (self._admit, self._settle)}
 
     async def load_scripts(self) -> None:
         """SCRIPT LOAD both scripts (on every primary of a cluster); EVALSHA reloads on NOSCRIPT too."""
         try:
             await self._ready()
-            for src, sha in ((self._admit_src, self._admit_sha), (self._settle_src, self._settle_sha)):
-                loaded = await self._redis.script_load(src)
+            for script in (self._admit, self._settle):
+                sha = script.sha
+                loaded = await self._redis.script_load(script.source)
                 if isinstance(loaded, bytes):
                     loaded = loaded.decode()
                 if isinstance(loaded, str) and loaded != sha:
@@ -632,15 +621,15 @@ class Counters(_Engine):
             return False
 
     async def close(self) -> None:
-        if self._batcher is not None:
-            await self._batcher.drain()
+        if self.batcher is not None:
+            await self.batcher.drain()
         await self._redis.aclose()
 
     async def _run_admit(self, calls: Sequence[tuple[list[str], list[Any]]]) -> list[AdmitReply]:
-        if self._batcher is None:
-            replies = await self._evalsha(self._admit_sha, calls)
+        if self.batcher is None:
+            replies = await self._evalsha(self._admit.sha, calls)
         else:
-            replies = await self._batched(self._admit_script, calls)
+            replies = await self._batched(self._admit, calls)
         # admit.lua answers one comma-separated string: far cheaper to parse than a nested reply
         return [
             r if isinstance(r, CounterStoreError) else [int(x) for x in _text_of(r).split(",")]
@@ -648,10 +637,10 @@ class Counters(_Engine):
         ]
 
     async def _run_settle(self, calls: Sequence[tuple[list[str], list[Any]]]) -> None:
-        if self._batcher is None:
-            replies = await self._evalsha(self._settle_sha, calls)
+        if self.batcher is None:
+            replies = await self._evalsha(self._settle.sha, calls)
         else:
-            replies = await self._batched(self._settle_script, calls)
+            replies = await self._batched(self._settle, calls)
         for reply in replies:
             if isinstance(reply, CounterStoreError):
                 raise reply
@@ -659,11 +648,11 @@ class Counters(_Engine):
     async def _batched(self, script: Script, calls: Sequence[tuple[list[str], list[Any]]]) -> list[Any]:
         """`_evalsha` through the per-tick batcher: each call's reply, or the CounterStoreError it
         failed with (a whole pipeline lost fails each of its calls)."""
-        assert self._batcher is not None
+        assert self.batcher is not None
         futures: list[asyncio.Future[Any]] = []
         try:
             for keys, args in calls:
-                futures.append(self._batcher.submit(script, keys, args))
+                futures.append(self.batcher.submit(script, keys, args))
         except BatchFull as exc:
             for future in futures:
                 future.cancel()  # queued already: the batch skips a cancelled call's reply

@@ -12,11 +12,9 @@ timezone; a day hash lives 3 days, a month hash 62 days (docs/api.md).
 
 from __future__ import annotations
 
-import hashlib
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -33,9 +31,7 @@ DAY_TTL_SECONDS = 3 * 86_400
 MONTH_TTL_SECONDS = 62 * 86_400
 # A reservation's "counted" marker outlives any settle deadline (tickets live at most 900 s).
 MARKER_TTL_SECONDS = 86_400
-_SCRIPT = (Path(__file__).resolve().parent / "lua" / "stats.lua").read_text(encoding="utf-8")
-_SHA = hashlib.sha1(_SCRIPT.encode("utf-8")).hexdigest()
-_STATS = Script("stats", _SCRIPT, _SHA)
+_STATS = Script.load("stats")
 REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
@@ -163,9 +159,9 @@ class StatsStore:
                     raise done
             else:
                 try:
-                    done = await self._redis.evalsha(_SHA, len(keys), *keys, *args)
+                    done = await self._redis.evalsha(_STATS.sha, len(keys), *keys, *args)
                 except NoScriptError:
-                    done = await self._redis.eval(_SCRIPT, len(keys), *keys, *args)
+                    done = await self._redis.eval(_STATS.source, len(keys), *keys, *args)
         except (*REDIS_FAILURES, BatchFull) as exc:
             raise CounterStoreError(f"recording usage statistics failed: {exc}") from exc
         return bool(int(done))
