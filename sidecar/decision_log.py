@@ -8,10 +8,16 @@ long it took and what it used (tokens, cost). `logging.format` chooses JSON (def
 
 The file is opened in append mode and reopened on SIGHUP, so logrotate can move it away
 (`postrotate: kill -HUP <pid>`) without losing lines; the app installs the signal handler.
+
+Lines written during one event-loop tick go out together: the first line of a tick schedules a flush
+with `loop.call_soon`, which writes them all in one system call before the loop waits for I/O again
+(a write per line was one of the sidecar's five system calls per request). Without a running loop
+(tests, shutdown) a line is written at once; `close` and `reopen` flush what is pending first.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -114,6 +120,7 @@ class DecisionLog:
         self.prompts = settings.log_prompts
         self._stream: TextIO | None = None
         self._to_stdout = False
+        self._pending: list[str] = []  # this tick's lines, written by `flush`
 
     def open(self) -> None:
         if not self.enabled:
@@ -122,7 +129,7 @@ class DecisionLog:
             self._to_stdout = True  # whatever sys.stdout is when a line is written
             return
         os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        # line-buffered: each decision reaches the file as it is written
+        # each flush (one tick's lines) reaches the file at once
         self._stream = open(self.path, "a", buffering=1, encoding="utf-8")  # noqa: SIM115
 
     def reopen(self) -> None:
@@ -136,18 +143,31 @@ class DecisionLog:
             logger.error("cannot reopen the decision log %s: %s", self.path, exc.strerror)
 
     def close(self) -> None:
+        self.flush()
         stream, self._stream = self._stream, None
         self._to_stdout = False
         if stream is not None:
             stream.close()
 
     def write(self, record: DecisionRecord) -> None:
+        if not self._to_stdout and self._stream is None:
+            return
+        self._pending.append(record.line(self.format, self.prompts) + "\n")
+        if len(self._pending) > 1:
+            return  # the flush of this tick is scheduled already
+        try:
+            asyncio.get_running_loop().call_soon(self.flush)
+        except RuntimeError:  # no loop running: write it now
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the lines pending, in one call."""
+        lines, self._pending = self._pending, []
         stream = sys.stdout if self._to_stdout else self._stream
-        if stream is None:
+        if not lines or stream is None:
             return
         try:
-            stream.write(record.line(self.format, self.prompts) + "\n")
-            if self._to_stdout:
-                stream.flush()
-        except (OSError, ValueError) as exc:  # disk full, closed stream: the request still succeeds
-            logger.warning("decision log write failed: %s", exc)
+            stream.write("".join(lines))
+            stream.flush()
+        except (OSError, ValueError) as exc:  # disk full, closed stream: the requests still succeed
+            logger.warning("decision log write failed (%d lines): %s", len(lines), exc)

@@ -55,6 +55,7 @@ class OpaClient:
             timeout=self._timeout,
             skip_auto_headers=("User-Agent", "Accept-Encoding"),
             auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),  # OPA sets none: no cookie filtering per call
         )
 
     async def close(self) -> None:

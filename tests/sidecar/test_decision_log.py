@@ -183,3 +183,23 @@ async def test_opa_decision_id_is_linked_when_opa_logs_decisions(redis_url: str,
     opa_id = record["opa_decision_id"]
     assert isinstance(opa_id, str) and opa_id
     assert f'"decision_id":"{opa_id}"' in opa.log.read_text()  # the same decision in OPA's own log
+
+
+async def test_lines_of_one_tick_reach_the_file_together_and_whole(tmp_path: Path) -> None:
+    """Lines written in one event-loop tick are flushed before the loop waits again, in order, one
+    record per line; close() flushes what is still pending."""
+    from sidecar.decision_log import DecisionLog, DecisionRecord
+
+    (tmp_path / "hexarch.yaml").write_text("version: 1\nlogging:\n  file: d.log\n")
+    log = DecisionLog(load_settings(str(tmp_path / "hexarch.yaml"), env={}))
+    log.open()
+    path = tmp_path / "d.log"
+    for i in range(3):
+        log.write(DecisionRecord(f"id-{i}", "POST", "/v1/chat/completions"))
+    assert path.read_text() == ""  # still this tick
+    await asyncio.sleep(0)
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["decision_id"] for line in lines] == ["id-0", "id-1", "id-2"]
+    log.write(DecisionRecord("id-3", "POST", "/v1/chat/completions"))
+    log.close()  # shutdown: nothing pending is lost
+    assert json.loads(path.read_text().splitlines()[-1])["decision_id"] == "id-3"
