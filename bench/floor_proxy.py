@@ -14,6 +14,9 @@ No principal, no limits, no settlement, no metrics, no decision log, no error sh
 sidecar adds on top of this is its own overhead, and whatever this adds over a direct call is the
 price of the policy engine and the counter store on this machine. `bench.latency` runs it beside the
 sidecar in the same interleaved loop.
+
+With `--bare` it does steps 1 and 4 only (no OPA, no Redis): the `passthrough` path of the bench,
+what any aiohttp proxy in Python adds on this machine before it guards anything.
 """
 
 from __future__ import annotations
@@ -64,8 +67,13 @@ def decision_input(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def create_app(opa_url: str, redis_url: str, upstream_url: str) -> web.Application:
+def create_app(opa_url: str, redis_url: str, upstream_url: str, *, bare: bool = False) -> web.Application:
     app = web.Application()
+
+    async def bare_client(app: web.Application) -> AsyncIterator[None]:
+        app[SESSION_KEY] = aiohttp.ClientSession()
+        yield
+        await app[SESSION_KEY].close()
 
     async def clients(app: web.Application) -> AsyncIterator[None]:
         opa = OpaClient(opa_url, 1000)
@@ -80,6 +88,17 @@ def create_app(opa_url: str, redis_url: str, upstream_url: str) -> web.Applicati
         await client.aclose()
         await opa.close()
 
+    async def forward(request: web.Request, raw: bytes) -> web.StreamResponse:
+        async with request.app[SESSION_KEY].post(
+            upstream_url.rstrip("/") + PATH, data=raw, headers={"Content-Type": "application/json"}
+        ) as resp:
+            return web.Response(status=resp.status, body=await resp.read(), content_type="application/json")
+
+    async def passthrough(request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        orjson.loads(raw)  # a proxy reads the body it forwards
+        return await forward(request, raw)
+
     async def handle(request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         body = orjson.loads(raw)
@@ -90,16 +109,13 @@ def create_app(opa_url: str, redis_url: str, upstream_url: str) -> web.Applicati
         if decision.get("allow") is not True:
             return web.Response(status=403, body=orjson.dumps(decision))
         await request.app[REDIS_KEY].evalsha(request.app[SCRIPT_KEY], 1, "hexarch-floor")
-        async with request.app[SESSION_KEY].post(
-            upstream_url.rstrip("/") + PATH, data=raw, headers={"Content-Type": "application/json"}
-        ) as resp:
-            return web.Response(status=resp.status, body=await resp.read(), content_type="application/json")
+        return await forward(request, raw)
 
     async def health(request: web.Request) -> web.StreamResponse:
         return web.Response(body=b'{"status":"ok"}', content_type="application/json")
 
-    app.cleanup_ctx.append(clients)
-    app.router.add_post(PATH, handle)
+    app.cleanup_ctx.append(bare_client if bare else clients)
+    app.router.add_post(PATH, passthrough if bare else handle)
     app.router.add_get("/health", health)
     return app
 
@@ -108,10 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.floor_proxy", description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
-    parser.add_argument("--opa", required=True, help="OPA base URL")
-    parser.add_argument("--redis", required=True, help="Redis URL")
+    parser.add_argument("--opa", default="", help="OPA base URL (not with --bare)")
+    parser.add_argument("--redis", default="", help="Redis URL (not with --bare)")
+    parser.add_argument("--bare", action="store_true", help="parse and forward only: no OPA, no Redis")
     parser.add_argument("--upstream", required=True, help="model base URL")
     args = parser.parse_args(argv)
+    if not args.bare and not (args.opa and args.redis):
+        parser.error("--opa and --redis are needed unless --bare")
     loop: asyncio.AbstractEventLoop
     try:
         import uvloop
@@ -119,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = uvloop.new_event_loop()
     except ImportError:  # the sidecar's event loop, so the comparison is like for like
         loop = asyncio.new_event_loop()
-    app = create_app(args.opa, args.redis, args.upstream)
+    app = create_app(args.opa, args.redis, args.upstream, bare=args.bare)
     web.run_app(app, host=args.host, port=args.port, print=None, access_log=None, loop=loop)
 
 

@@ -7,6 +7,7 @@
   OPA engine (`decision_engine: opa`) serving the compiled bundle, OPA polling it;
 * a second sidecar on the same Redis, OPA and model with `decision_engine: wasm`;
 * the floor proxy (`bench.floor_proxy`: one OPA call, one Redis call, one forward, nothing else);
+* the pass-through proxy (`bench.floor_proxy --bare`: parse and forward, no OPA, no Redis);
 * the LiteLLM proxy (offline, no policy at all) in front of the same demo model.
 
 The policy is a copy of examples/hexarch.yaml whose rate, token and budget limits are raised so
@@ -398,6 +399,16 @@ def floor_proxy(stack: Stack, port: int) -> contextlib.AbstractContextManager[in
     )
 
 
+def passthrough_proxy(stack: Stack, port: int) -> contextlib.AbstractContextManager[int]:
+    """`bench.floor_proxy --bare` on `port`: parse and forward to the stack's demo model, nothing else."""
+    assert stack.demo_url is not None
+    cmd = [sys.executable, "-m", "bench.floor_proxy", "--bare", "--port", str(port)]
+    cmd += ["--upstream", stack.demo_url]
+    return child(
+        "the pass-through proxy", cmd, f"http://127.0.0.1:{port}/health", stack.work_dir / "passthrough.log"
+    )
+
+
 def wasm_sidecar(stack: Stack, policy: Path, port: int) -> contextlib.AbstractContextManager[int]:
     """A second sidecar, deciding in-process (`decision_engine: wasm`), on the stack's services."""
     env = {**os.environ, **stack.sidecar_env()}
@@ -579,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
             floor_port = free_port()
             running.enter_context(floor_proxy(stack, floor_port))
             targets.append(Target("floor", f"http://127.0.0.1:{floor_port}{PATH}", {}))
+            bare_port = free_port()
+            running.enter_context(passthrough_proxy(stack, bare_port))
+            targets.append(Target("passthrough", f"http://127.0.0.1:{bare_port}{PATH}", {}))
             if lite_version is not None:
                 key = "sk-bench-" + secrets.token_hex(16)
                 lite_port = free_port()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sidecar.stack import ROOT
 
-PATHS = ["direct", "hexarch_opa", "hexarch_wasm", "floor"]
+PATHS = ["direct", "hexarch_opa", "hexarch_wasm", "floor", "passthrough"]
 PCTS = ("p50_ms", "p90_ms", "p99_ms", "p999_ms")
 
 
