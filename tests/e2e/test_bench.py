@@ -51,3 +51,19 @@ def test_bench_reports_every_path_and_phase_without_errors(tmp_path: Path) -> No
             assert level[path]["errors"] == {} and level[path]["count"] >= 40, (path, level[path])
             assert level[path]["throughput_rps"] > 0
     assert {"opa_added_p50_ms", "wasm_added_p50_ms"} <= report["targets"].keys()
+
+
+def test_cpu_parts_reports_each_call_the_sidecar_makes() -> None:
+    """`python -m bench.cpu_parts` (short): every part timed, and the Wasm engine and OPA agreeing on
+    the bench input (the tool refuses to report otherwise)."""
+    cmd = [sys.executable, "-m", "bench.cpu_parts", "--calls", "30", "--rounds", "1"]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    parts = report["parts"]
+    names = ["decision_http", "decision_wasm", "forward_http", "admission", "settlement", "evalsha_trivial"]
+    assert [k for k in parts if k != "limits"] == names
+    assert parts["limits"] == 5  # the example's limits for the bench input: admission runs them all
+    for name in names:
+        assert parts[name]["cpu_us"] > 0 and parts[name]["wall_p50_us"] > 0, (name, parts[name])
+    assert report["cpus"] >= 1 and report["calls"] == 30
