@@ -152,6 +152,8 @@ def _exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
             if not more:
                 break
             chunks.append(more)
+            if _complete(b"".join(chunks)):
+                break  # the first answer is whole: no need to wait for a kept-alive connection to close
     reply = b"".join(chunks)
     head, _, body = reply.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
@@ -165,6 +167,21 @@ def _exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
     if headers.get("transfer-encoding") == "chunked":
         body = _dechunk(body)
     return status, headers, body
+
+
+def _complete(reply: bytes) -> bool:
+    """The first response in `reply` has all of its body (by Content-Length, or a chunked end)."""
+    head, sep, body = reply.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    fields = {}
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        fields[name.strip().lower()] = value.strip()
+    if fields.get(b"transfer-encoding") == b"chunked":
+        return b"0\r\n\r\n" in body
+    length = fields.get(b"content-length")
+    return length is not None and length.isdigit() and len(body) >= int(length)
 
 
 def _dechunk(body: bytes) -> bytes:
