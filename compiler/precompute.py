@@ -327,7 +327,7 @@ def _number(value: Any) -> bool:
 
 
 def _price(entry: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The price as pricing.rego returns it ("usd") and in whole nano-USD per million tokens."""
+    """The price as pricing.rego returns it ("usd") and as whole numbers "i" and "o" over "d"."""
     usd = {k: entry[k] for k in ("input_per_million_usd", "output_per_million_usd")}
     exact = [Decimal(str(v)) for v in usd.values()]
     if any(v * 1_000_000_000 != (v * 1_000_000_000).to_integral_value() for v in exact):

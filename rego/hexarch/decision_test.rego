@@ -152,7 +152,7 @@ _index := {
 		"models": {"model_selection": ["tinyllama", "tinyllama:*"]},
 	}},
 	"any": {"limits": [], "checks": {"*": true}},
-	"globals": {}, "features": {"vision": true},
+	"features": {"vision": true},
 	"prices": [], "default_price": {"usd": {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}, "i": 500000000, "o": 1500000000},
 }
 
