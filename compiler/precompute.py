@@ -3,32 +3,40 @@
 OPA evaluates `data.hexarch.decision` on every request, and re-derives on each one whatever the
 Rego library computes from the compiled lists: which limits apply to a resource, their fixed
 fields, their order. None of that depends on the request, so it is computed here once, and the
-library's fast path (rego/hexarch/limits.rego) only picks the templates for the request's
-resource, fills in `subject` and `cost`, and returns them (docs/performance.md, "The decision in
-OPA").
+library's fast paths (rego/hexarch/decision.rego's one-body branch, limits.rego) only pick the
+templates for the request's resource, fill in what depends on the request, and look the model up
+(docs/performance.md, "The decision in OPA").
 
 `index` (data.hexarch.config.index):
 
-- `by_resource`: resource name -> {"limits": [template...], "reservation": n (optional)}, one key
-  per resource the limit lists name, "*" included. The templates are those of the limits whose
-  resource is that name or "*", already sorted by policy, rule and id (the decision's order);
-  `reservation` is the smallest applying per-request token limit (the output reservation when
-  the request states none).
-- `any`: the same for a resource no limit names (only "*" limits apply).
+- `enforcement`: the enforcement mode as compiled.rego normalises it.
+- `by_resource`: resource name -> entry, one key per resource the lists name, "*" included.
+  An entry's `limits` are the templates of the limits whose resource is that name or "*", already
+  sorted by policy, rule and id (the decision's order); `scoped` says whether one of them is
+  principal- or team-scoped; `reservation` is the smallest applying per-request token limit (the
+  output reservation when the request states none).
+- `any`: the same for a resource no rule names (only "*" rules apply).
   Each entry also has `params` (parameter -> its bounds that may apply there: {"lo", "hi"} for a
-  plain numeric range, {} for any other), `checks` (operation -> true for every operation a time
-  window, access rule or confirmation of that resource names, "*" included) and, unless a
-  deny-list applies there, `models` (policy -> its allow-list patterns).
-- `globals`: "global:<resource>" -> <resource>, the subjects of global-scope limits, so that one
-  table lookup finds every template's subject.
+  plain numeric range, {} for any other; params.rego's fast path), the same bounds as
+  decision.rego's one-body branch reads them (`ranges`, `lengths`, `unchecked`, see
+  _param_lists), `checks` (operation -> true for every operation a time window, access rule or
+  confirmation of that resource names, "*" included) and, unless a deny-list applies there,
+  `models` (policy -> its allow-list patterns) and `models_ok` (literal model name -> true for
+  each name every allow-list policy lets through).
 - `features`: feature name -> true, every feature a rule names.
 - `prices` and `default_price`: pricing.rego's candidates (valid entries, file order) with the
-  price in USD ("usd") and in whole nano-USD per million tokens ("i", "o").
+  price in USD ("usd") and as whole numbers "i" and "o" (input and output USD per million tokens,
+  i.e. micro-USD per token, times "d", the smallest power of ten making both whole);
+  `exact_prices`: literal model name -> its price (the first candidate whose glob matches it, or
+  the default), for each name written literally in the pricing table or an allow-list whose
+  price the compiler can decide (it matches globs of "*" and "?" only; see _glob_regex).
 
-A template is {"item": the limit with every fixed field, "s": key of its subject, "c": key of its
-cost}. The Rego fast path applies only when the request names at most one resource; every other
-request, and every bundle without `index` (hand-written data, older compilers), takes the generic
-path over the lists, which the generated tests compare with the fast path on every decision.
+A template is {"item": the limit with every fixed field (a global limit's subject, a request
+limit's cost), "k": the key of what the request adds}: "" nothing, "out", "tokens" or "usd" a
+cost, "<scope>:<cost>" a principal's or team's subject and that cost. The Rego fast paths apply
+only when the request names at most one resource; every other request, and every bundle without
+`index` (hand-written data, older compilers), takes the generic path over the lists, which the
+generated tests compare with the fast path on every decision.
 
 Every rule here mirrors the generic Rego path exactly (an entry the generic path would drop is
 dropped here too); when the lists hold something the index cannot express (a non-string
@@ -37,6 +45,7 @@ resource), no index is written and OPA takes the generic path.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any, cast
@@ -96,14 +105,19 @@ def _template(
         "action": _action(entry, enforcement),
     }
     if unit == "requests":
-        cost = "one"
+        item["cost"] = 1  # the same for every request: no patch
+        cost = ""
     elif unit == "tokens":
         # Per-request token limits (window 0) cost the output reservation, windowed ones everything.
         cost = "out" if _is_zero(entry[period_key]) else "tokens"
     else:
         cost = "usd"
-    subject = f"global:{resource}" if scope == "global" else scope
-    return {"item": item, "s": subject, "c": cost, "_key": (entry["policy"], entry["rule"], entry["id"])}
+    if scope == "global":
+        item["subject"] = resource  # a global limit's counter is the rule's resource
+        key = cost
+    else:
+        key = f"{scope}:{cost}"
+    return {"item": item, "k": key, "_key": (entry["policy"], entry["rule"], entry["id"])}
 
 
 def _dict_entries(config: Mapping[str, Any], name: str) -> list[dict[str, Any]] | None:
@@ -140,7 +154,6 @@ def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
         templates.sort(key=lambda pair: pair[1]["_key"])
     except TypeError:
         return None  # mixed key types: let OPA's own ordering decide, on the generic path
-    globals_ = {t["s"]: resource for resource, t in templates if t["s"].startswith("global:")}
     checks = _check_entries(config)
     model_rules = _dict_entries(config, "model_rules")
     if checks is None or model_rules is None:
@@ -155,7 +168,6 @@ def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
         | model_resources
         | {"*"}
     )
-    by_resource = {name: _for_resource(name, templates, reservations) for name in names}
     bounds = config.get("param_bounds", [])
     if not isinstance(bounds, list) or not all(
         isinstance(b, dict)
@@ -166,12 +178,18 @@ def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
         return None
     names = sorted(set(names) | {b.get("resource", "*") for b in bounds})
     by_resource = {name: _for_resource(name, templates, reservations) for name in names}
+    prices = _prices(config)
+    if prices is None:
+        return None
+    literal_names = _literal_models(model_rules, prices[0])
     for name, entry in by_resource.items():
         entry["params"] = _params(name, bounds)
+        entry.update(_param_lists(name, bounds))
         entry["checks"] = {op: True for r, op in checks if r in (name, "*")}
         models = _models(name, model_rules)
         if models is not None:
             entry["models"] = models
+            entry["models_ok"] = _allowed_names(models, literal_names)
     # features.rego: a feature rule concerns a request whose feature equals its own; the fast path
     # skips the package when the request states a feature (null included) no rule names.
     feature_rules = config.get("features", [])
@@ -180,16 +198,14 @@ def _index(config: Mapping[str, Any]) -> dict[str, Any] | None:
     ):
         return None
     features = {e["feature"]: True for e in feature_rules}
-    prices = _prices(config)
-    if prices is None:
-        return None
     return {
+        "enforcement": enforcement,
         "by_resource": by_resource,
         "any": by_resource["*"],
-        "globals": globals_,
         "features": features,
         "prices": prices[0],
         "default_price": prices[1],
+        "exact_prices": _exact_prices(literal_names, prices[0], prices[1]),
     }
 
 
@@ -212,17 +228,115 @@ def _params(name: str, bounds: list[dict[str, Any]]) -> dict[str, list[dict[str,
     return out
 
 
+def _param_lists(name: str, bounds: list[dict[str, Any]]) -> dict[str, list[Any]]:
+    """The bounds that may apply to the resource as decision.rego's one-body fast path reads them.
+
+    "ranges": {"p": parameter, "lo": min, "hi": max} for a plain numeric range (an absent parameter
+    reads as "lo", which passes); "lengths": {"p": parameter, "n": max_length} for a bound that is
+    only a numeric max_length, passed by a string at most that long (an absent parameter reads as
+    ""); "unchecked": the parameters with any other bound, which the fast path passes only when
+    the request does not send them. Whatever fails there is decided by params.rego.
+    """
+    ranges: list[dict[str, Any]] = []
+    lengths: list[dict[str, Any]] = []
+    unchecked: set[str] = set()
+    for bound in bounds:
+        if bound.get("resource", "*") not in (name, "*") or bound.get("action", "block") == "allow":
+            continue
+        lo, hi, n = bound.get("min"), bound.get("max"), bound.get("max_length")
+        values = bound.get("allowed_values")
+        if values is None and n is None and _number(lo) and _number(hi):
+            ranges.append({"p": bound["parameter"], "lo": lo, "hi": hi})
+        elif values is None and lo is None and hi is None and _number(n):
+            lengths.append({"p": bound["parameter"], "n": n})
+        else:
+            unchecked.add(bound["parameter"])
+    return {"ranges": ranges, "lengths": lengths, "unchecked": sorted(unchecked)}
+
+
+# glob.match's syntax (OPA's gobwas/glob); the compiler decides a match itself only for patterns
+# whose special characters are "*" and "?" (with no delimiters: any run, any one character).
+_GLOB_SPECIAL = frozenset("*?[]{}\\!")
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str] | None:
+    """A regular expression matching what glob.match(pattern, null, name) matches, or None when
+    the pattern uses syntax the compiler leaves to OPA (classes, alternatives, escapes)."""
+    if any(c in _GLOB_SPECIAL - {"*", "?"} for c in pattern):
+        return None
+    parts = [".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern]
+    return re.compile("".join(parts), re.DOTALL)
+
+
+def _literal(pattern: str) -> bool:
+    return not any(c in _GLOB_SPECIAL for c in pattern)
+
+
+def _literal_models(model_rules: list[dict[str, Any]], prices: list[dict[str, Any]]) -> list[str]:
+    """The model names written out literally in allow-lists and the pricing table: the names the
+    exact-name tables cover (a request for another model takes the glob scans)."""
+    names: set[str] = {p["model"] for p in prices if _literal(p["model"])}
+    for rule in model_rules:
+        patterns = rule.get("patterns")
+        listed = patterns if isinstance(patterns, list) else [patterns]
+        names.update(p for p in listed if isinstance(p, str) and _literal(p))
+    return sorted(names)
+
+
+def _glob_matches(pattern: str, name: str) -> bool | None:
+    """glob.match(pattern, null, name), or None when the compiler cannot tell."""
+    regex = _glob_regex(pattern)
+    return None if regex is None else regex.fullmatch(name) is not None
+
+
+def _allowed_names(policies: Mapping[str, list[str]], names: list[str]) -> dict[str, bool]:
+    """name -> true for each name every allow-list policy lets through (models.rego's
+    _fast_allowed, decided here); a name the compiler cannot decide is left out."""
+    out: dict[str, bool] = {}
+    for name in names:
+        verdicts = [[_glob_matches(p, name) for p in patterns] for patterns in policies.values()]
+        if any(None in v for v in verdicts):
+            continue
+        if all(any(v) for v in verdicts):
+            out[name] = True
+    return out
+
+
+def _exact_prices(
+    names: list[str], prices: list[dict[str, Any]], default: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """name -> pricing.rego's `nanos` for that model: the first listed price whose glob matches it,
+    else the default; a name for which the compiler cannot decide a pattern before the match is
+    left out (pricing.rego then scans)."""
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        for price in prices:
+            verdict = _glob_matches(price["model"], name)
+            if verdict is None:
+                break
+            if verdict:
+                out[name] = price
+                break
+        else:
+            out[name] = default
+    return out
+
+
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _price(entry: Mapping[str, Any]) -> dict[str, Any] | None:
-    """The price as pricing.rego returns it ("usd") and in whole nano-USD per million tokens."""
+    """The price as pricing.rego returns it ("usd") and as whole numbers "i" and "o" over "d"."""
     usd = {k: entry[k] for k in ("input_per_million_usd", "output_per_million_usd")}
-    nanos = [Decimal(str(v)) * 1_000_000_000 for v in usd.values()]
-    if any(n != n.to_integral_value() for n in nanos):
+    exact = [Decimal(str(v)) for v in usd.values()]
+    if any(v * 1_000_000_000 != (v * 1_000_000_000).to_integral_value() for v in exact):
         return None  # limits.rego rounds such a price; let it, on the generic path
-    return {"usd": usd, "i": int(nanos[0]), "o": int(nanos[1])}
+    # The smallest power of ten that makes both prices whole: OPA's integer arithmetic stays on
+    # machine words (its fast path) for realistic token counts, where nano-units overflowed it.
+    places = max(max(0, -v.normalize().as_tuple().exponent) for v in exact)  # type: ignore[operator]
+    divisor = 10**places
+    return {"usd": usd, "i": int(exact[0] * divisor), "o": int(exact[1] * divisor), "d": divisor}
 
 
 def _prices(config: Mapping[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any]] | None:
@@ -303,12 +417,11 @@ def _for_resource(
     name: str, templates: list[tuple[str, dict[str, Any]]], reservations: list[tuple[str, Any]]
 ) -> dict[str, Any]:
     applying = {name, "*"}
-    out: dict[str, Any] = {
-        "limits": [
-            {k: v for k, v in t.items() if k != "_key"} for resource, t in templates if resource in applying
-        ]
-    }
-    limits = [limit for resource, limit in reservations if resource in applying]
-    if limits:
-        out["reservation"] = min(limits)
+    limits = [
+        {k: v for k, v in t.items() if k != "_key"} for resource, t in templates if resource in applying
+    ]
+    out: dict[str, Any] = {"limits": limits, "scoped": any(":" in t["k"] for t in limits)}
+    per_request = [limit for resource, limit in reservations if resource in applying]
+    if per_request:
+        out["reservation"] = min(per_request)
     return out

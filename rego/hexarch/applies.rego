@@ -66,6 +66,13 @@ operations := {"*", input.operation} if {
 #   and the model, often the same name): the entry of that resource, or of "*" when no rule names
 #   it. Undefined for other requests and for data without an index (the generic paths then decide).
 index_entry := entry if {
+	# The sidecar's own shape, [name, "*"]: one lookup, no sets.
+	[name, "*"] = input.resources
+	entry := data.hexarch.config.index.by_resource[name]
+} else := data.hexarch.config.index.any if {
+	# A name no rule names: only "*" rules apply (as below).
+	[_, "*"] = input.resources
+} else := entry if {
 	is_array(input.resources)
 	count(_named) == 1
 	some name in _named

@@ -17,6 +17,7 @@ import data.hexarch.lib.limits as limit_rules
 import data.hexarch.lib.models
 import data.hexarch.lib.params
 import data.hexarch.lib.pricing as price_rules
+import data.hexarch.lib.request
 import data.hexarch.lib.time_windows
 
 # METADATA
@@ -97,6 +98,56 @@ pricing := price_rules.pricing
 # title: Decision
 # description: The decision document of DESIGN.md, always an object.
 decision := {
+	"allow": true,
+	"enforcement": index.enforcement,
+	"violations": [],
+	"warnings": [],
+	"limits": [object.union(template.item, patches[template.k]) | some template in entry.limits],
+	"pricing": price.usd,
+} if {
+	# The common case in one body with local variables, through the compiler's index: every rule
+	# evaluated costs OPA a few microseconds of its own (docs/performance.md, "The decision in
+	# OPA"). The same as the quiet branch below, which the tests compare it with.
+	index := data.hexarch.config.index
+	entry := applies.index_entry
+
+	# No time window, access rule, confirmation or feature rule concerns the request (_others_quiet).
+	is_string(input.operation)
+	not entry.checks[input.operation]
+	not entry.checks["*"]
+	input.feature == input.feature # a stated feature (null included), that no rule names
+	not index.features[input.feature]
+
+	# Every parameter bound that may apply passes (absent parameters pass); else params.rego says.
+	params := input.params
+	is_object(params)
+	every bound in entry.ranges {
+		value := object.get(params, bound.p, bound.lo)
+		is_number(value)
+		value >= bound.lo
+		value <= bound.hi
+	}
+	every bound in entry.lengths {
+		value := object.get(params, bound.p, "")
+		is_string(value)
+		count(value) <= bound.n
+	}
+	every name in entry.unchecked {
+		not params[name] == params[name] # absent (x == x holds for every present value)
+	}
+
+	count(models.findings) == 0
+	count([true | some policy in data.hexarch.custom; some _ in policy.violations]) == 0
+
+	# The costs, as limits.rego computes them, in whole units of 1/d micro-USD.
+	price := price_rules.nanos
+	out := limit_rules.output_reservation
+	prompt := request.prompt_tokens
+	n := (prompt * price.i) + (out * price.o)
+	r := n % price.d
+	costs := {"": {}, "out": {"cost": out}, "tokens": {"cost": prompt + out}, "usd": {"cost": ((n - r) / price.d) + to_number(r > 0)}}
+	patches := object.union(costs, limit_rules.scoped_patches(entry, costs))
+} else := {
 	"allow": true,
 	"enforcement": compiled.enforcement,
 	"violations": [],

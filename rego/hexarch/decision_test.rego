@@ -152,7 +152,7 @@ _index := {
 		"models": {"model_selection": ["tinyllama", "tinyllama:*"]},
 	}},
 	"any": {"limits": [], "checks": {"*": true}},
-	"globals": {}, "features": {"vision": true},
+	"features": {"vision": true},
 	"prices": [], "default_price": {"usd": {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}, "i": 500000000, "o": 1500000000},
 }
 
@@ -175,4 +175,65 @@ test_index_still_checks_named_models_features_and_operations if {
 	[v.code | some v in e.violations] == ["feature_disabled"]
 	f := _decide(_single({"operation": "delete", "resource_type": "model"}), _indexed)
 	[v.code | some v in f.violations] == ["confirmation_required"]
+}
+
+# The index compiler/precompute.py writes for fixtures.config (by hand): what the one-body
+# branch of the decision reads.
+_price := {"model": "tinyllama*", "usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}, "i": 1, "o": 2, "d": 10}
+
+_entry(limits) := {
+	"limits": limits, "scoped": false, "checks": {"batch": true, "delete": true},
+	"ranges": [{"p": "temperature", "lo": 0.0, "hi": 1.0}], "lengths": [], "unchecked": [],
+	"models": {"model_selection": ["tinyllama", "tinyllama:*"]}, "models_ok": {"tinyllama": true},
+}
+
+_full_index := {
+	"enforcement": "strict",
+	"by_resource": {
+		"tinyllama": object.union(
+			_entry([
+				{"item": {"id": "api_budget/0/month", "policy": "api_budget", "unit": "usd_micros", "period": "month", "scope": "global", "subject": "tinyllama", "limit": 100000000, "warn_at": 0.75, "action": "block"}, "k": "usd"},
+				{"item": {"id": "rate_limit/0/rpm", "policy": "rate_limit", "unit": "requests", "window_seconds": 60, "scope": "global", "subject": "tinyllama", "limit": 30, "cost": 1, "warn_at": null, "action": "block"}, "k": ""},
+				{"item": {"id": "token_management/0/request", "policy": "token_management", "unit": "tokens", "window_seconds": 0, "scope": "global", "subject": "tinyllama", "limit": 128, "warn_at": 0.8, "action": "block"}, "k": "out"},
+				{"item": {"id": "token_management/0/tph", "policy": "token_management", "unit": "tokens", "window_seconds": 3600, "scope": "global", "subject": "tinyllama", "limit": 10000, "warn_at": 0.8, "action": "block"}, "k": "tokens"},
+			]),
+			{"reservation": 128},
+		),
+		"stats": object.union(_entry([]), {"checks": {"*": true, "batch": true, "delete": true}}),
+	},
+	"any": _entry([]),
+	"features": {"vision": true},
+	"prices": [_price], "default_price": {"usd": {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}, "i": 5, "o": 15, "d": 10},
+	"exact_prices": {"tinyllama": _price},
+}
+
+_sidecar(fields) := object.union(object.union(fixtures.input_doc, {"resources": ["tinyllama", "*"]}), fields)
+
+_fast_and_generic(doc) := [fast, generic] if {
+	fast := _decide(doc, object.union(fixtures.config, {"index": _full_index}))
+	generic := _decide(doc, fixtures.config)
+}
+
+test_one_body_decides_the_sidecars_request if {
+	[fast, generic] := _fast_and_generic(_sidecar({}))
+	fast == generic
+	[l.cost | some l in fast.limits] == [30, 1, 128, 170]
+
+	# Only the one-body branch reads index.enforcement.
+	marked := object.union(fixtures.config, {"index": object.union(_full_index, {"enforcement": "marked"})})
+	_decide(_sidecar({}), marked).enforcement == "marked"
+}
+
+test_one_body_hands_every_other_request_to_the_full_rules if {
+	variants := [
+		{"model": "gpt-4o"}, {"model": "tinyllama:1.1b"}, {"params": {"temperature": 1.5}},
+		{"params": {"temperature": "warm"}}, {"params": {}}, {"params": "none"}, {"operation": "delete", "resource_type": "model"},
+		{"operation": "batch"}, {"feature": "vision"}, {"feature": "voice"}, {"resources": ["stats", "*"]},
+		{"resources": ["elsewhere", "*"]}, {"resources": ["tinyllama"]}, {"estimate": {"prompt_tokens": 2.5}},
+		{"estimate": {}}, {"principal": {"id": "", "roles": []}},
+	]
+	every fields in variants {
+		[fast, generic] := _fast_and_generic(_sidecar(fields))
+		fast == generic
+	}
 }

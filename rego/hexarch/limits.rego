@@ -39,16 +39,10 @@ _per_request_limits := {entry.limit |
 	object.get(entry, "action", "block") != "allow"
 }
 
-# Estimated prompt tokens (rounded up); 0 when missing or invalid.
-_prompt_tokens := ceil(input.estimate.prompt_tokens) if {
-	is_number(input.estimate.prompt_tokens)
-	input.estimate.prompt_tokens >= 0
-} else := 0
-
 # METADATA
 # title: Token cost
 # description: Prompt tokens plus the output reservation (windowed token limits).
-token_cost := _prompt_tokens + output_reservation
+token_cost := request.prompt_tokens + output_reservation
 
 # METADATA
 # title: Budget cost
@@ -56,12 +50,13 @@ token_cost := _prompt_tokens + output_reservation
 #   Micro-USD the request may spend, rounded up (USD per million tokens times tokens), computed
 #   exactly: prices become whole nano-units (the compiler allows at most 9 decimals), so 100
 #   tokens at 0.6 cost 60, not the 61 that binary floating point gives.
-usd_micros_cost := ((n - r) / 1000000000) + to_number(r > 0) if {
-	# With the compiler's index the prices are already whole nano-units: no function call.
+usd_micros_cost := ((n - r) / d) + to_number(r > 0) if {
+	# With the compiler's index the prices are already whole (times d): no function call.
 	price := pricing.nanos
-	n := (_prompt_tokens * price.i) + (output_reservation * price.o)
-	r := n % 1000000000
-} else := _ceil_div((_prompt_tokens * _nanos(price.input_per_million_usd)) + (output_reservation * _nanos(price.output_per_million_usd)), 1000000000) if {
+	d := price.d
+	n := (request.prompt_tokens * price.i) + (output_reservation * price.o)
+	r := n % d
+} else := _ceil_div((request.prompt_tokens * _nanos(price.input_per_million_usd)) + (output_reservation * _nanos(price.output_per_million_usd)), 1000000000) if {
 	price := pricing.pricing
 }
 
@@ -72,9 +67,12 @@ _ceil_div(n, d) := ((n - r) / d) + 1 if {
 	r > 0
 } else := n / d
 
-# Subjects of principal- and team-scoped limits ("anonymous" for an unidentified principal); an
-# unknown scope is global, whose subject is the rule's resource.
-_subjects := {"principal": principal, "team": team} if {
+# METADATA
+# title: Subjects
+# description: >-
+#   The counter subjects of principal- and team-scoped limits ("anonymous" for an unidentified
+#   principal); an unknown scope is global, whose subject is the rule's resource.
+subjects := {"principal": principal, "team": team} if {
 	# The common case (both named) without a function call per field.
 	principal := input.principal.id
 	is_string(principal)
@@ -99,23 +97,29 @@ _token_costs := {true: output_reservation, false: token_cost}
 # already in the decision's order (see applies.index_entry).
 _fast := applies.index_entry
 
-# What a template's "s" and "c" keys stand for in this request.
-_fast_subjects := object.union(data.hexarch.config.index.globals, _subjects)
+# What a template's key "k" adds to its item in this request (decision.rego's fast decision
+# builds the same object in its own body).
+_patches := object.union(costs, scoped_patches(_fast, costs)) if {
+	costs := {"": {}, "out": {"cost": output_reservation}, "tokens": {"cost": token_cost}, "usd": {"cost": usd_micros_cost}}
+}
 
-# One body with local variables: every rule evaluated is a cost of its own on each request.
-_fast_costs := {"one": 1, "out": out, "tokens": _prompt_tokens + out, "usd": ((n - r) / 1000000000) + to_number(r > 0)} if {
-	out := output_reservation
-	price := pricing.nanos
-	n := (_prompt_tokens * price.i) + (out * price.o)
-	r := n % 1000000000
-} else := {"one": 1, "out": output_reservation, "tokens": token_cost, "usd": usd_micros_cost}
+# METADATA
+# title: Scoped template patches
+# description: >-
+#   For an index entry with principal- or team-scoped templates, the patch of each key
+#   "<scope>:<cost>": the subject, and the cost patch of that kind (costs["<cost>"]). Empty
+#   otherwise, so a request with only global limits never evaluates its principal.
+scoped_patches(entry, costs) := {} if {
+	entry.scoped == false # not `not entry.scoped`: an entry without the flag gets every patch
+} else := {sprintf("%s:%s", [scope, kind]): object.union(patch, {"subject": subject}) |
+	some scope, subject in subjects
+	some kind, patch in costs
+}
 
 # METADATA
 # title: Limits
 # description: Applying limits, sorted by policy, rule and id so the decision is stable.
-limits := [object.union(template.item, {"subject": _fast_subjects[template.s], "cost": _fast_costs[template.c]}) |
-	some template in _fast.limits
-] if {
+limits := [object.union(template.item, _patches[template.k]) | some template in _fast.limits] if {
 	_fast
 } else := _generic
 
@@ -129,7 +133,7 @@ _generic := [row[3] | some row in sort(array.concat(
 			scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
 			item := {
 				"id": entry.id, "policy": entry.policy, "unit": "requests", "window_seconds": entry.window_seconds,
-				"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
+				"scope": scope, "subject": object.get(subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
 				"cost": 1, "warn_at": entry.warn_at, "action": object.get(_actions, object.get(entry, "action", "block"), "block"),
 			}
 		],
@@ -140,7 +144,7 @@ _generic := [row[3] | some row in sort(array.concat(
 			scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
 			item := {
 				"id": entry.id, "policy": entry.policy, "unit": "tokens", "window_seconds": entry.window_seconds,
-				"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
+				"scope": scope, "subject": object.get(subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
 				"cost": _token_costs[entry.window_seconds == 0], "warn_at": entry.warn_at,
 				"action": object.get(_actions, object.get(entry, "action", "block"), "block"),
 			}
@@ -153,7 +157,7 @@ _generic := [row[3] | some row in sort(array.concat(
 		scope := object.get({"global": "global", "principal": "principal", "team": "team"}, entry.scope, "global")
 		item := {
 			"id": entry.id, "policy": entry.policy, "unit": "usd_micros", "period": entry.period,
-			"scope": scope, "subject": object.get(_subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
+			"scope": scope, "subject": object.get(subjects, scope, object.get(entry, "resource", "*")), "limit": entry.limit,
 			"cost": usd_micros_cost, "warn_at": entry.warn_at, "action": object.get(_actions, object.get(entry, "action", "block"), "block"),
 		}
 	],

@@ -109,34 +109,38 @@ test_other_resources_do_not_apply if {
 	ls == {}
 }
 
-# The compiler's index (compiler/precompute.py): templates in order, subject and cost filled in.
+# The compiler's index (compiler/precompute.py): templates in order, each an item with every
+# fixed field (a global limit's subject, a request limit's cost) and the key of its patch.
 _index := {
 	"by_resource": {"tinyllama": {
 		"limits": [
 			{
-				"item": {"id": "b/0/month", "policy": "b", "unit": "usd_micros", "period": "month", "scope": "global", "limit": 9, "warn_at": null, "action": "block"},
-				"s": "global:tinyllama", "c": "usd",
+				"item": {"id": "b/0/month", "policy": "b", "unit": "usd_micros", "period": "month", "scope": "global", "subject": "tinyllama", "limit": 9, "warn_at": null, "action": "block"},
+				"k": "usd",
 			},
 			{
-				"item": {"id": "r/0/rpm", "policy": "r", "unit": "requests", "window_seconds": 60, "scope": "principal", "limit": 5, "warn_at": null, "action": "warn"},
-				"s": "principal", "c": "one",
+				"item": {"id": "r/0/rpm", "policy": "r", "unit": "requests", "window_seconds": 60, "scope": "principal", "limit": 5, "cost": 1, "warn_at": null, "action": "warn"},
+				"k": "principal:",
 			},
 			{
 				"item": {"id": "t/0/request", "policy": "t", "unit": "tokens", "window_seconds": 0, "scope": "team", "limit": 50, "warn_at": null, "action": "block"},
-				"s": "team", "c": "out",
+				"k": "team:out",
 			},
 			{
-				"item": {"id": "t/0/tph", "policy": "t", "unit": "tokens", "window_seconds": 3600, "scope": "global", "limit": 900, "warn_at": null, "action": "block"},
-				"s": "global:*", "c": "tokens",
+				"item": {"id": "t/0/tph", "policy": "t", "unit": "tokens", "window_seconds": 3600, "scope": "global", "subject": "*", "limit": 900, "warn_at": null, "action": "block"},
+				"k": "tokens",
 			},
 		],
 		"reservation": 50,
+		"scoped": true,
 	}},
-	"any": {"limits": [{
-		"item": {"id": "t/0/tph", "policy": "t", "unit": "tokens", "window_seconds": 3600, "scope": "global", "limit": 900, "warn_at": null, "action": "block"},
-		"s": "global:*", "c": "tokens",
-	}]},
-	"globals": {"global:tinyllama": "tinyllama", "global:*": "*"},
+	"any": {
+		"limits": [{
+			"item": {"id": "t/0/tph", "policy": "t", "unit": "tokens", "window_seconds": 3600, "scope": "global", "subject": "*", "limit": 900, "warn_at": null, "action": "block"},
+			"k": "tokens",
+		}],
+		"scoped": false,
+	},
 }
 
 _doc(resources, estimate) := object.union(
@@ -170,6 +174,18 @@ test_index_without_reservation_uses_default if {
 	doc := _doc([], {})
 	r := limits.output_reservation with data.hexarch.config as _indexed with input as doc
 	r == 1024
+}
+
+test_scoped_patches_only_for_scoped_entries if {
+	costs := {"": {}, "out": {"cost": 2}}
+	limits.scoped_patches({"scoped": false}, costs) == {}
+	p := limits.scoped_patches({"scoped": true}, costs) with input as fixtures.input_doc
+
+	p["principal:"] == {"subject": "alice"}
+	p["team:out"] == {"subject": "ml", "cost": 2}
+
+	# An entry without the flag gets every patch: a template is never dropped for want of one.
+	limits.scoped_patches({}, costs) == p with input as fixtures.input_doc
 }
 
 test_index_not_used_for_two_resources if {

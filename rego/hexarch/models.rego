@@ -69,6 +69,9 @@ _allowed_patterns(policy) := applies.join(sort({pattern |
 # title: Model findings
 # description: Findings with code model_not_allowed (403).
 findings := set() if {
+	# A model the allow-lists name literally, which the compiler found allowed by every policy.
+	applies.index_entry.models_ok[input.model]
+} else := set() if {
 	_fast_allowed
 } else := _findings
 

@@ -103,3 +103,13 @@ test_the_strictest_allow_rule_speaks_for_the_policy if {
 	{[f.rule, f.action] | some f in nothing_blocks} == {[2, "require_confirmation"]}
 	models.findings with data.hexarch.config as {"model_rules": rules} with input as {"model": "gpt-4"} == set()
 }
+
+# The compiler's index: a literal name it found allowed by every policy needs no glob.match (the
+# index below is deliberately wrong about "gpt-4o", to show that the lookup decides).
+test_index_allows_a_listed_literal_name_by_lookup if {
+	config := {"model_rules": [_rule({})], "index": {"any": {"limits": [], "models": {"model_selection": ["tinyllama"]}, "models_ok": {"gpt-4o": true}}}}
+	fs := models.findings with data.hexarch.config as config with input as {"model": "gpt-4o", "resources": ["x", "*"]}
+	fs == set()
+	gs := models.findings with data.hexarch.config as config with input as {"model": "mistral", "resources": ["x", "*"]}
+	[g.code | some g in gs] == ["model_not_allowed"]
+}

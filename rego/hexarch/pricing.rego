@@ -30,12 +30,15 @@ pricing := price.usd if {
 } else := compiled.default_pricing
 
 # METADATA
-# title: Price with nano-units
+# title: Price in whole units
 # description: >-
 #   From the compiler's index (compiler/precompute.py): the first listed price whose glob matches
-#   the model, else the default, as {"usd": pricing, "i": input and "o": output nano-USD per
-#   million tokens}. Undefined without an index.
-nanos := [price |
+#   the model, else the default, as {"usd": pricing, "i": input and "o": output USD per million
+#   tokens times "d", a power of ten that makes both whole}. Undefined without an index.
+nanos := price if {
+	# A model the policy names literally: the compiler found its price (one lookup, no glob).
+	price := data.hexarch.config.index.exact_prices[input.model]
+} else := [price |
 	some price in data.hexarch.config.index.prices
 	glob.match(price.model, null, request.model)
 ][0] if {

@@ -39,15 +39,24 @@ test_builtin_default_without_config if {
 }
 
 _indexed := object.union(_config, {"index": {
-	"prices": [{"model": "tinyllama*", "usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}, "i": 100000000, "o": 200000000}],
-	"default_price": {"usd": {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}, "i": 500000000, "o": 1500000000},
+	"prices": [{"model": "tinyllama*", "usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}, "i": 1, "o": 2, "d": 10}],
+	"default_price": {"usd": {"input_per_million_usd": 0.5, "output_per_million_usd": 1.5}, "i": 5, "o": 15, "d": 10},
+	"exact_prices": {"tinyllama": {"usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}, "i": 1, "o": 2, "d": 10, "exact": true}},
 }})
 
 test_index_prices_by_glob if {
 	p := pricing.pricing with data.hexarch.config as _indexed with input as {"model": "tinyllama:1.1b"}
 	p == {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}
 	n := pricing.nanos with data.hexarch.config as _indexed with input as {"model": "tinyllama:1.1b"}
-	[n.i, n.o] == [100000000, 200000000]
+	[n.i, n.o, n.d] == [1, 2, 10]
+	not n.exact
+}
+
+test_index_prices_a_literal_name_by_lookup if {
+	n := pricing.nanos with data.hexarch.config as _indexed with input as {"model": "tinyllama"}
+	n.exact
+	p := pricing.pricing with data.hexarch.config as _indexed with input as {"model": "tinyllama"}
+	p == {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2}
 }
 
 test_index_default_price if {

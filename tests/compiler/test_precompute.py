@@ -27,6 +27,7 @@ POLICIES = [
     EXAMPLE_POLICY,
     ROOT / "tests" / "compiler" / "policies" / "all_kinds.yaml",
     ROOT / "tests" / "compiler" / "policies" / "edge_cases.yaml",
+    ROOT / "tests" / "compiler" / "policies" / "fast_paths.yaml",
 ]
 
 
@@ -46,6 +47,10 @@ def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
     estimates: list[Any] = [
         {"prompt_tokens": 12, "max_output_tokens": 64},
         {"prompt_tokens": 7.5},
+        {"prompt_tokens": 3.2, "max_output_tokens": 0.5},
+        # beyond OPA's machine-word arithmetic: the costs stay exact
+        {"prompt_tokens": 10**12 + 7, "max_output_tokens": 3 * 10**9},
+        {"prompt_tokens": -1, "max_output_tokens": "64"},
         {},
         None,
     ]
@@ -58,7 +63,12 @@ def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
         cases.append(case)
     # What the checks' fast paths depend on: operation, model and feature.
     operations: list[Any] = ["chat", "delete", "batch", "retrain", None]
-    models: list[Any] = ["tinyllama", "tinyllama:1.1b", "llama3", None, 5]
+    # Every name of the exact-name tables, and names only a glob (or nothing) matches.
+    index = config["index"]
+    literal = set(index["exact_prices"]) | {
+        name for entry in index["by_resource"].values() for name in entry.get("models_ok", {})
+    }
+    models: list[Any] = [*sorted(literal), "tinyllama:1.1b", "tinyX", "bx", "llama3", None, 5]
     features: list[Any] = [None, "voice", "vision", "other", _ABSENT]
     for resources, operation, model, feature in itertools.product(
         resource_lists, operations, models, features
@@ -78,6 +88,10 @@ def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
         {"top_p": -0.1, "temperature": 0},
         {"system": "x" * 3000},
         {"system": "brief", "n": 2},
+        {"system": ["a", "b"], "stop": ["x", "y", "z"]},
+        {"system": None, "temperature": True},
+        {"top_p": 0.95, "seed": 3},
+        {"top_p": 0.5, "stop": "ab", "seed": -1, "n": 3},
         {},
         "not an object",
     ]
@@ -86,6 +100,21 @@ def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
         if resources is not None:
             case["resources"] = resources
         cases.append(case)
+    # The sidecar's request for every literal model and two a glob may allow, with and without a
+    # stated output.
+    sidecar_models = [*sorted(literal), "gpt-4o-mini", "tinyllama:1.1b"]
+    for resources, model, estimate in itertools.product(sidecar_lists, sidecar_models, estimates[:2]):
+        cases.append(
+            {
+                "resources": resources,
+                "operation": "chat",
+                "model": model,
+                "feature": None,
+                "principal": {"id": "carol", "team": "ops"},
+                "params": {"temperature": 0.5, "max_tokens": 64},
+                "estimate": estimate,
+            }
+        )
     return cases
 
 
@@ -112,10 +141,13 @@ def test_fast_path_decides_like_the_lists(
     extract_bundle(compiled.bundle, bundle_dir)
     cases = _cases(config)
     (tmp_path / "input.json").write_text(json.dumps({"cases": cases}))
+    # `one_body`: whether decision.rego's one-body branch decided (only it reads index.enforcement).
     query = (
-        "[[fast, generic] | some c in input.cases; "
+        "[[fast, generic, one_body] | some c in input.cases; "
         "fast := data.hexarch.decision with input as c; "
-        "generic := data.hexarch.decision with input as c with data.hexarch.config.index as null]"
+        "generic := data.hexarch.decision with input as c with data.hexarch.config.index as null; "
+        'marked := data.hexarch.decision with input as c with data.hexarch.config.index.enforcement as "x"; '
+        'one_body := marked.enforcement == "x"]'
     )
     proc = subprocess.run(
         [opa_bin, "eval", "-b", str(bundle_dir), "-i", str(tmp_path / "input.json"), "-f", "json", query],
@@ -126,10 +158,17 @@ def test_fast_path_decides_like_the_lists(
     )
     pairs = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
     assert len(pairs) == len(cases)
-    for case, (fast, generic) in zip(cases, pairs, strict=True):
+    for case, (fast, generic, _) in zip(cases, pairs, strict=True):
         assert fast == generic, case
-    # The cases reach limits on the fast path (not only empty lists).
-    assert any(fast["limits"] for fast, _ in pairs)
+    # The cases reach limits on the fast paths (not only empty lists), and the one-body branch
+    # decides some requests with limits (in edge_cases.yaml a time window concerns every operation,
+    # so no request is quiet enough for it).
+    assert any(fast["limits"] for fast, _, _ in pairs)
+    one_body = [fast for fast, _, one_body in pairs if one_body]
+    if policy.stem == "edge_cases":
+        assert one_body == []
+    else:
+        assert any(fast["limits"] for fast in one_body)
 
 
 def test_index_orders_templates_and_keeps_fixed_fields() -> None:
@@ -160,30 +199,79 @@ def test_index_orders_templates_and_keeps_fixed_fields() -> None:
         "top_p": [{"lo": 0.0, "hi": 1.0}],
         "system": [{}],  # max_length: only the full checks say
     }
-    assert index["prices"] == [
-        {
-            "model": "tinyllama*",
-            "usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2},
-            "i": 100_000_000,
-            "o": 200_000_000,
-        }
+    # Prices in tenths of a micro-USD per token (d = 10): small integers for OPA's arithmetic.
+    tinyllama_price = {
+        "model": "tinyllama*",
+        "usd": {"input_per_million_usd": 0.1, "output_per_million_usd": 0.2},
+        "i": 1,
+        "o": 2,
+        "d": 10,
+    }
+    assert index["prices"] == [tinyllama_price]
+    assert index["exact_prices"] == {"tinyllama": tinyllama_price}
+    assert index["by_resource"]["tinyllama"]["models_ok"] == {"tinyllama": True}
+    assert index["enforcement"] == "strict"
+    entry = index["by_resource"]["tinyllama"]
+    assert entry["ranges"] == [
+        {"p": "temperature", "lo": 0.0, "hi": 1.0},
+        {"p": "top_p", "lo": 0.0, "hi": 1.0},
     ]
-    assert index["globals"] == {"global:tinyllama": "tinyllama"}
-    rpm = index["by_resource"]["tinyllama"]["limits"][2]
-    assert rpm == {
+    assert entry["lengths"] == [{"p": "system", "n": 2000}]
+    assert entry["unchecked"] == []
+    assert entry["scoped"] is False
+    # A global rate limit is complete (subject and cost); a budget's cost is patched in per request.
+    assert entry["limits"][2] == {
         "item": {
             "id": "rate_limit/0/rpm",
             "policy": "rate_limit",
             "unit": "requests",
             "window_seconds": 60,
             "scope": "global",
+            "subject": "tinyllama",
             "limit": 30,
+            "cost": 1,
             "warn_at": None,
             "action": "block",
         },
-        "s": "global:tinyllama",
-        "c": "one",
+        "k": "",
     }
+    assert entry["limits"][0]["k"] == "usd"
+    assert [t["k"] for t in entry["limits"][3:]] == ["out", "tokens"]
+
+
+def test_exact_name_tables_decide_only_what_the_compiler_can_match() -> None:
+    """Literal names get their price and allow-list verdict at compile time, in file order; a name
+    a glob with classes or alternatives might match first is left to OPA's scan."""
+    config = precompute(
+        lower(compile_policy(ROOT / "tests" / "compiler" / "policies" / "fast_paths.yaml").model)
+    )
+    index = config["index"]
+    exact = {name: (p["model"], p["i"], p["o"], p["d"]) for name, p in index["exact_prices"].items()}
+    assert exact == {
+        "tinyllama": ("tinyllama", 1, 2, 10),
+        "nano": ("nano", 1, 123_456_789_000, 10**9),
+    }
+    # "axolotl", "gpt-4o", "mistral": "[ab]x*" comes first, which only OPA's glob.match decides.
+    assert index["by_resource"]["*"]["models_ok"] == {"tinyllama": True, "axolotl": True, "nano": True}
+    assert index["by_resource"]["premium"]["models_ok"] == {
+        "tinyllama": True,
+        "axolotl": True,
+        "nano": True,
+        "mistral": True,
+    }
+    # A deny-list applies there: no allow-list shortcut at all.
+    assert "models_ok" not in index["by_resource"]["restricted"]
+    tinyllama = index["by_resource"]["tinyllama"]
+    assert tinyllama["scoped"] is True
+    assert [t["k"] for t in tinyllama["limits"]] == [
+        "",
+        "principal:",
+        "team:usd",
+        "principal:out",
+        "principal:tokens",
+    ]
+    assert tinyllama["unchecked"] == ["n", "seed"]
+    assert tinyllama["lengths"] == [{"p": "system", "n": 50}, {"p": "stop", "n": 2}]
 
 
 def test_no_index_when_a_resource_is_not_a_string() -> None:
@@ -210,3 +298,13 @@ def test_the_sidecars_request_takes_the_fast_path(opa_bin: str, tmp_path: Path) 
     result = json.loads(proc.stdout).get("result")
     assert result, "the index entry is undefined for the sidecar's request"
     assert [t["item"]["id"] for t in result[0]["expressions"][0]["value"]][:1] == ["api_budget/0/month"]
+    # decision.rego's one-body branch decides it (only that branch reads index.enforcement).
+    marked = 'data.hexarch.decision.enforcement with data.hexarch.config.index.enforcement as "one-body"'
+    proc = subprocess.run(
+        [opa_bin, "eval", "-b", str(bundle_dir), "-i", str(sidecar_input), "-f", "json", marked],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    assert json.loads(proc.stdout)["result"][0]["expressions"][0]["value"] == "one-body"
