@@ -108,10 +108,11 @@ _patches := object.union(costs, scoped_patches(_fast, costs)) if {
 # description: >-
 #   For an index entry with principal- or team-scoped templates, the patch of each key
 #   "<scope>:<cost>": the subject, and the cost patch of that kind (costs["<cost>"]). Empty
-#   otherwise, so a request with only global limits never evaluates its principal.
+#   otherwise, so a request with only global limits never evaluates its principal. The key is
+#   built with concat, native in OPA's Wasm build (sprintf there is a call into the sidecar).
 scoped_patches(entry, costs) := {} if {
 	entry.scoped == false # not `not entry.scoped`: an entry without the flag gets every patch
-} else := {sprintf("%s:%s", [scope, kind]): object.union(patch, {"subject": subject}) |
+} else := {concat(":", [scope, kind]): object.union(patch, {"subject": subject}) |
 	some scope, subject in subjects
 	some kind, patch in costs
 }
