@@ -121,6 +121,19 @@ def _cases(config: dict[str, Any]) -> list[dict[str, Any]]:
 _ABSENT = object()
 
 
+def _opa_value(opa_bin: str, bundle_dir: Path, input_file: Path, query: str, timeout: int = 60) -> Any:
+    """`opa eval` of `query` on the bundle for `input_file`: the value, None when undefined."""
+    proc = subprocess.run(
+        [opa_bin, "eval", "-b", str(bundle_dir), "-i", str(input_file), "-f", "json", query],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=timeout,
+    )
+    result = json.loads(proc.stdout).get("result")
+    return result[0]["expressions"][0]["value"] if result else None
+
+
 def _policy_copy(source: Path, tmp_path: Path, enforcement: str) -> Path:
     for extra in source.parent.glob("*.rego"):
         (tmp_path / extra.name).write_bytes(extra.read_bytes())
@@ -149,14 +162,7 @@ def test_fast_path_decides_like_the_lists(
         'marked := data.hexarch.decision with input as c with data.hexarch.config.index.enforcement as "x"; '
         'one_body := marked.enforcement == "x"]'
     )
-    proc = subprocess.run(
-        [opa_bin, "eval", "-b", str(bundle_dir), "-i", str(tmp_path / "input.json"), "-f", "json", query],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    pairs = json.loads(proc.stdout)["result"][0]["expressions"][0]["value"]
+    pairs = _opa_value(opa_bin, bundle_dir, tmp_path / "input.json", query, timeout=120)
     assert len(pairs) == len(cases)
     for case, (fast, generic, _) in zip(cases, pairs, strict=True):
         assert fast == generic, case
@@ -288,23 +294,9 @@ def test_the_sidecars_request_takes_the_fast_path(opa_bin: str, tmp_path: Path) 
     extract_bundle(compile_policy(EXAMPLE_POLICY).bundle, bundle_dir)
     query = "data.hexarch.lib.applies.index_entry.limits"
     sidecar_input = ROOT / "bench" / "decision_input.json"
-    proc = subprocess.run(
-        [opa_bin, "eval", "-b", str(bundle_dir), "-i", str(sidecar_input), "-f", "json", query],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    result = json.loads(proc.stdout).get("result")
-    assert result, "the index entry is undefined for the sidecar's request"
-    assert [t["item"]["id"] for t in result[0]["expressions"][0]["value"]][:1] == ["api_budget/0/month"]
+    templates = _opa_value(opa_bin, bundle_dir, sidecar_input, query)
+    assert templates is not None, "the index entry is undefined for the sidecar's request"
+    assert [t["item"]["id"] for t in templates][:1] == ["api_budget/0/month"]
     # decision.rego's one-body branch decides it (only that branch reads index.enforcement).
     marked = 'data.hexarch.decision.enforcement with data.hexarch.config.index.enforcement as "one-body"'
-    proc = subprocess.run(
-        [opa_bin, "eval", "-b", str(bundle_dir), "-i", str(sidecar_input), "-f", "json", marked],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    assert json.loads(proc.stdout)["result"][0]["expressions"][0]["value"] == "one-body"
+    assert _opa_value(opa_bin, bundle_dir, sidecar_input, marked) == "one-body"

@@ -17,8 +17,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bench.latency import BODY, unthrottled_policy
-from sidecar.stack import Stack, StackOptions, free_port
+from bench.latency import BODY, bench_stack_options
+from sidecar.stack import Stack
 from tests.conftest import EXAMPLE_POLICY
 
 BURST = 400
@@ -42,18 +42,9 @@ async def burst(url: str) -> tuple[Counter[int], list[bytes]]:
 
 @pytest.mark.parametrize("engine", ["opa", "wasm"])
 def test_a_burst_of_400_on_a_fresh_stack_gets_no_503(tmp_path: Path, engine: str) -> None:
-    policy = tmp_path / "hexarch.yaml"
-    unthrottled_policy(EXAMPLE_POLICY, policy)  # every rule evaluated, no limit reached
-    options = StackOptions(
-        policy=policy,
-        demo=True,
-        port=free_port(),
-        opa_port=free_port(),
-        redis_port=free_port(),
-        demo_port=free_port(),
-        work_dir=tmp_path / "run",
-        sidecar_log_file=True,
-        extra_env={"HEXARCH_ANONYMOUS": "true", "HEXARCH_DECISION_ENGINE": engine},
+    # the bench's stack: every rule evaluated, no limit reached
+    options = bench_stack_options(
+        EXAMPLE_POLICY, tmp_path, {"HEXARCH_ANONYMOUS": "true", "HEXARCH_DECISION_ENGINE": engine}
     )
     with Stack(options) as stack:
         statuses, refusals = asyncio.run(burst(stack.sidecar_url))

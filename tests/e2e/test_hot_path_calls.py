@@ -32,13 +32,14 @@ import time
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from bench.latency import unthrottled_policy
+from bench.latency import bench_stack_options
 from sidecar.api_v1 import SWEEP_SECONDS
-from sidecar.stack import Stack, StackOptions, free_port
+from sidecar.stack import Stack, free_port
 from tests.conftest import EXAMPLE_POLICY
 
 REQUESTS = 30
@@ -167,23 +168,17 @@ def relay(tmp_path: Path) -> Iterator[tuple[CountingRelay, int]]:
 def stack(
     request: pytest.FixtureRequest, tmp_path: Path, relay: tuple[CountingRelay, int]
 ) -> Iterator[Stack]:
-    policy = tmp_path / "hexarch.yaml"
-    unthrottled_policy(EXAMPLE_POLICY, policy)  # every rule still evaluated, nothing throttled
-    options = StackOptions(
-        policy=policy,
-        demo=True,
-        port=free_port(),
-        opa_port=free_port(),
-        redis_port=relay[1],
-        demo_port=free_port(),
-        work_dir=tmp_path / "run",
-        sidecar_log_file=True,
-        extra_env={
+    # the bench's stack (every rule still evaluated, nothing throttled), its Redis behind the relay
+    options = bench_stack_options(
+        EXAMPLE_POLICY,
+        tmp_path,
+        {
             "HEXARCH_DECISION_ENGINE": request.param,
             "HEXARCH_ANONYMOUS": "true",
             "HEXARCH_REDIS_URL": f"redis://127.0.0.1:{relay[0].port}/0",  # through the counting relay
         },
     )
+    options = replace(options, redis_port=relay[1])
     with Stack(options) as running:
         yield running
 

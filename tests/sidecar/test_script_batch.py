@@ -39,57 +39,52 @@ async def server() -> AsyncIterator[RedisServer]:
         own.stop()
 
 
+@pytest.fixture
+async def client(server: RedisServer) -> AsyncIterator[Redis]:
+    own = create_redis(server.url)
+    assert isinstance(own, Redis)
+    try:
+        yield own
+    finally:
+        await own.aclose()
+
+
 async def reads(client: Redis) -> int:
     return int((await client.info("stats"))["total_reads_processed"])
 
 
-async def test_the_calls_of_one_tick_share_one_round_trip(server: RedisServer) -> None:
-    client = create_redis(server.url)
-    assert isinstance(client, Redis)
+async def test_the_calls_of_one_tick_share_one_round_trip(client: Redis) -> None:
     batcher = ScriptBatcher(client)
-    try:
-        # first use: every call answers NOSCRIPT and is resent once, as EVAL, in a second pipeline
-        before = await reads(client)
-        replies = await asyncio.gather(*(batcher.submit(ECHO, [], [str(i)]) for i in range(CALLS)))
-        assert replies == [str(i).encode() for i in range(CALLS)]
-        assert await reads(client) - before <= 2 + 2 + 1  # two pipelines (a split read each), INFO
+    # first use: every call answers NOSCRIPT and is resent once, as EVAL, in a second pipeline
+    before = await reads(client)
+    replies = await asyncio.gather(*(batcher.submit(ECHO, [], [str(i)]) for i in range(CALLS)))
+    assert replies == [str(i).encode() for i in range(CALLS)]
+    assert await reads(client) - before <= 2 + 2 + 1  # two pipelines (a split read each), INFO
 
-        before = await reads(client)
-        replies = await asyncio.gather(*(batcher.submit(ECHO, ["k"], [str(i)]) for i in range(CALLS)))
-        assert replies == [str(i).encode() for i in range(CALLS)]
-        assert await reads(client) - before <= 2 + 1  # one pipeline, INFO
-        assert len(batcher) == 0
-    finally:
-        await client.aclose()
+    before = await reads(client)
+    replies = await asyncio.gather(*(batcher.submit(ECHO, ["k"], [str(i)]) for i in range(CALLS)))
+    assert replies == [str(i).encode() for i in range(CALLS)]
+    assert await reads(client) - before <= 2 + 1  # one pipeline, INFO
+    assert len(batcher) == 0
 
 
-async def test_a_failing_call_fails_alone(server: RedisServer) -> None:
-    client = create_redis(server.url)
-    assert isinstance(client, Redis)
+async def test_a_failing_call_fails_alone(client: Redis) -> None:
     batcher = ScriptBatcher(client)
-    try:
-        futures = [batcher.submit(FAIL if i % 2 else ECHO, [], [str(i)]) for i in range(10)]
-        replies = await asyncio.gather(*futures)
-        for i, reply in enumerate(replies):
-            if i % 2:
-                assert isinstance(reply, ResponseError) and f"refused {i}" in str(reply)
-            else:
-                assert reply == str(i).encode()
-    finally:
-        await client.aclose()
+    futures = [batcher.submit(FAIL if i % 2 else ECHO, [], [str(i)]) for i in range(10)]
+    replies = await asyncio.gather(*futures)
+    for i, reply in enumerate(replies):
+        if i % 2:
+            assert isinstance(reply, ResponseError) and f"refused {i}" in str(reply)
+        else:
+            assert reply == str(i).encode()
 
 
-async def test_a_cancelled_caller_leaves_the_others_their_replies(server: RedisServer) -> None:
-    client = create_redis(server.url)
-    assert isinstance(client, Redis)
+async def test_a_cancelled_caller_leaves_the_others_their_replies(client: Redis) -> None:
     batcher = ScriptBatcher(client)
-    try:
-        first, second = batcher.submit(ECHO, [], ["a"]), batcher.submit(ECHO, [], ["b"])
-        first.cancel()
-        assert await second == b"b"
-        assert first.cancelled() and len(batcher) == 0
-    finally:
-        await client.aclose()
+    first, second = batcher.submit(ECHO, [], ["a"]), batcher.submit(ECHO, [], ["b"])
+    first.cancel()
+    assert await second == b"b"
+    assert first.cancelled() and len(batcher) == 0
 
 
 async def test_a_lost_redis_fails_every_call_of_the_batch() -> None:
