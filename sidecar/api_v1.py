@@ -39,6 +39,7 @@ from sidecar import redis_keys
 from sidecar.body import refuse_declared_oversize
 from sidecar.boundary import RECORD_KEY
 from sidecar.counters import (
+    REDIS_FAILURES,
     Admission,
     Limit,
     LimitState,
@@ -68,7 +69,7 @@ from sidecar.reply_usage import TokenCounts
 from sidecar.services import SERVICES_KEY, Services
 from sidecar.settings import Settings
 from sidecar.settlement import Settlement, price
-from sidecar.stats import REDIS_FAILURES, StatsStore, StatsTags
+from sidecar.stats import StatsStore, StatsTags
 from sidecar.usage import limits_of
 
 logger = logging.getLogger("hexarch.sidecar")

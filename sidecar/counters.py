@@ -543,7 +543,8 @@ def _all_answered(replies: Sequence[AdmitReply]) -> list[list[int]]:
     return answered
 
 
-_REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
+# What a call through redis-py raises when Redis fails (the counters' and the statistics' own).
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError, asyncio.TimeoutError)
 
 
 def _converted(replies: Sequence[Any]) -> list[Any]:
@@ -551,7 +552,7 @@ def _converted(replies: Sequence[Any]) -> list[Any]:
     reply is lost may still have run: only the caller knows what to undo); anything else raised."""
     out: list[Any] = []
     for reply in replies:
-        if isinstance(reply, _REDIS_FAILURES):
+        if isinstance(reply, REDIS_FAILURES):
             error = CounterStoreError(f"Redis counter script failed: {reply}")
             error.__cause__ = reply
             reply = error
@@ -611,13 +612,13 @@ class Counters(_Engine):
                     loaded = loaded.decode()
                 if isinstance(loaded, str) and loaded != sha:
                     raise CounterStoreError(f"Redis returned SHA {loaded} for a script hashed {sha}")
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise CounterStoreError(f"loading counter scripts into Redis failed: {exc}") from exc
 
     async def ping(self) -> bool:
         try:
             return bool(await self._redis.ping())
-        except _REDIS_FAILURES:
+        except REDIS_FAILURES:
             return False
 
     async def close(self) -> None:
@@ -683,7 +684,7 @@ class Counters(_Engine):
                 retried = await self._send(sha, [calls[i] for i in missing])
                 for i, reply in zip(missing, retried, strict=True):
                     replies[i] = reply
-        except _REDIS_FAILURES as exc:
+        except REDIS_FAILURES as exc:
             raise CounterStoreError(f"Redis counter script failed: {exc}") from exc
         return _converted(replies)
 

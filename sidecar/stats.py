@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from redis.exceptions import NoScriptError, RedisClusterException, RedisError
+from redis.exceptions import NoScriptError
 
 from sidecar import redis_keys
-from sidecar.counters import RedisClient, Usage, period_label
+from sidecar.counters import REDIS_FAILURES, RedisClient, Usage, period_label
 from sidecar.errors import CounterStoreError
 from sidecar.script_batch import BatchFull, Script, ScriptBatcher
 
@@ -32,7 +32,6 @@ MONTH_TTL_SECONDS = 62 * 86_400
 # A reservation's "counted" marker outlives any settle deadline (tickets live at most 900 s).
 MARKER_TTL_SECONDS = 86_400
 _STATS = Script.load("stats")
-REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
 
 
 @dataclass(frozen=True)
